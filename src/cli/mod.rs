@@ -1,0 +1,103 @@
+//! The command line: one file per subcommand, each an Args struct and a `run`.
+
+pub mod fetch;
+pub mod ls;
+pub mod rm;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::proto::module_cache_client::ModuleCacheClient;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "wasmcache",
+    version,
+    about = "Node-level cache of WebAssembly modules for Envoy proxies"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon.
+    Serve(serve::Args),
+    /// Fetch a module through the daemon and print its info.
+    Fetch(fetch::Args),
+    /// List cached modules.
+    Ls(ls::Args),
+    /// Remove a URL or a module from the cache.
+    Rm(rm::Args),
+}
+
+/// Where client commands find the daemon.
+#[derive(Debug, clap::Args)]
+pub struct SocketArg {
+    /// The daemon's Unix socket [default: /run/wasmcache/wasmcache.sock for root, else under $XDG_RUNTIME_DIR]
+    #[arg(long, env = "WASMCACHE_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+impl SocketArg {
+    pub fn path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(crate::config::default_socket)
+    }
+
+    pub async fn connect(&self) -> Result<ModuleCacheClient<tonic::transport::Channel>, CliError> {
+        let path = self.path();
+        let channel = crate::client::connect_unix(&path).await.map_err(|e| {
+            CliError(format!(
+                "cannot reach the daemon at {}: {}",
+                path.display(),
+                source_text(&e)
+            ))
+        })?;
+        Ok(ModuleCacheClient::new(channel)
+            .max_decoding_message_size(crate::service::CHUNK_SIZE * 4))
+    }
+}
+
+/// A client command failure: printed as one line on stderr, exit code 1.
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(s: tonic::Status) -> Self {
+        CliError(format!("{:?}: {}", s.code(), s.message()))
+    }
+}
+
+/// The innermost cause of an error, which is the useful part of a transport error.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut last = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        last = cause.to_string();
+        source = cause.source();
+    }
+    last
+}
+
+/// Formats a protobuf timestamp as RFC 3339 (empty when unset).
+pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+    match ts {
+        Some(ts) if ts.seconds > 0 => {
+            let t = std::time::UNIX_EPOCH
+                + std::time::Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32);
+            humantime::format_rfc3339_seconds(t).to_string()
+        }
+        _ => String::new(),
+    }
+}

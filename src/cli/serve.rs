@@ -1,0 +1,86 @@
+//! `wasmcache serve`: flags into a [`Config`], then the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::config::{self, Config};
+use crate::server::{self, ServeError};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Cache directory [default: /var/lib/wasmcache for root, else $XDG_CACHE_HOME/wasmcache]
+    #[arg(long, env = "WASMCACHE_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Unix socket to serve on [default: /run/wasmcache/wasmcache.sock for root, else under $XDG_RUNTIME_DIR]
+    #[arg(long, env = "WASMCACHE_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also serve gRPC on this TCP address (plain text: keep it on loopback or a trusted network)
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Directory that file:// URLs may read below (repeatable); without one, file:// is refused
+    #[arg(long = "file-root", value_name = "DIR")]
+    pub file_roots: Vec<PathBuf>,
+    /// Bound on connecting and on each wait for response bytes, per attempt
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "15s")]
+    pub fetch_timeout: Duration,
+    /// Attempts per fetch, the first included
+    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_FETCH_ATTEMPTS)]
+    pub fetch_attempts: u32,
+    /// Pause before the first retry; each further one is 1.5 times longer (capped at 60s), with jitter
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "500ms")]
+    pub retry_backoff: Duration,
+    /// Cap on a module's download and on its unwrapped size (bytes, or with a K/M/G suffix)
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes, default_value = "256MiB")]
+    pub max_module_bytes: u64,
+    /// Destination range no fetch may reach, besides link-local and cloud metadata (repeatable)
+    #[arg(long = "blocked-cidr", value_name = "CIDR", value_parser = config::parse_cidr)]
+    pub blocked_cidrs: Vec<IpNet>,
+    /// PEM bundle of extra trusted root certificates for https
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Host (or host:port, or *) whose TLS certificate is not verified (repeatable)
+    #[arg(long = "insecure-skip-verify", value_name = "HOST[:PORT]")]
+    pub insecure_hosts: Vec<String>,
+    /// Fail a refresh instead of serving the cached copy (outcome STALE) when upstream fails
+    #[arg(long)]
+    pub no_serve_stale: bool,
+    /// How long in-flight streams may run after SIGTERM
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+}
+
+impl Args {
+    pub fn into_config(self) -> Config {
+        let mut c = Config::default();
+        if let Some(dir) = self.cache_dir {
+            c.cache_dir = dir;
+        }
+        if let Some(socket) = self.socket {
+            c.socket = socket;
+        }
+        c.listen = self.listen;
+        c.fetch.file_roots = self.file_roots;
+        c.fetch.timeout = self.fetch_timeout;
+        c.fetch.backoff.attempts = self.fetch_attempts;
+        c.fetch.backoff.initial = self.retry_backoff;
+        c.fetch.max_bytes = self.max_module_bytes;
+        c.fetch.blocked_cidrs = self.blocked_cidrs;
+        c.fetch.ca_file = self.ca_file;
+        c.fetch.insecure_hosts = self
+            .insecure_hosts
+            .iter()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
+        c.serve_stale = !self.no_serve_stale;
+        c.shutdown_grace = self.shutdown_grace;
+        c
+    }
+}
+
+pub async fn run(args: Args) -> Result<(), ServeError> {
+    server::serve(args.into_config(), crate::signal::shutdown()).await
+}

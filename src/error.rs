@@ -1,0 +1,167 @@
+//! The crate error over the layer errors, and the one place where errors become gRPC statuses.
+
+use tonic::{Code, Status};
+
+use crate::digest::{DigestError, Sha256};
+use crate::fetch::unbox::UnboxError;
+use crate::fetch::FetchError;
+use crate::source::UrlError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Url(#[from] UrlError),
+    #[error("invalid sha256: {0}")]
+    Digest(#[from] DigestError),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{url}: checksum mismatch: expected sha256:{expected}, got sha256:{actual}; nothing was stored")]
+    ChecksumMismatch {
+        url: String,
+        expected: Sha256,
+        actual: Sha256,
+    },
+    #[error("{url}: cached module sha256:{digest} was corrupt on disk and fetching it again failed: {cause}")]
+    CorruptNotRefetched {
+        url: String,
+        digest: Sha256,
+        #[source]
+        cause: Box<Error>,
+    },
+    #[error("{0} is not cached")]
+    NotCached(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// An error that several requests share (a single-flight fetch), reduced to what each needs.
+    #[error("{message}")]
+    Shared {
+        code: Code,
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::Url(_) | Error::Digest(_) | Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::Fetch(e) => fetch_code(e),
+            Error::Store(e) => store_code(e),
+            Error::ChecksumMismatch { .. } | Error::CorruptNotRefetched { .. } => Code::DataLoss,
+            Error::NotCached(_) => Code::NotFound,
+            Error::Internal(_) => Code::Internal,
+            Error::Shared { code, .. } => *code,
+        }
+    }
+
+    /// A short label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Url(_) | Error::Digest(_) | Error::InvalidArgument(_) => "invalid_argument",
+            Error::ChecksumMismatch { .. } => "checksum_mismatch",
+            Error::CorruptNotRefetched { .. } => "corrupt_blob",
+            Error::Fetch(FetchError::TooLarge { .. })
+            | Error::Fetch(FetchError::Unbox {
+                source: UnboxError::TooLarge { .. },
+                ..
+            }) => "size_limit",
+            Error::Fetch(FetchError::Unbox {
+                source: UnboxError::NotWasm(_),
+                ..
+            }) => "invalid_module",
+            Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => {
+                "unauthorized"
+            }
+            Error::Fetch(_) => "download_failure",
+            Error::Store(_) => "store_failure",
+            Error::NotCached(_) => "not_cached",
+            Error::Internal(_) => "internal",
+            Error::Shared { reason, .. } => reason,
+        }
+    }
+}
+
+fn fetch_code(e: &FetchError) -> Code {
+    match e {
+        FetchError::NotFound { .. } => Code::NotFound,
+        FetchError::Unauthenticated { .. } => Code::Unauthenticated,
+        FetchError::Forbidden { .. }
+        | FetchError::Blocked { .. }
+        | FetchError::NoFileRoots { .. }
+        | FetchError::OutsideRoots { .. } => Code::PermissionDenied,
+        FetchError::Status { .. } | FetchError::NotAFile { .. } => Code::FailedPrecondition,
+        FetchError::TooLarge { .. } => Code::ResourceExhausted,
+        FetchError::Unbox { source, .. } => match source {
+            UnboxError::TooLarge { .. } => Code::ResourceExhausted,
+            UnboxError::NotWasm(_) | UnboxError::Archive(_) => Code::FailedPrecondition,
+            UnboxError::Read(io) | UnboxError::Write(io) => io_code(io),
+        },
+        FetchError::Tls { .. } | FetchError::Unavailable { .. } => Code::Unavailable,
+        FetchError::Timeout { .. } => Code::DeadlineExceeded,
+        FetchError::Read { source, .. } => match source.kind() {
+            std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
+            _ => io_code(source),
+        },
+        FetchError::Sink(io) => io_code(io),
+        FetchError::Config(_) => Code::Internal,
+    }
+}
+
+fn store_code(e: &StoreError) -> Code {
+    match e {
+        StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::NotFound(_) => Code::NotFound,
+        _ if e.is_no_space() => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+fn io_code(e: &std::io::Error) -> Code {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
+        _ => Code::Internal,
+    }
+}
+
+impl From<&Error> for Status {
+    fn from(e: &Error) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        Status::from(&e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checksum_mismatch_is_data_loss_naming_both_digests() {
+        let e = Error::ChecksumMismatch {
+            url: "http://o/m.wasm".into(),
+            expected: Sha256::of(b"a"),
+            actual: Sha256::of(b"b"),
+        };
+        let status = Status::from(&e);
+        assert_eq!(status.code(), Code::DataLoss);
+        assert!(status.message().contains(&Sha256::of(b"a").to_string()));
+        assert!(status.message().contains(&Sha256::of(b"b").to_string()));
+    }
+
+    #[test]
+    fn full_disk_is_resource_exhausted() {
+        let e = Error::Fetch(FetchError::Sink(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
+        assert_eq!(e.code(), Code::ResourceExhausted);
+    }
+}

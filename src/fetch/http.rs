@@ -1,0 +1,345 @@
+//! The http(s) fetcher: reqwest over rustls, every destination checked by the [`Guard`], per-attempt
+//! timeouts, and retries with backoff for transient failures only.
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::Once;
+use std::time::Duration;
+
+use reqwest::header::{ETAG, IF_NONE_MATCH};
+use reqwest::{Client, StatusCode};
+use url::Url;
+
+use super::guard::{Blocked, Guard};
+use super::retry::{retryable_status, Backoff};
+use super::{Conditions, FetchError, Fetched, Meta, Settings, Sink};
+use crate::source::display_url;
+
+/// Redirects followed before giving up.
+const MAX_REDIRECTS: usize = 10;
+
+pub struct HttpFetcher {
+    verified: Client,
+    /// Client for the hosts whose certificates are not verified; built only when some are configured.
+    unverified: Option<Client>,
+    insecure_hosts: Vec<String>,
+    guard: Guard,
+    backoff: Backoff,
+    timeout: Duration,
+    max_bytes: u64,
+}
+
+/// How one attempt failed: give up now, or try again after a pause.
+enum AttemptError {
+    Fatal(FetchError),
+    Retry { cause: String, timed_out: bool },
+}
+
+/// rustls needs a process-wide crypto provider; ring is the one we build with.
+pub(crate) fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl HttpFetcher {
+    pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+        install_crypto_provider();
+        let guard = Guard::new(&settings.blocked_cidrs);
+        let extra_roots = match &settings.ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    FetchError::Config(format!("reading --ca-file {}: {e}", path.display()))
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    FetchError::Config(format!("parsing --ca-file {}: {e}", path.display()))
+                })?;
+                if certs.is_empty() {
+                    return Err(FetchError::Config(format!(
+                        "--ca-file {} holds no PEM certificate",
+                        path.display()
+                    )));
+                }
+                certs
+            }
+            None => Vec::new(),
+        };
+        let build = |skip_verify: bool| -> Result<Client, FetchError> {
+            let redirect_guard = guard.clone();
+            let mut builder = Client::builder()
+                .user_agent(concat!("wasmcache/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(settings.timeout)
+                .read_timeout(settings.timeout)
+                .dns_resolver(GuardedResolver {
+                    guard: guard.clone(),
+                })
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= MAX_REDIRECTS {
+                        return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+                    }
+                    match redirect_guard.check_url(attempt.url()) {
+                        Ok(()) => attempt.follow(),
+                        Err(blocked) => attempt.error(blocked),
+                    }
+                }))
+                .tls_danger_accept_invalid_certs(skip_verify);
+            if !extra_roots.is_empty() {
+                builder = builder.tls_certs_merge(extra_roots.clone());
+            }
+            builder
+                .build()
+                .map_err(|e| FetchError::Config(format!("building http client: {e}")))
+        };
+        Ok(HttpFetcher {
+            verified: build(false)?,
+            unverified: if settings.insecure_hosts.is_empty() {
+                None
+            } else {
+                Some(build(true)?)
+            },
+            insecure_hosts: settings.insecure_hosts.clone(),
+            guard,
+            backoff: settings.backoff.clone(),
+            timeout: settings.timeout,
+            max_bytes: settings.max_bytes,
+        })
+    }
+
+    fn client_for(&self, url: &Url) -> &Client {
+        match &self.unverified {
+            Some(client) if host_matches(&self.insecure_hosts, url) => client,
+            _ => &self.verified,
+        }
+    }
+
+    /// Downloads `url` into `sink`, retrying transient failures with backoff.
+    pub async fn fetch(
+        &self,
+        url: &Url,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, FetchError> {
+        let shown = display_url(url);
+        if let Err(source) = self.guard.check_url(url) {
+            return Err(FetchError::Blocked { url: shown, source });
+        }
+        let attempts = self.backoff.attempts.max(1);
+        let mut last = (String::new(), false);
+        for attempt in 1..=attempts {
+            sink.reset().map_err(FetchError::Sink)?;
+            match self.attempt(url, &shown, conditions, sink).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(AttemptError::Fatal(e)) => return Err(e),
+                Err(AttemptError::Retry { cause, timed_out }) => {
+                    tracing::debug!(url = %shown, attempt, %cause, "fetch attempt failed");
+                    last = (cause, timed_out);
+                    if attempt < attempts {
+                        tokio::time::sleep(self.backoff.delay_after(attempt)).await;
+                    }
+                }
+            }
+        }
+        let (cause, timed_out) = last;
+        Err(if timed_out {
+            FetchError::Timeout {
+                url: shown,
+                attempts,
+                cause,
+            }
+        } else {
+            FetchError::Unavailable {
+                url: shown,
+                attempts,
+                cause,
+            }
+        })
+    }
+
+    async fn attempt(
+        &self,
+        url: &Url,
+        shown: &str,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, AttemptError> {
+        let mut request = self.client_for(url).get(url.clone());
+        if let Some(etag) = &conditions.etag {
+            request = request.header(IF_NONE_MATCH, etag);
+        }
+        let response = match tokio::time::timeout(self.timeout, request.send()).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(classify(shown, e)),
+            Err(_) => {
+                return Err(AttemptError::Retry {
+                    cause: format!(
+                        "no response within {}",
+                        humantime::format_duration(self.timeout)
+                    ),
+                    timed_out: true,
+                })
+            }
+        };
+        let status = response.status();
+        let fatal = |e| Err(AttemptError::Fatal(e));
+        let url = shown.to_string();
+        match status {
+            StatusCode::NOT_MODIFIED if conditions.etag.is_some() => {
+                return Ok(Fetched::NotModified)
+            }
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return fatal(FetchError::NotFound {
+                    url,
+                    detail: format!("HTTP {}", status.as_u16()),
+                })
+            }
+            StatusCode::UNAUTHORIZED => {
+                return fatal(FetchError::Unauthenticated { url, status: 401 })
+            }
+            StatusCode::FORBIDDEN => return fatal(FetchError::Forbidden { url, status: 403 }),
+            s if s.is_success() => {}
+            s if retryable_status(s.as_u16()) => {
+                return Err(AttemptError::Retry {
+                    cause: format!("HTTP {}", s.as_u16()),
+                    timed_out: false,
+                })
+            }
+            s => {
+                return fatal(FetchError::Status {
+                    url,
+                    status: s.as_u16(),
+                })
+            }
+        }
+        if response
+            .content_length()
+            .is_some_and(|len| len > self.max_bytes)
+        {
+            return fatal(FetchError::TooLarge {
+                url,
+                limit: self.max_bytes,
+            });
+        }
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let mut response = response;
+        let mut received = 0u64;
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    received += chunk.len() as u64;
+                    if received > self.max_bytes {
+                        return fatal(FetchError::TooLarge {
+                            url,
+                            limit: self.max_bytes,
+                        });
+                    }
+                    sink.write_chunk(&chunk)
+                        .map_err(|e| AttemptError::Fatal(FetchError::Sink(e)))?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(classify(shown, e)),
+            }
+        }
+        Ok(Fetched::Complete(Meta {
+            manifest_digest: None,
+            etag,
+        }))
+    }
+}
+
+/// Sorts a transport error: blocked destinations and certificate failures are final, the rest transient.
+fn classify(shown: &str, err: reqwest::Error) -> AttemptError {
+    let err = err.without_url();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        if let Some(blocked) = cause.downcast_ref::<Blocked>() {
+            return AttemptError::Fatal(FetchError::Blocked {
+                url: shown.to_string(),
+                source: blocked.clone(),
+            });
+        }
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return AttemptError::Fatal(FetchError::Tls {
+                url: shown.to_string(),
+                cause: tls.to_string(),
+            });
+        }
+        source = cause.source();
+    }
+    AttemptError::Retry {
+        cause: error_chain(&err),
+        timed_out: err.is_timeout(),
+    }
+}
+
+/// `err: cause: cause`, without repeats.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
+/// True when `url`'s host (or `host:port`) is listed, or the list holds `*`.
+pub fn host_matches(hosts: &[String], url: &Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let with_port = url.port_or_known_default().map(|p| format!("{host}:{p}"));
+    hosts.iter().any(|h| {
+        let h = h.trim().trim_start_matches('[').replace("]:", ":");
+        let h = h.trim_end_matches(']');
+        h == "*"
+            || h.eq_ignore_ascii_case(host)
+            || with_port
+                .as_deref()
+                .is_some_and(|wp| h.eq_ignore_ascii_case(wp))
+    })
+}
+
+/// Resolves names with the system resolver, then drops the addresses the guard blocks.
+struct GuardedResolver {
+    guard: Guard,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let allowed = guard.filter(addrs)?;
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_hosts_match_by_host_or_host_and_port() {
+        let url = Url::parse("https://reg.local:8443/m.wasm").unwrap();
+        assert!(host_matches(&["reg.local".into()], &url));
+        assert!(host_matches(&["reg.local:8443".into()], &url));
+        assert!(host_matches(&["*".into()], &url));
+        assert!(!host_matches(&["reg.local:443".into()], &url));
+        assert!(!host_matches(&["other".into()], &url));
+        let v6 = Url::parse("https://[::1]:8443/m.wasm").unwrap();
+        assert!(host_matches(&["[::1]:8443".into()], &v6));
+        assert!(host_matches(&["::1".into()], &v6));
+    }
+}

@@ -1,0 +1,158 @@
+//! Fetchers: a URL in, the module's bytes written to a [`Sink`] and what was learned about them out.
+//! Fetchers know nothing of the cache: no disk layout, no index. Each is built once, with its clients.
+//!
+//! A fetcher writes into a sink rather than returning a stream so that it can retry a download that
+//! broke halfway: it resets the sink and starts again, and the caller only sees a complete body.
+
+pub mod file;
+pub mod guard;
+pub mod http;
+pub mod retry;
+pub mod unbox;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::digest::Sha256;
+use crate::source::ModuleUrl;
+
+/// Where a fetcher writes the bytes it downloads.
+pub trait Sink: Send {
+    /// Drops everything written so far (before a retry).
+    fn reset(&mut self) -> io::Result<()>;
+    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
+}
+
+/// What the caller already has, for a conditional re-check upstream.
+#[derive(Clone, Debug, Default)]
+pub struct Conditions {
+    /// The validator (HTTP ETag) recorded at the last fetch.
+    pub etag: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The sink holds the whole payload.
+    Complete(Meta),
+    /// Upstream confirmed that the content the conditions describe is still current; nothing was written.
+    NotModified,
+}
+
+/// What a fetch learned besides the bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Digest of the manifest the module came from (OCI only).
+    pub manifest_digest: Option<Sha256>,
+    pub etag: Option<String>,
+}
+
+/// How fetchers behave; filled in and validated by [`crate::config`].
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Bound on connecting, and on each wait for the next bytes of a response.
+    pub timeout: Duration,
+    pub backoff: retry::Backoff,
+    /// Cap on the downloaded payload and, separately, on the unwrapped module.
+    pub max_bytes: u64,
+    pub blocked_cidrs: Vec<IpNet>,
+    /// PEM bundle of extra trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// `host` or `host:port` (or `*`) whose TLS certificates are not verified.
+    pub insecure_hosts: Vec<String>,
+    /// Directories `file://` URLs may read below; empty refuses every `file://` URL.
+    pub file_roots: Vec<PathBuf>,
+}
+
+/// Errors of the fetch layer. `url` fields never carry credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url}: not found upstream ({detail})")]
+    NotFound { url: String, detail: String },
+    #[error("{url}: upstream refused the credentials (HTTP {status})")]
+    Unauthenticated { url: String, status: u16 },
+    #[error("{url}: upstream denied access (HTTP {status})")]
+    Forbidden { url: String, status: u16 },
+    #[error("{url}: upstream answered HTTP {status}, which is not retried")]
+    Status { url: String, status: u16 },
+    #[error("{url}: {source}")]
+    Blocked {
+        url: String,
+        #[source]
+        source: guard::Blocked,
+    },
+    #[error("{url}: file urls are refused: no --file-root is configured")]
+    NoFileRoots { url: String },
+    #[error("{url}: path is outside the allowed file roots")]
+    OutsideRoots { url: String },
+    #[error("{url}: not a regular file")]
+    NotAFile { url: String },
+    #[error("{url}: module is larger than the {limit}-byte limit")]
+    TooLarge { url: String, limit: u64 },
+    #[error("{url}: {source}")]
+    Unbox {
+        url: String,
+        #[source]
+        source: unbox::UnboxError,
+    },
+    #[error("{url}: tls: {cause}")]
+    Tls { url: String, cause: String },
+    #[error("{url}: upstream unavailable after {attempts} attempt(s): {cause}")]
+    Unavailable {
+        url: String,
+        attempts: u32,
+        cause: String,
+    },
+    #[error("{url}: timed out after {attempts} attempt(s): {cause}")]
+    Timeout {
+        url: String,
+        attempts: u32,
+        cause: String,
+    },
+    #[error("{url}: reading: {source}")]
+    Read {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing to the cache: {0}")]
+    Sink(#[source] io::Error),
+    #[error("fetcher configuration: {0}")]
+    Config(String),
+}
+
+/// Every fetcher, chosen by URL scheme.
+pub struct Fetchers {
+    http: http::HttpFetcher,
+    file: file::FileFetcher,
+    max_bytes: u64,
+}
+
+impl Fetchers {
+    pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+        Ok(Fetchers {
+            http: http::HttpFetcher::new(settings)?,
+            file: file::FileFetcher::new(settings)?,
+            max_bytes: settings.max_bytes,
+        })
+    }
+
+    /// The cap on downloaded and on unwrapped sizes.
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    pub async fn fetch(
+        &self,
+        url: &ModuleUrl,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, FetchError> {
+        match url {
+            ModuleUrl::Http(u) => self.http.fetch(u, conditions, sink).await,
+            ModuleUrl::File(p) => self.file.fetch(url, p, sink).await,
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! wasmcache: a node-level cache that fetches WebAssembly modules once, verifies them, keeps them across
+//! restarts and serves them to Envoy proxies over gRPC.
+//!
+//! # Layout
+//! A request flows `service -> cache -> {policy, fetch, store}`:
+//! - [`service`]: the gRPC `ModuleCache` implementation; translates between wire types and the core.
+//! - [`cache`]: the orchestrator: pull policy, single flight, unwrap, verify, commit.
+//! - [`policy`]: the pull policy as a pure function of the request and what is cached.
+//! - [`fetch`]: fetchers by scheme (http(s), file), the SSRF guard, retries, archive unwrapping.
+//! - [`store`]: the content-addressed blob store (ingest -> verify -> commit) and its sled index.
+//! - [`source`]: module URL parsing, and the credential-free form used in logs and the index.
+//! - [`digest`]: the sha256 type and a hashing writer.
+//! - [`config`]: `Config` and every default; validated before anything binds.
+//! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
+//! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
+//! - [`client`]: a gRPC channel over the Unix socket, for the CLI and tests.
+//! - [`cli`]: the subcommands, one file each.
+//! - [`error`]: the crate error and its one mapping to gRPC status codes.
+
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod digest;
+pub mod error;
+pub mod fetch;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod signal;
+pub mod source;
+pub mod store;
+
+/// Types generated from `proto/wasmcache/v1/cache.proto`.
+#[allow(clippy::all, rust_2018_idioms, missing_docs)] // generated code
+pub mod proto {
+    tonic::include_proto!("wasmcache.v1");
+}
+
+pub use error::Error;

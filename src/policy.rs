@@ -1,0 +1,194 @@
+//! The pull policy as a pure function: what the request asks and what the cache holds in, a decision
+//! out. No I/O here, so every rule is a unit test.
+
+use crate::digest::Sha256;
+
+/// The WasmPlugin `imagePullPolicy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Treated as IfNotPresent for http and file URLs.
+    #[default]
+    Unspecified,
+    IfNotPresent,
+    Always,
+}
+
+/// The parts of a request the policy looks at.
+#[derive(Clone, Copy, Debug)]
+pub struct Ask<'a> {
+    pub policy: PullPolicy,
+    pub expected: Option<Sha256>,
+    pub resource_name: &'a str,
+    pub resource_version: &'a str,
+}
+
+/// What the cache holds for the request.
+#[derive(Clone, Debug, Default)]
+pub struct Facts {
+    /// A blob with the expected digest is on disk.
+    pub expected_cached: bool,
+    /// The URL's last successful fetch, when its blob is still on disk.
+    pub url: Option<UrlFacts>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UrlFacts {
+    pub digest: Sha256,
+    /// `(resource_name, resource_version)` recorded at that fetch.
+    pub resource: Option<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Serve this blob without contacting upstream.
+    UseCached(Sha256),
+    /// Nothing usable is cached: fetch.
+    Fetch,
+    /// Something is cached but must be re-checked upstream. `stale_ok`: if the re-check fails, the
+    /// cached copy may still be served (it may not when it is known not to be what was asked for).
+    Revalidate { stale_ok: bool },
+}
+
+pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Decision {
+    if let (Some(expected), true) = (ask.expected, facts.expected_cached) {
+        return Decision::UseCached(expected);
+    }
+    let Some(url) = &facts.url else {
+        return Decision::Fetch;
+    };
+    if ask.expected.is_some_and(|e| e != url.digest) {
+        return Decision::Revalidate { stale_ok: false };
+    }
+    match ask.policy {
+        PullPolicy::Unspecified | PullPolicy::IfNotPresent => Decision::UseCached(url.digest),
+        PullPolicy::Always => {
+            let same_resource = !ask.resource_version.is_empty()
+                && url.resource.as_ref().is_some_and(|(name, version)| {
+                    name == ask.resource_name && version == ask.resource_version
+                });
+            if same_resource {
+                Decision::UseCached(url.digest)
+            } else {
+                Decision::Revalidate { stale_ok: true }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Sha256 {
+        Sha256::from_bytes([n; 32])
+    }
+
+    fn ask(policy: PullPolicy, expected: Option<Sha256>, version: &str) -> Ask<'static> {
+        let version: &'static str = Box::leak(version.to_string().into_boxed_str());
+        Ask {
+            policy,
+            expected,
+            resource_name: "ns/plugin",
+            resource_version: version,
+        }
+    }
+
+    fn cached(digest: Sha256, version: Option<&str>) -> Facts {
+        Facts {
+            expected_cached: false,
+            url: Some(UrlFacts {
+                digest,
+                resource: version.map(|v| ("ns/plugin".to_string(), v.to_string())),
+            }),
+        }
+    }
+
+    #[test]
+    fn cached_expected_digest_never_contacts_upstream_whatever_the_policy() {
+        let facts = Facts {
+            expected_cached: true,
+            url: None,
+        };
+        for p in [
+            PullPolicy::Unspecified,
+            PullPolicy::IfNotPresent,
+            PullPolicy::Always,
+        ] {
+            assert_eq!(
+                decide(&ask(p, Some(d(1)), ""), &facts),
+                Decision::UseCached(d(1))
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_cached_means_fetch() {
+        assert_eq!(
+            decide(&ask(PullPolicy::Always, None, "1"), &Facts::default()),
+            Decision::Fetch
+        );
+        assert_eq!(
+            decide(
+                &ask(PullPolicy::IfNotPresent, Some(d(1)), ""),
+                &Facts::default()
+            ),
+            Decision::Fetch
+        );
+    }
+
+    #[test]
+    fn if_not_present_and_unspecified_use_the_cached_url() {
+        for p in [PullPolicy::Unspecified, PullPolicy::IfNotPresent] {
+            assert_eq!(
+                decide(&ask(p, None, ""), &cached(d(2), None)),
+                Decision::UseCached(d(2))
+            );
+        }
+    }
+
+    #[test]
+    fn always_with_the_recorded_resource_version_uses_the_cache() {
+        assert_eq!(
+            decide(
+                &ask(PullPolicy::Always, None, "7"),
+                &cached(d(2), Some("7"))
+            ),
+            Decision::UseCached(d(2))
+        );
+    }
+
+    #[test]
+    fn always_with_a_changed_or_empty_version_revalidates() {
+        let facts = cached(d(2), Some("7"));
+        assert_eq!(
+            decide(&ask(PullPolicy::Always, None, "8"), &facts),
+            Decision::Revalidate { stale_ok: true }
+        );
+        assert_eq!(
+            decide(&ask(PullPolicy::Always, None, ""), &facts),
+            Decision::Revalidate { stale_ok: true }
+        );
+    }
+
+    #[test]
+    fn always_with_another_resource_name_revalidates() {
+        let facts = cached(d(2), Some("7"));
+        let other = Ask {
+            resource_name: "ns/other",
+            ..ask(PullPolicy::Always, None, "7")
+        };
+        assert_eq!(
+            decide(&other, &facts),
+            Decision::Revalidate { stale_ok: true }
+        );
+    }
+
+    #[test]
+    fn expected_digest_other_than_cached_refetches_without_stale_fallback() {
+        let decision = decide(
+            &ask(PullPolicy::IfNotPresent, Some(d(9)), ""),
+            &cached(d(2), None),
+        );
+        assert_eq!(decision, Decision::Revalidate { stale_ok: false });
+    }
+}

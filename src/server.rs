@@ -1,0 +1,168 @@
+//! Binding the listeners and serving the gRPC service until shutdown, then draining with a deadline.
+
+use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::config::{self, Config};
+use crate::fetch::{FetchError, Fetchers};
+use crate::service::Service;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("opening the cache: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("binding {what}: {source}")]
+    Bind {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another wasmcache is already serving on {0}")]
+    AlreadyRunning(PathBuf),
+    #[error("serving gRPC: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl ServeError {
+    /// Bad configuration exits with EX_CONFIG (78), so supervisors can tell it from a crash.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServeError::Config(_) | ServeError::Fetch(FetchError::Config(_)) => 78,
+            _ => 1,
+        }
+    }
+}
+
+/// The bound sockets the server accepts on.
+pub struct Listeners {
+    pub unix: UnixListener,
+    pub unix_path: PathBuf,
+    pub tcp: Option<TcpListener>,
+}
+
+/// Binds the Unix socket with `mode`, replacing a stale socket file but never a live one.
+pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+    let bind_err = |source| ServeError::Bind {
+        what: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = config::socket_dir(path) {
+        std::fs::create_dir_all(dir).map_err(bind_err)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServeError::AlreadyRunning(path.to_path_buf()));
+        }
+        std::fs::remove_file(path).map_err(bind_err)?;
+    }
+    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    Ok(listener)
+}
+
+/// Opens the cache and binds the listeners that `config` names, then serves until `shutdown`.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    config.validate()?;
+    let fetchers = Arc::new(Fetchers::new(&config.fetch)?);
+    let dir = config.cache_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        .await
+        .map_err(|e| ServeError::Bind {
+            what: "cache".into(),
+            source: std::io::Error::other(e),
+        })??;
+    let cache = Arc::new(Cache::new(Arc::new(store), fetchers, config.serve_stale));
+    let unix = bind_unix(&config.socket, config.socket_mode)?;
+    let tcp = match config.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    what: addr.to_string(),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
+    let listeners = Listeners {
+        unix,
+        unix_path: config.socket.clone(),
+        tcp,
+    };
+    tracing::info!(
+        socket = %config.socket.display(),
+        listen = ?config.listen,
+        cache_dir = %config.cache_dir.display(),
+        "wasmcache ready"
+    );
+    run(listeners, cache, shutdown, config.shutdown_grace).await
+}
+
+/// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls finish
+/// for at most `grace`, and removes the socket file.
+pub async fn run(
+    listeners: Listeners,
+    cache: Arc<Cache>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) -> Result<(), ServeError> {
+    let stop = CancellationToken::new();
+    let unix = tonic::transport::Server::builder()
+        .add_service(Service::new(cache.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listeners.unix),
+            stop.clone().cancelled_owned(),
+        );
+    let tcp = async {
+        match listeners.tcp {
+            Some(tcp) => {
+                tonic::transport::Server::builder()
+                    .add_service(Service::new(cache.clone()).into_server())
+                    .serve_with_incoming_shutdown(
+                        TcpListenerStream::new(tcp),
+                        stop.clone().cancelled_owned(),
+                    )
+                    .await
+            }
+            None => Ok(()),
+        }
+    };
+    let servers = async { tokio::try_join!(unix, tcp).map(|_| ()) };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        result = &mut servers => result.map_err(ServeError::from),
+        () = shutdown => {
+            stop.cancel();
+            match tokio::time::timeout(grace, &mut servers).await {
+                Ok(result) => {
+                    tracing::info!("in-flight requests finished");
+                    result.map_err(ServeError::from)
+                }
+                Err(_) => {
+                    tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing open streams");
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&listeners.unix_path) {
+        tracing::warn!(socket = %listeners.unix_path.display(), cause = %e, "could not remove the socket");
+    }
+    if tokio::time::timeout(grace, cache.close()).await.is_err() {
+        tracing::warn!("fetches still running at exit were abandoned");
+    }
+    result
+}

@@ -1,0 +1,187 @@
+//! The gRPC `ModuleCache` service: translates between the wire types and the core, nothing more.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use tokio_util::io::ReaderStream;
+use tonic::{Request, Response, Status};
+
+use crate::cache::{self, Cache, Outcome};
+use crate::digest::Sha256;
+use crate::error::Error;
+use crate::policy::PullPolicy;
+use crate::proto::{self, module_cache_server::ModuleCache};
+use crate::source::ModuleUrl;
+
+/// Largest module chunk in a Fetch stream: well under gRPC's default 4 MiB receive limit.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+pub struct Service {
+    cache: Arc<Cache>,
+}
+
+impl Service {
+    pub fn new(cache: Arc<Cache>) -> Self {
+        Service { cache }
+    }
+
+    pub fn into_server(self) -> proto::module_cache_server::ModuleCacheServer<Self> {
+        proto::module_cache_server::ModuleCacheServer::new(self)
+    }
+}
+
+/// Validates a wire request into a core request.
+fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
+    let url = ModuleUrl::parse(req.url.trim())?;
+    let expected = Sha256::parse_optional(&req.sha256)?;
+    let policy = match proto::PullPolicy::try_from(req.pull_policy) {
+        Ok(proto::PullPolicy::UnspecifiedPolicy) => PullPolicy::Unspecified,
+        Ok(proto::PullPolicy::IfNotPresent) => PullPolicy::IfNotPresent,
+        Ok(proto::PullPolicy::Always) => PullPolicy::Always,
+        Err(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "pull_policy {} is not one of UNSPECIFIED_POLICY, IfNotPresent, Always",
+                req.pull_policy
+            )))
+        }
+    };
+    Ok(cache::Request {
+        url,
+        expected,
+        policy,
+        resource_name: req.resource_name.clone(),
+        resource_version: req.resource_version.clone(),
+    })
+}
+
+fn timestamp(unix_ms: u64) -> Option<prost_types::Timestamp> {
+    (unix_ms > 0).then(|| prost_types::Timestamp {
+        seconds: (unix_ms / 1000) as i64,
+        nanos: ((unix_ms % 1000) * 1_000_000) as i32,
+    })
+}
+
+fn module_info(m: &cache::Module) -> proto::ModuleInfo {
+    proto::ModuleInfo {
+        sha256: m.digest.to_string(),
+        size: m.size,
+        source_url: m.source_url.clone(),
+        manifest_digest: m.manifest_digest.map(|d| d.prefixed()).unwrap_or_default(),
+        path: m.path.display().to_string(),
+        fetched_at: timestamp(m.fetched_at_ms),
+        outcome: match m.outcome {
+            Outcome::Hit => proto::Outcome::Hit,
+            Outcome::Fetched => proto::Outcome::Fetched,
+            Outcome::Refreshed => proto::Outcome::Refreshed,
+            Outcome::Stale => proto::Outcome::Stale,
+        } as i32,
+    }
+}
+
+/// Logs the end of a request once, with its outcome or its failure. The raw request URL is never
+/// logged: it may carry credentials; the module and the error name the cleaned one.
+fn log_result(result: Result<&cache::Module, &Error>) {
+    match result {
+        Ok(m) => {
+            tracing::info!(url = %m.source_url, digest = %m.digest, outcome = ?m.outcome, bytes = m.size, "module served")
+        }
+        Err(e) => {
+            tracing::warn!(code = ?e.code(), reason = e.reason(), cause = %e, "request failed")
+        }
+    }
+}
+
+type FetchStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ModuleCache for Service {
+    type FetchStream = FetchStream;
+
+    async fn fetch(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<Response<FetchStream>, Status> {
+        let wire = request.into_inner();
+        let result = async {
+            let req = core_request(&wire)?;
+            self.cache.get(&req).await
+        }
+        .await;
+        log_result(result.as_ref().map(|(m, _)| m));
+        let (module, blob) = result?;
+        let info = proto::FetchResponse {
+            msg: Some(proto::fetch_response::Msg::Info(module_info(&module))),
+        };
+        let chunks = ReaderStream::with_capacity(tokio::fs::File::from_std(blob.file), CHUNK_SIZE)
+            .map(move |chunk| {
+                chunk
+                    .map(|bytes| proto::FetchResponse {
+                        msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
+                    })
+                    .map_err(|e| Status::internal(format!("reading cached module: {e}")))
+            });
+        let stream = futures_util::stream::once(async { Ok(info) }).chain(chunks);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn resolve(
+        &self,
+        request: Request<proto::FetchRequest>,
+    ) -> Result<Response<proto::ModuleInfo>, Status> {
+        let wire = request.into_inner();
+        let result = async {
+            let req = core_request(&wire)?;
+            self.cache.get(&req).await.map(|(m, _)| m)
+        }
+        .await;
+        log_result(result.as_ref());
+        Ok(Response::new(module_info(&result?)))
+    }
+
+    async fn list(
+        &self,
+        _: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let cache = self.cache.clone();
+        let listed = tokio::task::spawn_blocking(move || cache.list())
+            .await
+            .map_err(|e| Status::internal(format!("list task failed: {e}")))??;
+        let modules = listed
+            .into_iter()
+            .map(|l| proto::CachedModule {
+                sha256: l.digest.to_string(),
+                size: l.size,
+                urls: l.urls,
+                path: l.path.display().to_string(),
+                fetched_at: timestamp(l.fetched_at_ms),
+                last_used: timestamp(l.last_used_ms),
+            })
+            .collect();
+        Ok(Response::new(proto::ListResponse { modules }))
+    }
+
+    async fn remove(
+        &self,
+        request: Request<proto::RemoveRequest>,
+    ) -> Result<Response<proto::RemoveResponse>, Status> {
+        let removed = match request.into_inner().target {
+            Some(proto::remove_request::Target::Url(url)) => {
+                let url = ModuleUrl::parse(url.trim()).map_err(Error::from)?;
+                self.cache.remove_url(&url)?
+            }
+            Some(proto::remove_request::Target::Sha256(digest)) => {
+                let digest: Sha256 = digest.trim().parse().map_err(Error::from)?;
+                self.cache.remove_digest(&digest)?
+            }
+            None => {
+                return Err(Error::InvalidArgument("remove needs a url or a sha256".into()).into())
+            }
+        };
+        tracing::info!(digests = ?removed.digests, urls = ?removed.urls, "removed from cache");
+        Ok(Response::new(proto::RemoveResponse {
+            removed_sha256: removed.digests.iter().map(ToString::to_string).collect(),
+            removed_urls: removed.urls,
+        }))
+    }
+}

@@ -1,0 +1,144 @@
+//! The sled index: what each reference resolves to, and what is known of each blob.
+//!
+//! Trees: `refs` maps an opaque reference (the cache uses credential-free URLs) to a [`RefRecord`];
+//! `blobs` maps a hex digest to a [`BlobRecord`]. Records are JSON so that later fields can be added
+//! without a migration. The blob files are the truth: a record without a file is ignored and repaired.
+
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use crate::digest::Sha256;
+
+/// What a reference resolved to at its last successful fetch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefRecord {
+    /// Hex sha256 of the module.
+    pub digest: String,
+    /// `sha256:<hex>` of the manifest the module came from, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// `(resource_name, resource_version)` of the request that last fetched it, for the Always policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<(String, String)>,
+    /// Upstream validator (HTTP ETag) for conditional re-checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    pub fetched_at_ms: u64,
+}
+
+impl RefRecord {
+    pub fn digest(&self) -> Option<Sha256> {
+        self.digest.parse().ok()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BlobRecord {
+    pub size: u64,
+    pub created_ms: u64,
+    pub last_used_ms: u64,
+}
+
+#[derive(Clone)]
+pub struct Index {
+    db: sled::Db,
+    refs: sled::Tree,
+    blobs: sled::Tree,
+}
+
+impl Index {
+    pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).open()?;
+        let refs = db.open_tree("refs")?;
+        let blobs = db.open_tree("blobs")?;
+        Ok(Index { db, refs, blobs })
+    }
+
+    /// Waits until every earlier write is on disk.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn get_ref(&self, reference: &str) -> Result<Option<RefRecord>, StoreError> {
+        decode(self.refs.get(reference)?)
+    }
+
+    pub fn put_ref(&self, reference: &str, record: &RefRecord) -> Result<(), StoreError> {
+        self.refs.insert(reference, encode(record))?;
+        Ok(())
+    }
+
+    pub fn remove_ref(&self, reference: &str) -> Result<Option<RefRecord>, StoreError> {
+        decode(self.refs.remove(reference)?)
+    }
+
+    /// Every reference with its record; unreadable records are skipped (and logged).
+    pub fn refs(&self) -> Result<Vec<(String, RefRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.refs.iter() {
+            let (key, value) = item?;
+            let key = String::from_utf8_lossy(&key).into_owned();
+            match serde_json::from_slice(&value) {
+                Ok(record) => out.push((key, record)),
+                Err(e) => {
+                    tracing::warn!(reference = %key, cause = %e, "skipping unreadable index record")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// References that currently resolve to `digest`.
+    pub fn refs_to(&self, digest: &Sha256) -> Result<Vec<String>, StoreError> {
+        let hex = digest.to_string();
+        Ok(self
+            .refs()?
+            .into_iter()
+            .filter(|(_, r)| r.digest == hex)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    pub fn get_blob(&self, digest: &Sha256) -> Result<Option<BlobRecord>, StoreError> {
+        decode(self.blobs.get(digest.to_string())?)
+    }
+
+    pub fn put_blob(&self, digest: &Sha256, record: &BlobRecord) -> Result<(), StoreError> {
+        self.blobs.insert(digest.to_string(), encode(record))?;
+        Ok(())
+    }
+
+    pub fn remove_blob(&self, digest: &Sha256) -> Result<(), StoreError> {
+        self.blobs.remove(digest.to_string())?;
+        Ok(())
+    }
+
+    pub fn blobs(&self) -> Result<Vec<(Sha256, BlobRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.blobs.iter() {
+            let (key, value) = item?;
+            let digest = std::str::from_utf8(&key).ok().and_then(|k| k.parse().ok());
+            match (digest, serde_json::from_slice(&value)) {
+                (Some(d), Ok(record)) => out.push((d, record)),
+                _ => {
+                    tracing::warn!(key = %String::from_utf8_lossy(&key), "skipping unreadable blob record")
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("index records always serialize")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(raw: Option<sled::IVec>) -> Result<Option<T>, StoreError> {
+    match raw {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::IndexRecord(e.to_string())),
+    }
+}

@@ -1,0 +1,399 @@
+//! The content-addressed store: blobs named by their sha256, and an index of references to them. It knows
+//! digests and bytes, never URLs (references are opaque strings to it).
+//!
+//! # Lifecycle of a blob
+//! 1. [`Store::ingest`] opens a temp file under `ingest/`; the caller writes (and may [`Ingest::reset`]).
+//! 2. [`Store::commit`] fsyncs it, checks its digest against the expected one, renames it to
+//!    `blobs/sha256/<hex>` and fsyncs the directory. The rename is the only step that makes a blob
+//!    visible: nothing is readable before it, and a crash leaves either no blob or a complete one.
+//!    `commit` consumes the ingest even when it fails; an already-present digest counts as success.
+//! 3. [`Store::open_blob`] hands out a verified file: the first read of a blob by this process (and any
+//!    read after its size or mtime changed) re-hashes it, and a blob that no longer matches its name is
+//!    moved to `quarantine/` and reported as [`StoreError::Corrupt`], never served.
+//!
+//! Temp files never outlive a restart: [`Store::open`] empties `ingest/` before anything else runs.
+
+mod index;
+mod ingest;
+mod layout;
+mod sync_unix;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub use index::{BlobRecord, Index, RefRecord};
+pub use ingest::Ingest;
+pub use layout::Layout;
+
+use crate::digest::{self, Sha256};
+
+/// Errors of the store layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache i/o on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cache index: {0}")]
+    Index(#[from] sled::Error),
+    #[error("cache index record is unreadable: {0}")]
+    IndexRecord(String),
+    #[error("content digest mismatch: expected sha256:{expected}, got sha256:{actual}")]
+    DigestMismatch { expected: Sha256, actual: Sha256 },
+    #[error("cached blob sha256:{digest} is corrupt on disk (its bytes hash to sha256:{actual}); it was quarantined")]
+    Corrupt { digest: Sha256, actual: Sha256 },
+    #[error("module sha256:{0} is not cached")]
+    NotFound(Sha256),
+}
+
+impl StoreError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+        move |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// True when the disk (or a quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
+    }
+}
+
+/// A committed blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub digest: Sha256,
+    pub size: u64,
+}
+
+/// A verified blob opened for reading, positioned at its start.
+#[derive(Debug)]
+pub struct OpenBlob {
+    pub file: File,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// A listed blob with the references that resolve to it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub digest: Sha256,
+    pub size: u64,
+    pub path: PathBuf,
+    pub record: Option<BlobRecord>,
+    pub refs: Vec<(String, RefRecord)>,
+}
+
+/// What a verified file looked like; a different stamp means it must be hashed again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Stamp {
+    len: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            len: meta.len(),
+            ino: meta.ino(),
+            mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+        }
+    }
+}
+
+/// How long a blob's `last_used` may lag before a read writes it again; keeps hits from writing the index.
+const LAST_USED_GRANULARITY_MS: u64 = 60_000;
+
+pub struct Store {
+    layout: Layout,
+    index: Index,
+    verified: Mutex<HashMap<Sha256, Stamp>>,
+    /// Serialises the hashing of one blob, so a burst of first reads after a restart hashes it once.
+    verify_locks: [Mutex<()>; 16],
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (creating) the store under `root`, removing temp files left by an earlier process.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let layout = Layout::new(root.to_path_buf());
+        for dir in [
+            layout.blobs_dir(),
+            layout.ingest_dir(),
+            layout.quarantine_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
+        }
+        let swept = sweep_dir(&layout.ingest_dir())?;
+        if swept > 0 {
+            tracing::info!(
+                count = swept,
+                "removed temp files of an interrupted earlier run"
+            );
+        }
+        let index_dir = layout.index_dir();
+        let index = Index::open(&index_dir)?;
+        Ok(Store {
+            layout,
+            index,
+            verified: Mutex::new(HashMap::new()),
+            verify_locks: Default::default(),
+        })
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Starts a new blob write.
+    pub fn ingest(&self) -> Result<Ingest, StoreError> {
+        let id = format!("{}-{:016x}", std::process::id(), fastrand::u64(..));
+        let path = self.layout.ingest(&id);
+        Ingest::create(path.clone()).map_err(StoreError::io(&path))
+    }
+
+    /// Makes an ingest visible as `blobs/sha256/<hex>` when its digest equals `expected` (if given).
+    /// Consumes the ingest whatever happens; a blob that is already present counts as success.
+    pub fn commit(
+        &self,
+        ingest: Ingest,
+        expected: Option<Sha256>,
+    ) -> Result<Committed, StoreError> {
+        let ingest_path = ingest.path().to_path_buf();
+        let (tmp, digest, size) = ingest.finish().map_err(StoreError::io(&ingest_path))?;
+        let remove_tmp = || {
+            let _ = std::fs::remove_file(&tmp);
+        };
+        if let Some(expected) = expected {
+            if expected != digest {
+                remove_tmp();
+                return Err(StoreError::DigestMismatch {
+                    expected,
+                    actual: digest,
+                });
+            }
+        }
+        let target = self.layout.blob(&digest);
+        if target.exists() {
+            remove_tmp();
+        } else {
+            if let Err(e) = std::fs::rename(&tmp, &target) {
+                remove_tmp();
+                return Err(StoreError::Io {
+                    path: target,
+                    source: e,
+                });
+            }
+            let blobs_dir = self.layout.blobs_dir();
+            sync_unix::fsync_dir(&blobs_dir).map_err(StoreError::io(&blobs_dir))?;
+        }
+        // The blob is committed. What follows is bookkeeping: failures are logged, not returned, since
+        // the blob is already visible and correct.
+        if let Ok(meta) = std::fs::metadata(&target) {
+            self.verified
+                .lock()
+                .unwrap()
+                .insert(digest, Stamp::of(&meta));
+        }
+        let now = now_ms();
+        let record = match self.index.get_blob(&digest) {
+            Ok(Some(r)) => BlobRecord {
+                last_used_ms: now,
+                ..r
+            },
+            _ => BlobRecord {
+                size,
+                created_ms: now,
+                last_used_ms: now,
+            },
+        };
+        if let Err(e) = self.index.put_blob(&digest, &record) {
+            tracing::warn!(%digest, cause = %e, "could not record blob in the index");
+        }
+        Ok(Committed { digest, size })
+    }
+
+    /// True when a committed blob with this digest is on disk (not yet verified).
+    pub fn contains(&self, digest: &Sha256) -> bool {
+        self.layout.blob(digest).is_file()
+    }
+
+    pub fn blob_path(&self, digest: &Sha256) -> PathBuf {
+        self.layout.blob(digest)
+    }
+
+    /// Opens a blob for reading after making sure its bytes still hash to its name. A corrupt blob is
+    /// quarantined, its index entries are dropped, and [`StoreError::Corrupt`] is returned.
+    pub fn open_blob(&self, digest: &Sha256) -> Result<OpenBlob, StoreError> {
+        let path = self.layout.blob(digest);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(*digest))
+            }
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let meta = file.metadata().map_err(StoreError::io(&path))?;
+        let stamp = Stamp::of(&meta);
+        if self.verified.lock().unwrap().get(digest) != Some(&stamp) {
+            let _serial = self.verify_locks[digest_stripe(digest)].lock().unwrap();
+            // Another reader may have verified it while this one waited.
+            if self.verified.lock().unwrap().get(digest) != Some(&stamp) {
+                let (actual, _) = digest::hash_reader(&file).map_err(StoreError::io(&path))?;
+                if actual != *digest {
+                    self.quarantine(digest);
+                    return Err(StoreError::Corrupt {
+                        digest: *digest,
+                        actual,
+                    });
+                }
+                self.verified.lock().unwrap().insert(*digest, stamp);
+            }
+            file.seek(SeekFrom::Start(0))
+                .map_err(StoreError::io(&path))?;
+        }
+        self.touch(digest, meta.len());
+        Ok(OpenBlob {
+            file,
+            size: meta.len(),
+            path,
+        })
+    }
+
+    /// Records a read of the blob, at most once a minute per blob.
+    fn touch(&self, digest: &Sha256, size: u64) {
+        let now = now_ms();
+        let record = match self.index.get_blob(digest) {
+            Ok(Some(r)) if now.saturating_sub(r.last_used_ms) < LAST_USED_GRANULARITY_MS => return,
+            Ok(Some(r)) => BlobRecord {
+                last_used_ms: now,
+                ..r
+            },
+            _ => BlobRecord {
+                size,
+                created_ms: now,
+                last_used_ms: now,
+            },
+        };
+        if let Err(e) = self.index.put_blob(digest, &record) {
+            tracing::warn!(%digest, cause = %e, "could not update last use of blob");
+        }
+    }
+
+    /// Moves a blob that failed verification out of the way and forgets every reference to it.
+    fn quarantine(&self, digest: &Sha256) {
+        let from = self.layout.blob(digest);
+        let to = self.layout.quarantine(digest, now_ms());
+        match std::fs::rename(&from, &to) {
+            Ok(()) => {
+                tracing::error!(%digest, quarantined = %to.display(), "cached blob is corrupt")
+            }
+            Err(e) => {
+                tracing::error!(%digest, cause = %e, "cached blob is corrupt and could not be moved; deleting it");
+                let _ = std::fs::remove_file(&from);
+            }
+        }
+        self.verified.lock().unwrap().remove(digest);
+        if let Err(e) = self.forget(digest) {
+            tracing::warn!(%digest, cause = %e, "could not drop index entries of a corrupt blob");
+        }
+    }
+
+    /// Drops the blob record and every reference to the digest; returns the references dropped.
+    fn forget(&self, digest: &Sha256) -> Result<Vec<String>, StoreError> {
+        let refs = self.index.refs_to(digest)?;
+        for r in &refs {
+            self.index.remove_ref(r)?;
+        }
+        self.index.remove_blob(digest)?;
+        Ok(refs)
+    }
+
+    /// Deletes a blob and every reference to it. Readers that already opened it keep reading it.
+    /// Returns `None` when no such blob exists, else the references dropped.
+    pub fn delete(&self, digest: &Sha256) -> Result<Option<Vec<String>>, StoreError> {
+        let path = self.layout.blob(digest);
+        let existed = match std::fs::remove_file(&path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        self.verified.lock().unwrap().remove(digest);
+        let refs = self.forget(digest)?;
+        Ok((existed || !refs.is_empty()).then_some(refs))
+    }
+
+    /// Every blob on disk with its record and the references to it, ordered by digest.
+    pub fn list(&self) -> Result<Vec<Entry>, StoreError> {
+        let dir = self.layout.blobs_dir();
+        let mut by_digest: HashMap<Sha256, Vec<(String, RefRecord)>> = HashMap::new();
+        for (reference, record) in self.index.refs()? {
+            if let Some(d) = record.digest() {
+                by_digest.entry(d).or_default().push((reference, record));
+            }
+        }
+        let mut out = Vec::new();
+        for item in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
+            let item = item.map_err(StoreError::io(&dir))?;
+            let Some(digest) = item
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<Sha256>().ok())
+            else {
+                continue;
+            };
+            let Ok(meta) = item.metadata() else { continue };
+            out.push(Entry {
+                digest,
+                size: meta.len(),
+                path: item.path(),
+                record: self.index.get_blob(&digest)?,
+                refs: by_digest.remove(&digest).unwrap_or_default(),
+            });
+        }
+        out.sort_by_key(|e| e.digest);
+        Ok(out)
+    }
+}
+
+fn digest_stripe(digest: &Sha256) -> usize {
+    digest.as_bytes()[0] as usize % 16
+}
+
+/// Removes every file in `dir`; returns how many.
+fn sweep_dir(dir: &Path) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for item in std::fs::read_dir(dir).map_err(StoreError::io(dir))? {
+        let path = item.map_err(StoreError::io(dir))?.path();
+        let result = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(StoreError::io(&path))?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;

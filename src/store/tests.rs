@@ -1,0 +1,208 @@
+//! The store suite: each scenario runs on a fresh store and again on a store reopened from disk.
+
+use std::io::Write;
+
+use super::*;
+
+/// Runs `scenario` on a fresh store, then on one reopened from a directory that already holds data.
+fn on_fresh_and_reopened(scenario: impl Fn(&Store)) {
+    let fresh = tempfile::tempdir().unwrap();
+    scenario(&Store::open(fresh.path()).unwrap());
+
+    let used = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(used.path()).unwrap();
+        write_blob(&store, b"unrelated earlier blob", None).unwrap();
+    }
+    scenario(&Store::open(used.path()).unwrap());
+}
+
+fn record(digest: Sha256) -> RefRecord {
+    RefRecord {
+        digest: digest.to_string(),
+        manifest_digest: None,
+        resource: None,
+        etag: None,
+        fetched_at_ms: 1,
+    }
+}
+
+fn write_blob(
+    store: &Store,
+    bytes: &[u8],
+    expected: Option<Sha256>,
+) -> Result<Committed, StoreError> {
+    let mut ingest = store.ingest().unwrap();
+    ingest.write_all(bytes).unwrap();
+    store.commit(ingest, expected)
+}
+
+#[test]
+fn committed_blob_is_readable_and_named_by_its_digest() {
+    on_fresh_and_reopened(|store| {
+        let c = write_blob(store, b"module", Some(Sha256::of(b"module"))).unwrap();
+        assert_eq!(
+            c,
+            Committed {
+                digest: Sha256::of(b"module"),
+                size: 6
+            }
+        );
+        let blob = store.open_blob(&c.digest).unwrap();
+        assert_eq!(std::fs::read(&blob.path).unwrap(), b"module");
+        assert!(blob.path.ends_with(format!("blobs/sha256/{}", c.digest)));
+    });
+}
+
+#[test]
+fn digest_mismatch_commits_nothing_and_leaves_no_temp_file() {
+    on_fresh_and_reopened(|store| {
+        let err = write_blob(store, b"module", Some(Sha256::of(b"other"))).unwrap_err();
+        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(!store.contains(&Sha256::of(b"module")));
+        assert_eq!(
+            std::fs::read_dir(store.layout().ingest_dir())
+                .unwrap()
+                .count(),
+            0
+        );
+    });
+}
+
+#[test]
+fn committing_an_existing_digest_succeeds() {
+    on_fresh_and_reopened(|store| {
+        write_blob(store, b"same", None).unwrap();
+        write_blob(store, b"same", None).unwrap();
+        let listed = store.list().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|e| e.digest == Sha256::of(b"same"))
+                .count(),
+            1
+        );
+    });
+}
+
+#[test]
+fn abandoned_ingest_is_deleted() {
+    on_fresh_and_reopened(|store| {
+        let mut ingest = store.ingest().unwrap();
+        ingest.write_all(b"partial").unwrap();
+        let path = ingest.path().to_path_buf();
+        drop(ingest);
+        assert!(!path.exists());
+    });
+}
+
+#[test]
+fn reset_ingest_starts_from_empty() {
+    on_fresh_and_reopened(|store| {
+        let mut ingest = store.ingest().unwrap();
+        ingest.write_all(b"garbage from a failed attempt").unwrap();
+        ingest.reset().unwrap();
+        ingest.write_all(b"good").unwrap();
+        let c = store.commit(ingest, Some(Sha256::of(b"good"))).unwrap();
+        assert_eq!(c.size, 4);
+    });
+}
+
+#[test]
+fn blobs_and_refs_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = {
+        let store = Store::open(dir.path()).unwrap();
+        let c = write_blob(&store, b"persist", None).unwrap();
+        store.index().put_ref("ref", &record(c.digest)).unwrap();
+        c.digest
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.index().get_ref("ref").unwrap().unwrap().digest(),
+        Some(digest)
+    );
+    assert_eq!(
+        std::fs::read(store.open_blob(&digest).unwrap().path).unwrap(),
+        b"persist"
+    );
+}
+
+#[test]
+fn temp_files_are_swept_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut ingest = store.ingest().unwrap();
+        ingest.write_all(b"partial").unwrap();
+        // Simulate a crash: the process dies without running Drop.
+        std::mem::forget(ingest);
+        assert_eq!(
+            std::fs::read_dir(store.layout().ingest_dir())
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        std::fs::read_dir(store.layout().ingest_dir())
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn blob_altered_on_disk_is_quarantined_on_first_read_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let digest = {
+        let store = Store::open(dir.path()).unwrap();
+        let c = write_blob(&store, b"original", None).unwrap();
+        store.index().put_ref("ref", &record(c.digest)).unwrap();
+        c.digest
+    };
+    std::fs::write(
+        dir.path().join("blobs/sha256").join(digest.to_string()),
+        b"tampered",
+    )
+    .unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let err = store.open_blob(&digest).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!store.contains(&digest));
+    assert!(store.index().get_ref("ref").unwrap().is_none());
+    assert_eq!(
+        std::fs::read_dir(store.layout().quarantine_dir())
+            .unwrap()
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn blob_altered_while_running_is_detected_by_its_changed_stamp() {
+    on_fresh_and_reopened(|store| {
+        let c = write_blob(store, b"original bytes", None).unwrap();
+        store.open_blob(&c.digest).unwrap();
+        std::fs::write(store.blob_path(&c.digest), b"changed").unwrap();
+        assert!(matches!(
+            store.open_blob(&c.digest),
+            Err(StoreError::Corrupt { .. })
+        ));
+    });
+}
+
+#[test]
+fn delete_removes_blob_and_every_ref_to_it() {
+    on_fresh_and_reopened(|store| {
+        let c = write_blob(store, b"gone", None).unwrap();
+        store.index().put_ref("a", &record(c.digest)).unwrap();
+        store.index().put_ref("b", &record(c.digest)).unwrap();
+        let mut refs = store.delete(&c.digest).unwrap().unwrap();
+        refs.sort();
+        assert_eq!(refs, ["a", "b"]);
+        assert!(!store.contains(&c.digest));
+        assert!(store.delete(&c.digest).unwrap().is_none());
+    });
+}
