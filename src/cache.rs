@@ -174,7 +174,7 @@ impl Cache {
                     .await
                 {
                     Ok(found) => Ok(found),
-                    Err(e) if stale_ok && self.serve_stale && serves_stale(&e) => {
+                    Err(e) if stale_ok && self.serve_stale => {
                         let digest = cached.expect("revalidation implies a cached module");
                         let Ok(blob) = self.open(digest).await else {
                             return Err(e);
@@ -363,21 +363,6 @@ impl Cache {
             None => Err(Error::NotCached(format!("module sha256:{digest}"))),
         }
     }
-}
-
-/// Refresh failures after which the cached copy is still a right answer: upstream trouble, not a
-/// verdict on the module or the request.
-fn serves_stale(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Fetch(
-            FetchError::Unavailable { .. }
-                | FetchError::Timeout { .. }
-                | FetchError::Tls { .. }
-                | FetchError::Status { .. }
-                | FetchError::NotFound { .. }
-        )
-    )
 }
 
 /// Turns a shared flight error back into an owned one, keeping its gRPC code and message.

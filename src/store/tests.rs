@@ -7,14 +7,29 @@ use super::*;
 /// Runs `scenario` on a fresh store, then on one reopened from a directory that already holds data.
 fn on_fresh_and_reopened(scenario: impl Fn(&Store)) {
     let fresh = tempfile::tempdir().unwrap();
-    scenario(&Store::open(fresh.path()).unwrap());
+    scenario(&open(fresh.path()));
 
     let used = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(used.path()).unwrap();
+        let store = open(used.path());
         write_blob(&store, b"unrelated earlier blob", None).unwrap();
     }
-    scenario(&Store::open(used.path()).unwrap());
+    scenario(&open(used.path()));
+}
+
+/// Opens a store, waiting for an earlier `Store` on the same directory to let go of the index: sled
+/// releases its file lock from a background thread shortly after the last handle is dropped.
+fn open(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(StoreError::Index(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10))
+            }
+            Err(e) => panic!("opening store: {e}"),
+        }
+    }
 }
 
 fn record(digest: Sha256) -> RefRecord {
@@ -112,12 +127,12 @@ fn reset_ingest_starts_from_empty() {
 fn blobs_and_refs_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let digest = {
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let c = write_blob(&store, b"persist", None).unwrap();
         store.index().put_ref("ref", &record(c.digest)).unwrap();
         c.digest
     };
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         store.index().get_ref("ref").unwrap().unwrap().digest(),
         Some(digest)
@@ -132,7 +147,7 @@ fn blobs_and_refs_survive_reopen() {
 fn temp_files_are_swept_on_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let mut ingest = store.ingest().unwrap();
         ingest.write_all(b"partial").unwrap();
         // Simulate a crash: the process dies without running Drop.
@@ -144,7 +159,7 @@ fn temp_files_are_swept_on_open() {
             1
         );
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     assert_eq!(
         std::fs::read_dir(store.layout().ingest_dir())
             .unwrap()
@@ -157,7 +172,7 @@ fn temp_files_are_swept_on_open() {
 fn blob_altered_on_disk_is_quarantined_on_first_read_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let digest = {
-        let store = Store::open(dir.path()).unwrap();
+        let store = open(dir.path());
         let c = write_blob(&store, b"original", None).unwrap();
         store.index().put_ref("ref", &record(c.digest)).unwrap();
         c.digest
@@ -167,7 +182,7 @@ fn blob_altered_on_disk_is_quarantined_on_first_read_after_reopen() {
         b"tampered",
     )
     .unwrap();
-    let store = Store::open(dir.path()).unwrap();
+    let store = open(dir.path());
     let err = store.open_blob(&digest).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(!store.contains(&digest));

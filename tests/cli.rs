@@ -1,0 +1,351 @@
+//! The client commands of the binary: fetch, ls, rm, and WASMCACHE_SOCKET.
+
+mod support;
+
+use std::process::Output;
+
+use support::*;
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_success(output: &Output) {
+    assert!(
+        output.status.success(),
+        "exit {}; stdout: {}; stderr: {}",
+        output.status,
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Exits non-zero with exactly one non-empty line on stderr.
+#[track_caller]
+fn assert_failure_with_one_line(output: &Output) {
+    assert!(
+        !output.status.success(),
+        "expected failure; stdout: {}",
+        stdout(output)
+    );
+    let err = stderr(output);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "stderr must be one line, got: {err:?}");
+}
+
+async fn setup() -> (Origin, Daemon, String, Vec<u8>) {
+    let origin = Origin::start().await;
+    let module = wasm_module("cli");
+    origin.serve("/m.wasm", module.clone());
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+    let url = origin.url("/m.wasm");
+    (origin, daemon, url, module)
+}
+
+fn sock(daemon: &Daemon) -> String {
+    daemon.socket().to_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn fetch_with_output_file_writes_module_and_exits_zero() {
+    let (origin, daemon, url, module) = setup().await;
+    let out = daemon.dir().join("out.wasm");
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &sock(&daemon),
+            "-o",
+            out.to_str().unwrap(),
+            &url,
+        ],
+        &[],
+    )
+    .await;
+
+    assert_success(&output);
+    assert_eq!(std::fs::read(&out).expect("output file"), module);
+    assert_eq!(origin.hits("/m.wasm"), 1);
+}
+
+#[tokio::test]
+async fn fetch_prints_module_digest() {
+    let (_origin, daemon, url, module) = setup().await;
+
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), &url], &[]).await;
+
+    assert_success(&output);
+    assert!(
+        stdout(&output).contains(&sha256_hex(&module)),
+        "stdout: {}",
+        stdout(&output)
+    );
+}
+
+#[tokio::test]
+async fn fetch_json_prints_module_info() {
+    let (_origin, daemon, url, module) = setup().await;
+
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), "--json", &url], &[]).await;
+
+    assert_success(&output);
+    let info: serde_json::Value =
+        serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(info["sha256"], sha256_hex(&module));
+    assert_eq!(info["size"], module.len() as u64);
+    assert_eq!(info["source_url"], url.as_str());
+    assert_eq!(info["manifest_digest"], "");
+    assert_eq!(info["outcome"], "FETCHED");
+    let path = info["path"].as_str().expect("path is a string");
+    assert_eq!(std::fs::read(path).expect("blob at path"), module);
+    assert!(!info["fetched_at"].is_null(), "fetched_at present: {info}");
+}
+
+#[tokio::test]
+async fn fetch_json_reports_hit_the_second_time() {
+    let (origin, daemon, url, _) = setup().await;
+    run_cli(&["fetch", "--socket", &sock(&daemon), "--json", &url], &[]).await;
+
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), "--json", &url], &[]).await;
+
+    assert_success(&output);
+    let info: serde_json::Value =
+        serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(info["outcome"], "HIT");
+    assert_eq!(origin.hits("/m.wasm"), 1);
+}
+
+#[tokio::test]
+async fn fetch_with_pull_policy_always_and_resource_refreshes() {
+    let (origin, daemon, url, _) = setup().await;
+    let args = |version: &'static str| {
+        vec![
+            "fetch".to_string(),
+            "--socket".into(),
+            sock(&daemon),
+            "--json".into(),
+            "--pull-policy".into(),
+            "always".into(),
+            "--resource".into(),
+            "ns/plugin".into(),
+            "--resource-version".into(),
+            version.into(),
+            url.clone(),
+        ]
+    };
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = run_cli(&args, &[]).await;
+        assert_success(&output);
+        let info: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("JSON");
+        info["outcome"].as_str().unwrap().to_string()
+    };
+
+    assert_eq!(run(args("1")).await, "FETCHED");
+    assert_eq!(run(args("1")).await, "HIT");
+    assert_eq!(run(args("2")).await, "REFRESHED");
+    assert_eq!(origin.hits("/m.wasm"), 2);
+}
+
+#[tokio::test]
+async fn fetch_with_wrong_sha256_fails_with_one_line() {
+    let (_origin, daemon, url, _) = setup().await;
+    let wrong = sha256_hex(b"wrong");
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &sock(&daemon),
+            "--sha256",
+            &wrong,
+            &url,
+        ],
+        &[],
+    )
+    .await;
+
+    assert_failure_with_one_line(&output);
+    assert!(
+        stderr(&output).contains(&wrong),
+        "stderr names the expected digest: {}",
+        stderr(&output)
+    );
+}
+
+#[tokio::test]
+async fn fetch_of_bad_url_exits_nonzero_with_one_stderr_line() {
+    let (_origin, daemon, _, _) = setup().await;
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &sock(&daemon),
+            "ftp://127.0.0.1/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_failure_with_one_line(&output);
+}
+
+#[tokio::test]
+async fn fetch_of_missing_module_exits_nonzero_with_one_stderr_line() {
+    let (origin, daemon, _, _) = setup().await;
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &sock(&daemon),
+            &origin.url("/absent.wasm"),
+        ],
+        &[],
+    )
+    .await;
+
+    assert_failure_with_one_line(&output);
+}
+
+#[tokio::test]
+async fn fetch_without_daemon_exits_nonzero_with_one_stderr_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            socket.to_str().unwrap(),
+            "http://127.0.0.1:9/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_failure_with_one_line(&output);
+}
+
+#[tokio::test]
+async fn fetch_uses_socket_from_environment() {
+    let (_origin, daemon, url, module) = setup().await;
+    let out = daemon.dir().join("env.wasm");
+
+    let output = run_cli(
+        &["fetch", "-o", out.to_str().unwrap(), &url],
+        &[("WASMCACHE_SOCKET", &sock(&daemon))],
+    )
+    .await;
+
+    assert_success(&output);
+    assert_eq!(std::fs::read(&out).expect("output file"), module);
+}
+
+#[tokio::test]
+async fn ls_lists_url_and_digest() {
+    let (_origin, daemon, url, module) = setup().await;
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+
+    let output = run_cli(&["ls", "--socket", &sock(&daemon)], &[]).await;
+
+    assert_success(&output);
+    let text = stdout(&output);
+    assert!(
+        text.contains(&sha256_hex(&module)),
+        "ls shows the digest: {text}"
+    );
+    assert!(text.contains(&url), "ls shows the URL: {text}");
+}
+
+#[tokio::test]
+async fn ls_json_lists_url_and_digest() {
+    let (_origin, daemon, url, module) = setup().await;
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+
+    let output = run_cli(&["ls", "--socket", &sock(&daemon), "--json"], &[]).await;
+
+    assert_success(&output);
+    let text = stdout(&output);
+    // One JSON document, or one JSON object per line.
+    let values: Vec<serde_json::Value> = match serde_json::from_str(text.trim()) {
+        Ok(value) => vec![value],
+        Err(_) => text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect(),
+    };
+    let all = serde_json::Value::Array(values).to_string();
+    assert!(
+        all.contains(&sha256_hex(&module)),
+        "ls --json shows the digest: {text}"
+    );
+    assert!(all.contains(&url), "ls --json shows the URL: {text}");
+}
+
+#[tokio::test]
+async fn ls_uses_socket_from_environment() {
+    let (_origin, daemon, url, module) = setup().await;
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+
+    let output = run_cli(&["ls"], &[("WASMCACHE_SOCKET", &sock(&daemon))]).await;
+
+    assert_success(&output);
+    assert!(stdout(&output).contains(&sha256_hex(&module)));
+}
+
+#[tokio::test]
+async fn rm_by_url_removes_module() {
+    let (_origin, daemon, url, _) = setup().await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&url)).await;
+
+    let output = run_cli(&["rm", "--socket", &sock(&daemon), &url], &[]).await;
+
+    assert_success(&output);
+    assert!(list(&mut client).await.is_empty());
+}
+
+#[tokio::test]
+async fn rm_by_digest_removes_module() {
+    let (_origin, daemon, url, module) = setup().await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&url)).await;
+
+    let output = run_cli(
+        &["rm", "--socket", &sock(&daemon), &sha256_hex(&module)],
+        &[],
+    )
+    .await;
+
+    assert_success(&output);
+    assert!(list(&mut client).await.is_empty());
+    assert!(!daemon.blob_path(&sha256_hex(&module)).exists());
+}
+
+#[tokio::test]
+async fn rm_by_prefixed_digest_removes_module() {
+    let (_origin, daemon, url, module) = setup().await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&url)).await;
+
+    let digest = format!("sha256:{}", sha256_hex(&module));
+    let output = run_cli(&["rm", "--socket", &sock(&daemon), &digest], &[]).await;
+
+    assert_success(&output);
+    assert!(list(&mut client).await.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_subcommand_fails() {
+    let output = run_cli(&["frobnicate"], &[]).await;
+    assert!(!output.status.success());
+}
