@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio_util::task::TaskTracker;
 
+use crate::access::{self, Verdict};
 use crate::digest::Sha256;
 use crate::error::Error;
+use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::unbox::{self, Kind};
 use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Sink};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
@@ -26,6 +28,8 @@ pub struct Request {
     pub policy: PullPolicy,
     pub resource_name: String,
     pub resource_version: String,
+    /// Registry credentials the request brought (OCI only).
+    pub pull_secret: Option<DockerConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +53,34 @@ pub struct Module {
     pub outcome: Outcome,
 }
 
+/// Who is asking, for the access check: the repository of an OCI request, and the salted fingerprint
+/// of the credentials it would use there.
+#[derive(Clone, Debug)]
+struct Caller {
+    repository: Option<String>,
+    fingerprint: String,
+}
+
+/// Whether a cached module may be served to a caller.
+enum Admission {
+    Serve,
+    /// Act as if it were not cached.
+    Refetch,
+}
+
 /// What a finished upstream fetch left in the store.
 #[derive(Clone, Debug)]
 struct Landed {
     digest: Sha256,
     manifest_digest: Option<Sha256>,
     fetched_at_ms: u64,
+}
+
+/// The conditional parts of a refresh.
+#[derive(Clone, Debug, Default)]
+struct Revalidation {
+    etag: Option<String>,
+    known_digest: Option<Sha256>,
 }
 
 type FlightResult = Result<Landed, Arc<Error>>;
@@ -82,6 +108,8 @@ pub struct Cache {
     store: Arc<Store>,
     fetchers: Arc<Fetchers>,
     serve_stale: bool,
+    /// Salt of credential fingerprints, kept in the index so proofs survive restarts.
+    salt: [u8; 32],
     flights: Arc<Mutex<HashMap<String, Flight>>>,
     /// Owns the fetch tasks: a fetch goes on when the client that started it leaves, so that the
     /// requests sharing it still get the module; `close` stops new ones on shutdown.
@@ -89,14 +117,16 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn new(store: Arc<Store>, fetchers: Arc<Fetchers>, serve_stale: bool) -> Self {
-        Cache {
+    pub fn new(store: Arc<Store>, fetchers: Arc<Fetchers>, serve_stale: bool) -> Result<Self, Error> {
+        let salt = store.index().salt()?;
+        Ok(Cache {
             store,
             fetchers,
             serve_stale,
+            salt,
             flights: Default::default(),
             tasks: TaskTracker::new(),
-        }
+        })
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -113,9 +143,13 @@ impl Cache {
     #[tracing::instrument(skip_all, fields(url = %req.url, policy = ?req.policy))]
     pub async fn get(&self, req: &Request) -> Result<(Module, OpenBlob), Error> {
         let key = req.url.to_string();
+        let caller = self.caller(req);
         let record = self.store.index().get_ref(&key)?;
         let facts = Facts {
-            expected_cached: req.expected.is_some_and(|d| self.store.contains(&d)),
+            expected_cached: match req.expected {
+                Some(expected) => self.module_for_digest(expected)?,
+                None => None,
+            },
             url: record
                 .as_ref()
                 .and_then(|r| r.digest().map(|d| (d, r)))
@@ -125,75 +159,88 @@ impl Cache {
                     resource: r.resource.clone(),
                 }),
         };
+        let image = match &req.url {
+            ModuleUrl::Oci(image) => Some(image),
+            _ => None,
+        };
         let ask = Ask {
             policy: req.policy,
             expected: req.expected,
             resource_name: &req.resource_name,
             resource_version: &req.resource_version,
+            floating: image.is_some_and(|i| i.is_floating()),
+            immutable: image.is_some_and(|i| i.digest().is_some()),
         };
         let decision = policy::decide(&ask, &facts);
         tracing::debug!(?decision, "pull policy decided");
+        let fresh = Revalidation::default();
         match decision {
-            Decision::UseCached(digest) => match self.open(digest).await {
-                Ok(blob) => {
-                    if facts.url.is_none() {
-                        self.remember_url(&key, digest);
+            Decision::UseCached(digest) => match self.admit(req, &key, &caller, digest).await? {
+                Admission::Refetch => self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await,
+                Admission::Serve => match self.open(digest).await {
+                    Ok(blob) => {
+                        if facts.url.is_none() {
+                            self.remember_url(&key, digest);
+                        }
+                        let (manifest, fetched_at) = match record.as_ref().filter(|r| r.digest() == Some(digest)) {
+                            Some(r) => (
+                                r.manifest_digest.as_deref().and_then(|m| m.parse().ok()),
+                                r.fetched_at_ms,
+                            ),
+                            None => (None, 0),
+                        };
+                        Ok((
+                            self.module(req, digest, manifest, fetched_at, &blob, Outcome::Hit),
+                            blob,
+                        ))
                     }
-                    let fetched_at = record.as_ref().map_or(0, |r| r.fetched_at_ms);
-                    let manifest = record
-                        .as_ref()
-                        .and_then(|r| r.manifest_digest.as_deref())
-                        .and_then(|m| m.parse().ok());
-                    Ok((
-                        self.module(req, digest, manifest, fetched_at, &blob, Outcome::Hit),
-                        blob,
-                    ))
-                }
-                Err(Error::Store(StoreError::Corrupt { .. })) => {
-                    // Quarantined; fetch it again from the URL that asked.
-                    match self.fetch_and_open(req, &key, None, Outcome::Fetched).await {
-                        Ok(found) => Ok(found),
-                        Err(cause) => Err(Error::CorruptNotRefetched {
-                            url: key,
-                            digest,
-                            cause: Box::new(cause),
-                        }),
+                    Err(Error::Store(StoreError::Corrupt { .. })) => {
+                        // Quarantined; fetch it again from the URL that asked.
+                        match self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await {
+                            Ok(found) => Ok(found),
+                            Err(cause) => Err(Error::CorruptNotRefetched {
+                                url: key,
+                                digest,
+                                cause: Box::new(cause),
+                            }),
+                        }
                     }
-                }
-                Err(e) => Err(e),
+                    Err(e) => Err(e),
+                },
             },
-            Decision::Fetch => self.fetch_and_open(req, &key, None, Outcome::Fetched).await,
+            Decision::Fetch => self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await,
             Decision::Revalidate { stale_ok } => {
                 let cached = facts.url.as_ref().map(|u| u.digest);
-                let etag = record
-                    .as_ref()
-                    .and_then(|r| r.etag.clone())
-                    .filter(|_| stale_ok);
+                let conditions = match (&record, stale_ok) {
+                    (Some(r), true) => Revalidation {
+                        etag: r.etag.clone(),
+                        known_digest: r
+                            .index_digest
+                            .as_deref()
+                            .or(r.manifest_digest.as_deref())
+                            .and_then(|d| d.parse().ok()),
+                    },
+                    _ => fresh,
+                };
                 match self
-                    .fetch_and_open(req, &key, etag, Outcome::Refreshed)
+                    .fetch_and_open(req, &key, &caller, conditions, Outcome::Refreshed)
                     .await
                 {
                     Ok(found) => Ok(found),
-                    Err(e) if stale_ok && self.serve_stale => {
-                        let digest = cached.expect("revalidation implies a cached module");
+                    Err(e) if stale_ok && self.serve_stale && !is_access_verdict(&e) => {
+                        let (Some(digest), Some(record)) = (cached, record) else {
+                            return Err(e);
+                        };
+                        if !matches!(self.admit(req, &key, &caller, digest).await, Ok(Admission::Serve)) {
+                            return Err(e);
+                        }
                         let Ok(blob) = self.open(digest).await else {
                             return Err(e);
                         };
                         tracing::warn!(cause = %e, %digest, "refresh failed; serving the cached copy");
-                        let record = record.expect("revalidation implies a record");
-                        let manifest = record
-                            .manifest_digest
-                            .as_deref()
-                            .and_then(|m| m.parse().ok());
+                        let manifest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
                         Ok((
-                            self.module(
-                                req,
-                                digest,
-                                manifest,
-                                record.fetched_at_ms,
-                                &blob,
-                                Outcome::Stale,
-                            ),
+                            self.module(req, digest, manifest, record.fetched_at_ms, &blob, Outcome::Stale),
                             blob,
                         ))
                     }
@@ -201,6 +248,72 @@ impl Cache {
                 }
             }
         }
+    }
+
+    /// The caller's repository and credential fingerprint (`anonymous` without credentials).
+    fn caller(&self, req: &Request) -> Caller {
+        match &req.url {
+            ModuleUrl::Oci(image) => Caller {
+                repository: Some(image.repository_key()),
+                fingerprint: self
+                    .fetchers
+                    .oci()
+                    .credentials(image, req.pull_secret.as_ref())
+                    .map_or_else(
+                        || access::ANONYMOUS.to_string(),
+                        |c| hex::encode(c.fingerprint(&self.salt)),
+                    ),
+            },
+            _ => Caller {
+                repository: None,
+                fingerprint: access::ANONYMOUS.to_string(),
+            },
+        }
+    }
+
+    /// Applies the access check to a cached module; asks the registry when the caller's credentials
+    /// are not proven yet, and returns its verdict as the error when it says no.
+    async fn admit(&self, req: &Request, key: &str, caller: &Caller, digest: Sha256) -> Result<Admission, Error> {
+        let record = self.store.index().get_access(&digest)?;
+        match access::judge(record.as_ref(), caller.repository.as_deref(), &caller.fingerprint) {
+            Verdict::Allowed => Ok(Admission::Serve),
+            Verdict::NotVisible => Ok(Admission::Refetch),
+            Verdict::CheckRegistry => {
+                let ModuleUrl::Oci(image) = &req.url else {
+                    return Ok(Admission::Refetch);
+                };
+                self.fetchers
+                    .oci()
+                    .check_access(key, image, req.pull_secret.as_ref())
+                    .await?;
+                tracing::info!(url = %key, "credentials proven at the registry for a cached private module");
+                let anonymous = caller.fingerprint == access::ANONYMOUS;
+                let updated = access::prove(record, caller.repository.as_deref(), &caller.fingerprint, anonymous);
+                if let Err(e) = self.store.index().put_access(&digest, &updated) {
+                    tracing::warn!(cause = %e, "could not record proven credentials");
+                }
+                Ok(Admission::Serve)
+            }
+        }
+    }
+
+    /// The cached module an expected digest names: the module's own digest, or the digest of an image
+    /// manifest or index a cached module was pulled through.
+    fn module_for_digest(&self, expected: Sha256) -> Result<Option<Sha256>, Error> {
+        if self.store.contains(&expected) {
+            return Ok(Some(expected));
+        }
+        let wanted = expected.prefixed();
+        Ok(self
+            .store
+            .index()
+            .refs()?
+            .into_iter()
+            .filter(|(_, r)| {
+                r.manifest_digest.as_deref() == Some(&wanted) || r.index_digest.as_deref() == Some(&wanted)
+            })
+            .filter_map(|(_, r)| r.digest())
+            .find(|d| self.store.contains(d)))
     }
 
     fn module(
@@ -228,6 +341,7 @@ impl Cache {
         let record = RefRecord {
             digest: digest.to_string(),
             manifest_digest: None,
+            index_digest: None,
             resource: None,
             etag: None,
             fetched_at_ms: now_ms(),
@@ -239,21 +353,20 @@ impl Cache {
 
     async fn open(&self, digest: Sha256) -> Result<OpenBlob, Error> {
         let store = self.store.clone();
-        Ok(
-            tokio::task::spawn_blocking(move || store.open_blob(&digest))
-                .await
-                .map_err(|e| Error::Internal(format!("blob reader panicked: {e}")))??,
-        )
+        Ok(tokio::task::spawn_blocking(move || store.open_blob(&digest))
+            .await
+            .map_err(|e| Error::Internal(format!("blob reader panicked: {e}")))??)
     }
 
     async fn fetch_and_open(
         &self,
         req: &Request,
         key: &str,
-        etag: Option<String>,
+        caller: &Caller,
+        conditions: Revalidation,
         outcome: Outcome,
     ) -> Result<(Module, OpenBlob), Error> {
-        let landed = self.flight(req, key, etag).await.map_err(unshare)?;
+        let landed = self.flight(req, key, caller, conditions).await.map_err(unshare)?;
         let blob = match self.open(landed.digest).await {
             Err(Error::Store(StoreError::NotFound(_))) => {
                 // Removed between landing and opening: rare, and the client may simply retry.
@@ -276,9 +389,9 @@ impl Cache {
         ))
     }
 
-    /// Joins the running fetch of this URL (and expected digest), or starts one.
-    fn flight(&self, req: &Request, key: &str, etag: Option<String>) -> Flight {
-        let flight_key = format!("{key}\n{:?}", req.expected);
+    /// Joins the running fetch of this URL (for the same expected digest and credentials), or starts one.
+    fn flight(&self, req: &Request, key: &str, caller: &Caller, conditions: Revalidation) -> Flight {
+        let flight_key = format!("{key}\n{:?}\n{}", req.expected, caller.fingerprint);
         let mut flights = self.flights.lock().unwrap();
         if let Some(running) = flights.get(&flight_key) {
             return running.clone();
@@ -289,7 +402,9 @@ impl Cache {
             url: req.url.clone(),
             key: key.to_string(),
             expected: req.expected,
-            etag,
+            conditions,
+            pull_secret: req.pull_secret.clone(),
+            caller: caller.clone(),
             resource: (!req.resource_name.is_empty() || !req.resource_version.is_empty())
                 .then(|| (req.resource_name.clone(), req.resource_version.clone())),
         };
@@ -301,9 +416,9 @@ impl Cache {
             result
         });
         let flight = async move {
-            handle.await.unwrap_or_else(|e| {
-                Err(Arc::new(Error::Internal(format!("fetch task failed: {e}"))))
-            })
+            handle
+                .await
+                .unwrap_or_else(|e| Err(Arc::new(Error::Internal(format!("fetch task failed: {e}")))))
         }
         .boxed()
         .shared();
@@ -320,12 +435,7 @@ impl Cache {
             .map(|e| Listed {
                 digest: e.digest,
                 size: e.size,
-                fetched_at_ms: e
-                    .refs
-                    .iter()
-                    .map(|(_, r)| r.fetched_at_ms)
-                    .max()
-                    .unwrap_or(0),
+                fetched_at_ms: e.refs.iter().map(|(_, r)| r.fetched_at_ms).max().unwrap_or(0),
                 urls: e.refs.into_iter().map(|(url, _)| url).collect(),
                 path: e.path,
                 last_used_ms: e.record.map_or(0, |r| r.last_used_ms),
@@ -344,9 +454,7 @@ impl Cache {
             urls: vec![key],
         };
         if let Some(digest) = record.digest() {
-            if self.store.index().refs_to(&digest)?.is_empty()
-                && self.store.delete(&digest)?.is_some()
-            {
+            if self.store.index().refs_to(&digest)?.is_empty() && self.store.delete(&digest)?.is_some() {
                 removed.digests.push(digest);
             }
         }
@@ -365,6 +473,14 @@ impl Cache {
     }
 }
 
+/// A registry's refusal of the caller's credentials: never answered with a cached copy.
+fn is_access_verdict(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. })
+    )
+}
+
 /// Turns a shared flight error back into an owned one, keeping its gRPC code and message.
 fn unshare(e: Arc<Error>) -> Error {
     Arc::try_unwrap(e).unwrap_or_else(|shared| Error::Shared {
@@ -381,7 +497,9 @@ struct FetchJob {
     url: ModuleUrl,
     key: String,
     expected: Option<Sha256>,
-    etag: Option<String>,
+    conditions: Revalidation,
+    pull_secret: Option<DockerConfig>,
+    caller: Caller,
     resource: Option<(String, String)>,
 }
 
@@ -390,9 +508,13 @@ impl FetchJob {
         let started = std::time::Instant::now();
         let mut raw = self.store.ingest()?;
         let conditions = Conditions {
-            etag: self.etag.clone(),
+            etag: self.conditions.etag.clone(),
+            known_digest: self.conditions.known_digest,
         };
-        let fetched = self.fetchers.fetch(&self.url, &conditions, &mut raw).await;
+        let fetched = self
+            .fetchers
+            .fetch(&self.url, &conditions, self.pull_secret.as_ref(), &mut raw)
+            .await;
         let fetched = match fetched {
             Ok(f) => f,
             Err(e) => {
@@ -401,53 +523,107 @@ impl FetchJob {
             }
         };
         let now = now_ms();
-        let landed = match fetched {
-            Fetched::NotModified => {
-                let mut record = self.store.index().get_ref(&self.key)?.ok_or_else(|| {
-                    Error::Internal(format!("{}: record vanished during revalidation", self.key))
-                })?;
+        let (landed, authenticated) = match fetched {
+            Fetched::NotModified(meta) => {
+                let mut record = self
+                    .store
+                    .index()
+                    .get_ref(&self.key)?
+                    .ok_or_else(|| Error::Internal(format!("{}: record vanished during revalidation", self.key)))?;
                 record.resource = self.resource.clone();
                 record.fetched_at_ms = now;
                 self.store.index().put_ref(&self.key, &record)?;
                 let digest = record
                     .digest()
                     .ok_or_else(|| Error::Internal("unreadable digest in index".into()))?;
-                Landed {
-                    digest,
-                    manifest_digest: None,
-                    fetched_at_ms: now,
-                }
+                let manifest_digest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
+                (
+                    Landed {
+                        digest,
+                        manifest_digest,
+                        fetched_at_ms: now,
+                    },
+                    meta.authenticated,
+                )
             }
             Fetched::Complete(meta) => {
+                // An OCI request may name the image manifest or index instead of the module.
+                let names_image = self.expected.is_some()
+                    && (self.expected == meta.manifest_digest || self.expected == meta.index_digest);
+                let expected_module = if names_image { None } else { self.expected };
                 let store = self.store.clone();
                 let max_bytes = self.fetchers.max_bytes();
-                let (key, expected) = (self.key.clone(), self.expected);
+                let key = self.key.clone();
+                let pick = meta.pick;
                 let committed = tokio::task::spawn_blocking(move || {
-                    finish_ingest(&store, raw, &key, expected, max_bytes)
+                    finish_ingest(&store, raw, &key, expected_module, max_bytes, pick)
                 })
                 .await
-                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))??;
+                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?;
+                let committed = committed.map_err(|e| match e {
+                    Error::ChecksumMismatch { url, expected, found } if meta.manifest_digest.is_some() => {
+                        let mut found = format!("module {found}");
+                        if let Some(m) = meta.manifest_digest {
+                            found.push_str(&format!(", image manifest {}", m.prefixed()));
+                        }
+                        if let Some(i) = meta.index_digest {
+                            found.push_str(&format!(", index {}", i.prefixed()));
+                        }
+                        Error::ChecksumMismatch { url, expected, found }
+                    }
+                    other => other,
+                })?;
                 let record = RefRecord {
                     digest: committed.to_string(),
                     manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
+                    index_digest: meta.index_digest.map(|d| d.prefixed()),
                     resource: self.resource.clone(),
-                    etag: meta.etag,
+                    etag: meta.etag.clone(),
                     fetched_at_ms: now,
                 };
                 self.store.index().put_ref(&self.key, &record)?;
-                Landed {
-                    digest: committed,
-                    manifest_digest: meta.manifest_digest,
-                    fetched_at_ms: now,
-                }
+                (
+                    Landed {
+                        digest: committed,
+                        manifest_digest: meta.manifest_digest,
+                        fetched_at_ms: now,
+                    },
+                    meta.authenticated,
+                )
             }
         };
+        self.record_access(landed.digest, authenticated);
         // Make the new mapping durable before anyone is told about it.
         if let Err(e) = self.store.index().flush().await {
             tracing::warn!(cause = %e, "could not flush the index");
         }
         tracing::info!(url = %self.key, digest = %landed.digest, elapsed_ms = started.elapsed().as_millis() as u64, "module fetched");
         Ok(landed)
+    }
+
+    /// A successful fetch proves the caller's credentials for the module, or makes it public when no
+    /// credentials were needed.
+    fn record_access(&self, digest: Sha256, authenticated: bool) {
+        let index = self.store.index();
+        let existing = match index.get_access(&digest) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(cause = %e, "could not read access record");
+                return;
+            }
+        };
+        if existing.is_none() && !authenticated {
+            return; // No record means public.
+        }
+        let updated = access::prove(
+            existing,
+            self.caller.repository.as_deref(),
+            &self.caller.fingerprint,
+            !authenticated,
+        );
+        if let Err(e) = index.put_access(&digest, &updated) {
+            tracing::warn!(cause = %e, "could not record access");
+        }
     }
 }
 
@@ -458,6 +634,7 @@ fn finish_ingest(
     url: &str,
     expected: Option<Sha256>,
     max_bytes: u64,
+    pick: unbox::Pick,
 ) -> Result<Sha256, Error> {
     let unbox_err = |source| {
         Error::Fetch(FetchError::Unbox {
@@ -470,7 +647,7 @@ fn finish_ingest(
         Kind::Wasm => raw,
         Kind::Gzip | Kind::Tar => {
             let mut out = store.ingest()?;
-            unbox::unwrap(raw.path(), &mut out, max_bytes).map_err(unbox_err)?;
+            unbox::unwrap(raw.path(), &mut out, max_bytes, pick).map_err(unbox_err)?;
             out.flush().map_err(|e| Error::Fetch(FetchError::Sink(e)))?;
             out
         }
@@ -486,7 +663,7 @@ fn finish_ingest(
         Err(StoreError::DigestMismatch { expected, actual }) => Err(Error::ChecksumMismatch {
             url: url.to_string(),
             expected,
-            actual,
+            found: actual.prefixed(),
         }),
         Err(e) => Err(e.into()),
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
 
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
@@ -69,6 +70,7 @@ impl Default for Config {
                 ca_file: None,
                 insecure_hosts: Vec::new(),
                 file_roots: Vec::new(),
+                oci: fetch::oci::OciSettings::default(),
             },
             serve_stale: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
@@ -96,18 +98,12 @@ impl Config {
                 ));
             }
             if !root.is_dir() {
-                return Err(invalid(
-                    "file-root",
-                    format!("{} is not a directory", root.display()),
-                ));
+                return Err(invalid("file-root", format!("{} is not a directory", root.display())));
             }
         }
         if let Some(ca) = &self.fetch.ca_file {
             if !ca.is_file() {
-                return Err(invalid(
-                    "ca-file",
-                    format!("{} is not a readable file", ca.display()),
-                ));
+                return Err(invalid("ca-file", format!("{} is not a readable file", ca.display())));
             }
         }
         if self.socket.as_os_str().is_empty() {
@@ -123,9 +119,7 @@ fn running_as_root() -> bool {
 }
 
 fn env_dir(name: &str) -> Option<PathBuf> {
-    std::env::var_os(name)
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
+    std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute())
 }
 
 /// `/var/lib/wasmcache` for root, else `$XDG_CACHE_HOME/wasmcache` (or `~/.cache/wasmcache`).
@@ -161,9 +155,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a byte size"))?;
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a byte size"))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
@@ -171,8 +163,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "g" | "gb" | "gib" => 30,
         other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
     };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses a duration such as `500ms`, `15s`, `1m`.
@@ -186,6 +177,40 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{s:?} is not a CIDR (e.g. 10.0.0.0/8)"))
+}
+
+/// Parses `REGISTRY=URL` (URL http or https) for a registry mirror.
+pub fn parse_mirror(s: &str) -> Result<(String, url::Url), String> {
+    let (registry, mirror) = s.split_once('=').ok_or_else(|| format!("{s:?} is not REGISTRY=URL"))?;
+    let registry = registry.trim().to_ascii_lowercase();
+    if registry.is_empty() || registry.contains('/') {
+        return Err(format!("{registry:?} is not a registry host[:port]"));
+    }
+    let url = url::Url::parse(mirror.trim()).map_err(|e| format!("mirror {mirror:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("mirror {mirror:?} must be an http(s) URL with a host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("mirror URLs must not carry credentials (use --docker-config)".into());
+    }
+    Ok((registry, url))
+}
+
+/// Checks an `os/arch[/variant]` platform.
+pub fn parse_platform(s: &str) -> Result<String, String> {
+    let s = s.trim().to_ascii_lowercase();
+    let parts: Vec<&str> = s.split('/').collect();
+    if (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty()) {
+        Ok(s)
+    } else {
+        Err(format!("{s:?} is not os/arch[/variant], e.g. linux/amd64"))
+    }
+}
+
+/// Reads the default registry credentials file. Its contents never reach an error message.
+pub fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))?;
+    DockerConfig::parse(&bytes).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))
 }
 
 /// The directory that will hold the socket; created on start when missing.
@@ -215,11 +240,7 @@ mod tests {
     fn zero_attempts_is_refused_naming_the_key() {
         let mut c = Config::default();
         c.fetch.backoff.attempts = 0;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .starts_with("fetch-attempts"));
+        assert!(c.validate().unwrap_err().to_string().starts_with("fetch-attempts"));
     }
 
     #[test]

@@ -165,10 +165,7 @@ mod tests {
 
     #[test]
     fn rejects_other_algorithms_lengths_and_non_hex() {
-        assert!(matches!(
-            "sha512:abc".parse::<Sha256>(),
-            Err(DigestError::Algorithm(_))
-        ));
+        assert!(matches!("sha512:abc".parse::<Sha256>(), Err(DigestError::Algorithm(_))));
         assert_eq!("abc".parse::<Sha256>(), Err(DigestError::Length(3)));
         let bad = format!("{}g", &EMPTY[..63]);
         assert_eq!(bad.parse::<Sha256>(), Err(DigestError::NotHex));

@@ -20,11 +20,13 @@ pub enum Error {
     Fetch(#[from] FetchError),
     #[error("{0}")]
     Store(#[from] StoreError),
-    #[error("{url}: checksum mismatch: expected sha256:{expected}, got sha256:{actual}; nothing was stored")]
+    /// `found` names what the download hashed to: the module's digest, and for OCI also the image
+    /// manifest's and index's, any of which the request could have named.
+    #[error("{url}: checksum mismatch: expected sha256:{expected}, got {found}; nothing was stored")]
     ChecksumMismatch {
         url: String,
         expected: Sha256,
-        actual: Sha256,
+        found: String,
     },
     #[error("{url}: cached module sha256:{digest} was corrupt on disk and fetching it again failed: {cause}")]
     CorruptNotRefetched {
@@ -74,9 +76,7 @@ impl Error {
                 source: UnboxError::NotWasm(_),
                 ..
             }) => "invalid_module",
-            Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => {
-                "unauthorized"
-            }
+            Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
             Error::Fetch(_) => "download_failure",
             Error::Store(_) => "store_failure",
             Error::NotCached(_) => "not_cached",
@@ -108,6 +108,9 @@ fn fetch_code(e: &FetchError) -> Code {
             _ => io_code(source),
         },
         FetchError::Sink(io) => io_code(io),
+        FetchError::DigestMismatch { .. } => Code::DataLoss,
+        FetchError::Format { .. } => Code::FailedPrecondition,
+        FetchError::BadSecret(_) => Code::InvalidArgument,
         FetchError::Config(_) => Code::Internal,
     }
 }
@@ -149,7 +152,7 @@ mod tests {
         let e = Error::ChecksumMismatch {
             url: "http://o/m.wasm".into(),
             expected: Sha256::of(b"a"),
-            actual: Sha256::of(b"b"),
+            found: Sha256::of(b"b").prefixed(),
         };
         let status = Status::from(&e);
         assert_eq!(status.code(), Code::DataLoss);
@@ -159,9 +162,7 @@ mod tests {
 
     #[test]
     fn full_disk_is_resource_exhausted() {
-        let e = Error::Fetch(FetchError::Sink(std::io::Error::from_raw_os_error(
-            libc::ENOSPC,
-        )));
+        let e = Error::Fetch(FetchError::Sink(std::io::Error::from_raw_os_error(libc::ENOSPC)));
         assert_eq!(e.code(), Code::ResourceExhausted);
     }
 }

@@ -6,7 +6,9 @@
 //! - [`service`]: the gRPC `ModuleCache` implementation; translates between wire types and the core.
 //! - [`cache`]: the orchestrator: pull policy, single flight, unwrap, verify, commit.
 //! - [`policy`]: the pull policy as a pure function of the request and what is cached.
-//! - [`fetch`]: fetchers by scheme (http(s), file), the SSRF guard, retries, archive unwrapping.
+//! - [`access`]: who may be served a module pulled with credentials (proven credentials only).
+//! - [`fetch`]: fetchers by scheme (http(s), file, oci), the SSRF guard, retries, archive unwrapping;
+//!   `fetch::oci` speaks the registry protocol and reads every Wasm image layout.
 //! - [`store`]: the content-addressed blob store (ingest -> verify -> commit) and its sled index.
 //! - [`source`]: module URL parsing, and the credential-free form used in logs and the index.
 //! - [`digest`]: the sha256 type and a hashing writer.
@@ -17,6 +19,7 @@
 //! - [`cli`]: the subcommands, one file each.
 //! - [`error`]: the crate error and its one mapping to gRPC status codes.
 
+pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod client;

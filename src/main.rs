@@ -23,10 +23,7 @@ fn main() -> ExitCode {
         }
     };
     init_tracing(matches!(cli.command, Command::Serve(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wasmcache: cannot start the async runtime: {e}");

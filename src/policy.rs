@@ -6,7 +6,7 @@ use crate::digest::Sha256;
 /// The WasmPlugin `imagePullPolicy`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum PullPolicy {
-    /// Treated as IfNotPresent for http and file URLs.
+    /// Always for an OCI `latest` tag (or no tag), IfNotPresent otherwise: the Kubernetes rule.
     #[default]
     Unspecified,
     IfNotPresent,
@@ -20,13 +20,18 @@ pub struct Ask<'a> {
     pub expected: Option<Sha256>,
     pub resource_name: &'a str,
     pub resource_version: &'a str,
+    /// The URL names something that moves by design (an OCI `latest` tag).
+    pub floating: bool,
+    /// The URL pins its content by digest (`oci://...@sha256:`): once cached, never re-checked.
+    pub immutable: bool,
 }
 
 /// What the cache holds for the request.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
-    /// A blob with the expected digest is on disk.
-    pub expected_cached: bool,
+    /// A cached module that satisfies the expected digest (it is the module's digest, or the digest of
+    /// the manifest or index it was pulled through).
+    pub expected_cached: Option<Sha256>,
     /// The URL's last successful fetch, when its blob is still on disk.
     pub url: Option<UrlFacts>,
 }
@@ -50,22 +55,32 @@ pub enum Decision {
 }
 
 pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Decision {
-    if let (Some(expected), true) = (ask.expected, facts.expected_cached) {
-        return Decision::UseCached(expected);
+    if let Some(module) = facts.expected_cached {
+        return Decision::UseCached(module);
     }
     let Some(url) = &facts.url else {
         return Decision::Fetch;
     };
-    if ask.expected.is_some_and(|e| e != url.digest) {
+    if ask.expected.is_some() {
+        // The URL's cached module is not what was asked for.
         return Decision::Revalidate { stale_ok: false };
     }
-    match ask.policy {
+    if ask.immutable {
+        return Decision::UseCached(url.digest);
+    }
+    let policy = match ask.policy {
+        PullPolicy::Unspecified if ask.floating => PullPolicy::Always,
+        PullPolicy::Unspecified => PullPolicy::IfNotPresent,
+        other => other,
+    };
+    match policy {
         PullPolicy::Unspecified | PullPolicy::IfNotPresent => Decision::UseCached(url.digest),
         PullPolicy::Always => {
             let same_resource = !ask.resource_version.is_empty()
-                && url.resource.as_ref().is_some_and(|(name, version)| {
-                    name == ask.resource_name && version == ask.resource_version
-                });
+                && url
+                    .resource
+                    .as_ref()
+                    .is_some_and(|(name, version)| name == ask.resource_name && version == ask.resource_version);
             if same_resource {
                 Decision::UseCached(url.digest)
             } else {
@@ -90,12 +105,14 @@ mod tests {
             expected,
             resource_name: "ns/plugin",
             resource_version: version,
+            floating: false,
+            immutable: false,
         }
     }
 
     fn cached(digest: Sha256, version: Option<&str>) -> Facts {
         Facts {
-            expected_cached: false,
+            expected_cached: None,
             url: Some(UrlFacts {
                 digest,
                 resource: version.map(|v| ("ns/plugin".to_string(), v.to_string())),
@@ -106,18 +123,11 @@ mod tests {
     #[test]
     fn cached_expected_digest_never_contacts_upstream_whatever_the_policy() {
         let facts = Facts {
-            expected_cached: true,
+            expected_cached: Some(d(1)),
             url: None,
         };
-        for p in [
-            PullPolicy::Unspecified,
-            PullPolicy::IfNotPresent,
-            PullPolicy::Always,
-        ] {
-            assert_eq!(
-                decide(&ask(p, Some(d(1)), ""), &facts),
-                Decision::UseCached(d(1))
-            );
+        for p in [PullPolicy::Unspecified, PullPolicy::IfNotPresent, PullPolicy::Always] {
+            assert_eq!(decide(&ask(p, Some(d(1)), ""), &facts), Decision::UseCached(d(1)));
         }
     }
 
@@ -128,10 +138,7 @@ mod tests {
             Decision::Fetch
         );
         assert_eq!(
-            decide(
-                &ask(PullPolicy::IfNotPresent, Some(d(1)), ""),
-                &Facts::default()
-            ),
+            decide(&ask(PullPolicy::IfNotPresent, Some(d(1)), ""), &Facts::default()),
             Decision::Fetch
         );
     }
@@ -149,10 +156,7 @@ mod tests {
     #[test]
     fn always_with_the_recorded_resource_version_uses_the_cache() {
         assert_eq!(
-            decide(
-                &ask(PullPolicy::Always, None, "7"),
-                &cached(d(2), Some("7"))
-            ),
+            decide(&ask(PullPolicy::Always, None, "7"), &cached(d(2), Some("7"))),
             Decision::UseCached(d(2))
         );
     }
@@ -177,18 +181,58 @@ mod tests {
             resource_name: "ns/other",
             ..ask(PullPolicy::Always, None, "7")
         };
+        assert_eq!(decide(&other, &facts), Decision::Revalidate { stale_ok: true });
+    }
+
+    #[test]
+    fn expected_manifest_digest_serves_the_module_it_led_to() {
+        let facts = Facts {
+            expected_cached: Some(d(3)),
+            url: None,
+        };
         assert_eq!(
-            decide(&other, &facts),
-            Decision::Revalidate { stale_ok: true }
+            decide(&ask(PullPolicy::Always, Some(d(7)), ""), &facts),
+            Decision::UseCached(d(3))
         );
     }
 
     #[test]
-    fn expected_digest_other_than_cached_refetches_without_stale_fallback() {
-        let decision = decide(
-            &ask(PullPolicy::IfNotPresent, Some(d(9)), ""),
-            &cached(d(2), None),
+    fn unspecified_on_a_floating_tag_behaves_as_always() {
+        let floating = Ask {
+            floating: true,
+            ..ask(PullPolicy::Unspecified, None, "")
+        };
+        assert_eq!(
+            decide(&floating, &cached(d(2), None)),
+            Decision::Revalidate { stale_ok: true }
         );
+        let versioned = Ask {
+            floating: true,
+            ..ask(PullPolicy::Unspecified, None, "7")
+        };
+        assert_eq!(decide(&versioned, &cached(d(2), Some("7"))), Decision::UseCached(d(2)));
+    }
+
+    #[test]
+    fn unspecified_on_a_fixed_tag_behaves_as_if_not_present() {
+        assert_eq!(
+            decide(&ask(PullPolicy::Unspecified, None, ""), &cached(d(2), None)),
+            Decision::UseCached(d(2))
+        );
+    }
+
+    #[test]
+    fn cached_digest_reference_is_never_rechecked() {
+        let pinned = Ask {
+            immutable: true,
+            ..ask(PullPolicy::Always, None, "")
+        };
+        assert_eq!(decide(&pinned, &cached(d(2), None)), Decision::UseCached(d(2)));
+    }
+
+    #[test]
+    fn expected_digest_other_than_cached_refetches_without_stale_fallback() {
+        let decision = decide(&ask(PullPolicy::IfNotPresent, Some(d(9)), ""), &cached(d(2), None));
         assert_eq!(decision, Decision::Revalidate { stale_ok: false });
     }
 }

@@ -34,6 +34,8 @@ pub enum ServeError {
     AlreadyRunning(PathBuf),
     #[error("serving gRPC: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("opening the cache: {0}")]
+    Cache(crate::error::Error),
 }
 
 impl ServeError {
@@ -84,17 +86,13 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             what: "cache".into(),
             source: std::io::Error::other(e),
         })??;
-    let cache = Arc::new(Cache::new(Arc::new(store), fetchers, config.serve_stale));
+    let cache = Arc::new(Cache::new(Arc::new(store), fetchers, config.serve_stale).map_err(ServeError::Cache)?);
     let unix = bind_unix(&config.socket, config.socket_mode)?;
     let tcp = match config.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServeError::Bind {
-                    what: addr.to_string(),
-                    source,
-                })?,
-        ),
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+            what: addr.to_string(),
+            source,
+        })?),
         None => None,
     };
     let listeners = Listeners {
@@ -122,19 +120,13 @@ pub async fn run(
     let stop = CancellationToken::new();
     let unix = tonic::transport::Server::builder()
         .add_service(Service::new(cache.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listeners.unix),
-            stop.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), stop.clone().cancelled_owned());
     let tcp = async {
         match listeners.tcp {
             Some(tcp) => {
                 tonic::transport::Server::builder()
                     .add_service(Service::new(cache.clone()).into_server())
-                    .serve_with_incoming_shutdown(
-                        TcpListenerStream::new(tcp),
-                        stop.clone().cancelled_owned(),
-                    )
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stop.clone().cancelled_owned())
                     .await
             }
             None => Ok(()),

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::cache::{self, Cache, Outcome};
 use crate::digest::Sha256;
 use crate::error::Error;
+use crate::fetch::oci::auth::DockerConfig;
 use crate::policy::PullPolicy;
 use crate::proto::{self, module_cache_server::ModuleCache};
 use crate::source::ModuleUrl;
@@ -46,12 +47,20 @@ fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
             )))
         }
     };
+    // Only registries take credentials; a secret sent along with another URL is not read.
+    let pull_secret = match &url {
+        ModuleUrl::Oci(_) if !req.pull_secret.is_empty() => Some(
+            DockerConfig::parse(&req.pull_secret).map_err(|e| Error::InvalidArgument(format!("pull secret: {e}")))?,
+        ),
+        _ => None,
+    };
     Ok(cache::Request {
         url,
         expected,
         policy,
         resource_name: req.resource_name.clone(),
         resource_version: req.resource_version.clone(),
+        pull_secret,
     })
 }
 
@@ -98,10 +107,7 @@ type FetchStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status
 impl ModuleCache for Service {
     type FetchStream = FetchStream;
 
-    async fn fetch(
-        &self,
-        request: Request<proto::FetchRequest>,
-    ) -> Result<Response<FetchStream>, Status> {
+    async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<FetchStream>, Status> {
         let wire = request.into_inner();
         let result = async {
             let req = core_request(&wire)?;
@@ -113,22 +119,18 @@ impl ModuleCache for Service {
         let info = proto::FetchResponse {
             msg: Some(proto::fetch_response::Msg::Info(module_info(&module))),
         };
-        let chunks = ReaderStream::with_capacity(tokio::fs::File::from_std(blob.file), CHUNK_SIZE)
-            .map(move |chunk| {
-                chunk
-                    .map(|bytes| proto::FetchResponse {
-                        msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
-                    })
-                    .map_err(|e| Status::internal(format!("reading cached module: {e}")))
-            });
+        let chunks = ReaderStream::with_capacity(tokio::fs::File::from_std(blob.file), CHUNK_SIZE).map(move |chunk| {
+            chunk
+                .map(|bytes| proto::FetchResponse {
+                    msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
+                })
+                .map_err(|e| Status::internal(format!("reading cached module: {e}")))
+        });
         let stream = futures_util::stream::once(async { Ok(info) }).chain(chunks);
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn resolve(
-        &self,
-        request: Request<proto::FetchRequest>,
-    ) -> Result<Response<proto::ModuleInfo>, Status> {
+    async fn resolve(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::ModuleInfo>, Status> {
         let wire = request.into_inner();
         let result = async {
             let req = core_request(&wire)?;
@@ -139,10 +141,7 @@ impl ModuleCache for Service {
         Ok(Response::new(module_info(&result?)))
     }
 
-    async fn list(
-        &self,
-        _: Request<proto::ListRequest>,
-    ) -> Result<Response<proto::ListResponse>, Status> {
+    async fn list(&self, _: Request<proto::ListRequest>) -> Result<Response<proto::ListResponse>, Status> {
         let cache = self.cache.clone();
         let listed = tokio::task::spawn_blocking(move || cache.list())
             .await
@@ -161,10 +160,7 @@ impl ModuleCache for Service {
         Ok(Response::new(proto::ListResponse { modules }))
     }
 
-    async fn remove(
-        &self,
-        request: Request<proto::RemoveRequest>,
-    ) -> Result<Response<proto::RemoveResponse>, Status> {
+    async fn remove(&self, request: Request<proto::RemoveRequest>) -> Result<Response<proto::RemoveResponse>, Status> {
         let removed = match request.into_inner().target {
             Some(proto::remove_request::Target::Url(url)) => {
                 let url = ModuleUrl::parse(url.trim()).map_err(Error::from)?;
@@ -174,9 +170,7 @@ impl ModuleCache for Service {
                 let digest: Sha256 = digest.trim().parse().map_err(Error::from)?;
                 self.cache.remove_digest(&digest)?
             }
-            None => {
-                return Err(Error::InvalidArgument("remove needs a url or a sha256".into()).into())
-            }
+            None => return Err(Error::InvalidArgument("remove needs a url or a sha256".into()).into()),
         };
         tracing::info!(digests = ?removed.digests, urls = ?removed.urls, "removed from cache");
         Ok(Response::new(proto::RemoveResponse {

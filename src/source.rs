@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use url::Url;
 
+use crate::digest::Sha256;
+
 /// Longest URL accepted; longer ones are refused before any parsing.
 pub const MAX_URL_LEN: usize = 4096;
 
@@ -17,6 +19,84 @@ pub enum ModuleUrl {
     Http(Url),
     /// `file://` with an absolute path (not yet checked against the file roots).
     File(PathBuf),
+    /// `oci://REGISTRY/REPO[:TAG][@sha256:DIGEST]`.
+    Oci(ImageRef),
+}
+
+/// An OCI image reference, normalized: Docker Hub defaults filled in (registry `docker.io`, `library/`
+/// for one-segment repositories, tag `latest` when neither tag nor digest is given).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    inner: oci_client::Reference,
+    digest: Option<Sha256>,
+}
+
+impl ImageRef {
+    /// Parses a reference without the `oci://` prefix.
+    pub fn parse(raw: &str) -> Result<Self, UrlError> {
+        let bad = |reason: String| UrlError::BadReference {
+            reference: raw.chars().take(256).collect(),
+            reason,
+        };
+        let inner = oci_client::Reference::try_from(raw).map_err(|e| bad(e.to_string()))?;
+        let digest = match inner.digest() {
+            None => None,
+            Some(d) if d.starts_with("sha256:") => {
+                Some(d.parse().map_err(|e: crate::digest::DigestError| bad(e.to_string()))?)
+            }
+            Some(_) => return Err(bad("only sha256 digests are supported".into())),
+        };
+        Ok(ImageRef { inner, digest })
+    }
+
+    /// The registry as named in the reference (`docker.io` for Docker Hub), with its port if any.
+    pub fn registry(&self) -> &str {
+        self.inner.registry()
+    }
+
+    pub fn repository(&self) -> &str {
+        self.inner.repository()
+    }
+
+    pub fn tag(&self) -> Option<&str> {
+        self.inner.tag()
+    }
+
+    pub fn digest(&self) -> Option<Sha256> {
+        self.digest
+    }
+
+    /// What to ask the registry for: the digest when there is one, else the tag.
+    pub fn manifest_reference(&self) -> String {
+        match (self.digest, self.inner.tag()) {
+            (Some(d), _) => d.prefixed(),
+            (None, Some(tag)) => tag.to_string(),
+            (None, None) => "latest".to_string(),
+        }
+    }
+
+    /// A `latest` tag without a digest: it moves, so an unspecified pull policy re-checks it (the
+    /// Kubernetes rule).
+    pub fn is_floating(&self) -> bool {
+        self.digest.is_none() && self.inner.tag().is_none_or(|t| t == "latest")
+    }
+
+    /// `registry/repository`, the unit that registry permissions apply to.
+    pub fn repository_key(&self) -> String {
+        format!("{}/{}", self.registry(), self.repository())
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner.whole())
+    }
+}
+
+impl fmt::Debug for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Why a URL was refused.
@@ -30,12 +110,14 @@ pub enum UrlError {
     ControlCharacter,
     #[error("url {url:?} is malformed: {reason}")]
     Malformed { url: String, reason: String },
-    #[error("url scheme {0:?} is not supported (use http, https or file)")]
+    #[error("url scheme {0:?} is not supported (use oci, http, https or file)")]
     UnsupportedScheme(String),
     #[error("file url {0:?} must name a local absolute path (file:///path)")]
     FileNotLocal(String),
     #[error("url {0:?} has no host")]
     NoHost(String),
+    #[error("oci reference {reference:?} is malformed: {reason}")]
+    BadReference { reference: String, reason: String },
 }
 
 impl ModuleUrl {
@@ -51,11 +133,10 @@ impl ModuleUrl {
         }
         let scheme = raw.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match scheme.as_deref() {
+            Some("oci") => return ImageRef::parse(&raw[raw.find("://").map_or(0, |i| i + 3)..]).map(ModuleUrl::Oci),
             Some("http") | Some("https") | Some("file") => {}
             Some(other) if !other.is_empty() => {
-                return Err(UrlError::UnsupportedScheme(
-                    other.chars().take(32).collect(),
-                ))
+                return Err(UrlError::UnsupportedScheme(other.chars().take(32).collect()))
             }
             _ => {
                 return Err(UrlError::Malformed {
@@ -92,6 +173,7 @@ impl ModuleUrl {
             ModuleUrl::Http(u) if u.scheme() == "https" => "https",
             ModuleUrl::Http(_) => "http",
             ModuleUrl::File(_) => "file",
+            ModuleUrl::Oci(_) => "oci",
         }
     }
 }
@@ -105,6 +187,7 @@ impl fmt::Display for ModuleUrl {
                 Ok(u) => f.write_str(u.as_str()),
                 Err(()) => write!(f, "file://{}", p.display()),
             },
+            ModuleUrl::Oci(r) => write!(f, "oci://{r}"),
         }
     }
 }
@@ -172,19 +255,60 @@ mod tests {
             ModuleUrl::parse("ftp://x/y"),
             Err(UrlError::UnsupportedScheme("ftp".into()))
         );
-        assert!(matches!(
-            ModuleUrl::parse("not a url"),
-            Err(UrlError::Malformed { .. })
-        ));
+        assert!(matches!(ModuleUrl::parse("not a url"), Err(UrlError::Malformed { .. })));
         assert_eq!(ModuleUrl::parse(""), Err(UrlError::Empty));
-        assert_eq!(
-            ModuleUrl::parse("http://a/\nb"),
-            Err(UrlError::ControlCharacter)
-        );
+        assert_eq!(ModuleUrl::parse("http://a/\nb"), Err(UrlError::ControlCharacter));
         assert_eq!(
             ModuleUrl::parse(&format!("http://a/{}", "x".repeat(5000))),
             Err(UrlError::TooLong)
         );
+    }
+
+    #[test]
+    fn oci_reference_gets_docker_hub_defaults() {
+        let ModuleUrl::Oci(r) = ModuleUrl::parse("oci://envoy-filter").unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.registry(), "docker.io");
+        assert_eq!(r.repository(), "library/envoy-filter");
+        assert_eq!(r.tag(), Some("latest"));
+        assert!(r.is_floating());
+        assert_eq!(
+            ModuleUrl::Oci(r).to_string(),
+            "oci://docker.io/library/envoy-filter:latest"
+        );
+    }
+
+    #[test]
+    fn oci_reference_with_port_tag_and_digest() {
+        let d = "a".repeat(64);
+        let ModuleUrl::Oci(r) = ModuleUrl::parse(&format!("oci://127.0.0.1:5000/team/filter:v1@sha256:{d}")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "team/filter");
+        assert_eq!(r.tag(), Some("v1"));
+        assert_eq!(r.digest().unwrap().to_string(), d);
+        assert_eq!(r.manifest_reference(), format!("sha256:{d}"));
+        assert!(!r.is_floating());
+    }
+
+    #[test]
+    fn malformed_oci_references_name_the_problem() {
+        for bad in [
+            "oci://",
+            "oci://Upper/Case",
+            "oci://repo@sha256:abc",
+            "oci://repo@sha512:".to_string().as_str(),
+            "oci://a/b:bad tag",
+        ] {
+            let err = ModuleUrl::parse(bad).unwrap_err();
+            assert!(
+                matches!(err, UrlError::BadReference { .. } | UrlError::ControlCharacter),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

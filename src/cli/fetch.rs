@@ -42,8 +42,9 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<(), CliError> {
     let pull_secret = match &args.pull_secret {
-        Some(path) => std::fs::read(path)
-            .map_err(|e| CliError(format!("reading --pull-secret {}: {e}", path.display())))?,
+        Some(path) => {
+            std::fs::read(path).map_err(|e| CliError(format!("reading --pull-secret {}: {e}", path.display())))?
+        }
         None => Vec::new(),
     };
     let request = FetchRequest {
@@ -76,9 +77,7 @@ async fn download(
     let mut stream = client.fetch(request).await?.into_inner();
     let tmp = path.with_file_name(format!(
         ".{}.part{}",
-        path.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
         std::process::id()
     ));
     let write_err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
@@ -110,10 +109,7 @@ async fn download(
     let written = std::fs::metadata(&tmp).map_err(write_err)?.len();
     if written != info.size {
         let _ = std::fs::remove_file(&tmp);
-        return Err(CliError(format!(
-            "stream ended after {written} of {} bytes",
-            info.size
-        )));
+        return Err(CliError(format!("stream ended after {written} of {} bytes", info.size)));
     }
     std::fs::rename(&tmp, path).map_err(write_err)?;
     Ok(info)

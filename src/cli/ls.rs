@@ -32,10 +32,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
-        "{:<64}  {:>12}  {:<20}  URLS",
-        "SHA256", "SIZE", "LAST_USED"
-    );
+    println!("{:<64}  {:>12}  {:<20}  URLS", "SHA256", "SIZE", "LAST_USED");
     for m in &modules {
         let urls = if m.urls.is_empty() {
             "-".to_string()

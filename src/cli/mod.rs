@@ -44,9 +44,7 @@ pub struct SocketArg {
 
 impl SocketArg {
     pub fn path(&self) -> PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(crate::config::default_socket)
+        self.socket.clone().unwrap_or_else(crate::config::default_socket)
     }
 
     pub async fn connect(&self) -> Result<ModuleCacheClient<tonic::transport::Channel>, CliError> {
@@ -58,8 +56,7 @@ impl SocketArg {
                 source_text(&e)
             ))
         })?;
-        Ok(ModuleCacheClient::new(channel)
-            .max_decoding_message_size(crate::service::CHUNK_SIZE * 4))
+        Ok(ModuleCacheClient::new(channel).max_decoding_message_size(crate::service::CHUNK_SIZE * 4))
     }
 }
 
@@ -94,8 +91,7 @@ fn source_text(e: &dyn std::error::Error) -> String {
 pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
     match ts {
         Some(ts) if ts.seconds > 0 => {
-            let t = std::time::UNIX_EPOCH
-                + std::time::Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32);
             humantime::format_rfc3339_seconds(t).to_string()
         }
         _ => String::new(),

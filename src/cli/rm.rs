@@ -20,9 +20,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     };
     let mut client = args.socket.connect().await?;
     let removed = client
-        .remove(RemoveRequest {
-            target: Some(target),
-        })
+        .remove(RemoveRequest { target: Some(target) })
         .await?
         .into_inner();
     for digest in &removed.removed_sha256 {

@@ -47,13 +47,28 @@ pub struct Args {
     /// Fail a refresh instead of serving the cached copy (outcome STALE) when upstream fails
     #[arg(long)]
     pub no_serve_stale: bool,
+    /// Registry reachable over plain HTTP, or HTTPS without certificate verification (repeatable; `*` for all)
+    #[arg(long = "insecure-registry", value_name = "HOST[:PORT]")]
+    pub insecure_registries: Vec<String>,
+    /// Mirror tried before a registry, in the order given (repeatable), e.g. docker.io=https://mirror.local
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = config::parse_mirror)]
+    pub registry_mirrors: Vec<(String, url::Url)>,
+    /// Registry credentials for requests without a pull secret (the ~/.docker/config.json format)
+    #[arg(long, value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// Platform taken from an image index that has no Wasm platform
+    #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64", value_parser = config::parse_platform)]
+    pub platform: String,
+    /// Cap on an OCI manifest or index (bytes, or with a K/M/G suffix)
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes, default_value = "4MiB")]
+    pub max_manifest_bytes: u64,
     /// How long in-flight streams may run after SIGTERM
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,
 }
 
 impl Args {
-    pub fn into_config(self) -> Config {
+    pub fn into_config(self) -> Result<Config, config::ConfigError> {
         let mut c = Config::default();
         if let Some(dir) = self.cache_dir {
             c.cache_dir = dir;
@@ -69,18 +84,28 @@ impl Args {
         c.fetch.max_bytes = self.max_module_bytes;
         c.fetch.blocked_cidrs = self.blocked_cidrs;
         c.fetch.ca_file = self.ca_file;
-        c.fetch.insecure_hosts = self
-            .insecure_hosts
-            .iter()
-            .map(|h| h.trim().to_string())
-            .filter(|h| !h.is_empty())
-            .collect();
+        c.fetch.insecure_hosts = trimmed(self.insecure_hosts);
         c.serve_stale = !self.no_serve_stale;
         c.shutdown_grace = self.shutdown_grace;
-        c
+        c.fetch.oci.insecure_registries = trimmed(self.insecure_registries);
+        c.fetch.oci.mirrors = self.registry_mirrors;
+        c.fetch.oci.platform = self.platform;
+        c.fetch.oci.max_manifest_bytes = self.max_manifest_bytes;
+        if let Some(path) = &self.docker_config {
+            c.fetch.oci.default_credentials = config::load_docker_config(path)?;
+        }
+        Ok(c)
     }
 }
 
+fn trimmed(items: Vec<String>) -> Vec<String> {
+    items
+        .into_iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
 pub async fn run(args: Args) -> Result<(), ServeError> {
-    server::serve(args.into_config(), crate::signal::shutdown()).await
+    server::serve(args.into_config()?, crate::signal::shutdown()).await
 }

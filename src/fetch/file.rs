@@ -21,8 +21,7 @@ impl FileFetcher {
             .file_roots
             .iter()
             .map(|r| {
-                std::fs::canonicalize(r)
-                    .map_err(|e| FetchError::Config(format!("--file-root {}: {e}", r.display())))
+                std::fs::canonicalize(r).map_err(|e| FetchError::Config(format!("--file-root {}: {e}", r.display())))
             })
             .collect::<Result<_, _>>()?;
         Ok(FileFetcher {
@@ -35,12 +34,7 @@ impl FileFetcher {
         self.roots.iter().any(|root| path.starts_with(root))
     }
 
-    pub async fn fetch(
-        &self,
-        url: &ModuleUrl,
-        path: &Path,
-        sink: &mut dyn Sink,
-    ) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, url: &ModuleUrl, path: &Path, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
         let shown = url.to_string();
         if self.roots.is_empty() {
             return Err(FetchError::NoFileRoots { url: shown });
@@ -57,22 +51,15 @@ impl FileFetcher {
                     detail: "no such file".into(),
                 })
             }
-            Err(e) => {
-                return Err(FetchError::Read {
-                    url: shown,
-                    source: e,
-                })
-            }
+            Err(e) => return Err(FetchError::Read { url: shown, source: e }),
         };
         if !self.within_roots(&real) {
             return Err(FetchError::OutsideRoots { url: shown });
         }
-        let mut file = tokio::fs::File::open(&real)
-            .await
-            .map_err(|e| FetchError::Read {
-                url: shown.clone(),
-                source: e,
-            })?;
+        let mut file = tokio::fs::File::open(&real).await.map_err(|e| FetchError::Read {
+            url: shown.clone(),
+            source: e,
+        })?;
         let meta = file.metadata().await.map_err(|e| FetchError::Read {
             url: shown.clone(),
             source: e,

@@ -8,12 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 /// Always blocked: link-local ranges and the cloud metadata endpoints that live outside them.
-pub const ALWAYS_BLOCKED: [&str; 4] = [
-    "169.254.0.0/16",
-    "fe80::/10",
-    "fd00:ec2::/32",
-    "100.100.100.200/32",
-];
+pub const ALWAYS_BLOCKED: [&str; 4] = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/32", "100.100.100.200/32"];
 
 #[derive(Clone, Debug)]
 pub struct Guard {
@@ -113,10 +108,7 @@ mod tests {
     #[test]
     fn a_name_with_some_allowed_addresses_keeps_only_those() {
         let g = Guard::new(&[]);
-        let addrs = vec![
-            "169.254.1.1:80".parse().unwrap(),
-            "127.0.0.1:80".parse().unwrap(),
-        ];
+        let addrs = vec!["169.254.1.1:80".parse().unwrap(), "127.0.0.1:80".parse().unwrap()];
         assert_eq!(
             g.filter(addrs).unwrap(),
             vec!["127.0.0.1:80".parse::<SocketAddr>().unwrap()]

@@ -19,14 +19,20 @@ use crate::source::display_url;
 const MAX_REDIRECTS: usize = 10;
 
 pub struct HttpFetcher {
-    verified: Client,
-    /// Client for the hosts whose certificates are not verified; built only when some are configured.
-    unverified: Option<Client>,
+    clients: Clients,
     insecure_hosts: Vec<String>,
-    guard: Guard,
     backoff: Backoff,
     timeout: Duration,
     max_bytes: u64,
+}
+
+/// The guarded reqwest clients every network fetcher shares: one that verifies TLS, one that does not
+/// (for hosts the operator listed as insecure).
+#[derive(Clone)]
+pub struct Clients {
+    pub verified: Client,
+    pub unverified: Client,
+    pub guard: Guard,
 }
 
 /// How one attempt failed: give up now, or try again after a pause.
@@ -43,18 +49,16 @@ pub(crate) fn install_crypto_provider() {
     });
 }
 
-impl HttpFetcher {
+impl Clients {
     pub fn new(settings: &Settings) -> Result<Self, FetchError> {
         install_crypto_provider();
         let guard = Guard::new(&settings.blocked_cidrs);
         let extra_roots = match &settings.ca_file {
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
-                    FetchError::Config(format!("reading --ca-file {}: {e}", path.display()))
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    FetchError::Config(format!("parsing --ca-file {}: {e}", path.display()))
-                })?;
+                let pem = std::fs::read(path)
+                    .map_err(|e| FetchError::Config(format!("reading --ca-file {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .map_err(|e| FetchError::Config(format!("parsing --ca-file {}: {e}", path.display())))?;
                 if certs.is_empty() {
                     return Err(FetchError::Config(format!(
                         "--ca-file {} holds no PEM certificate",
@@ -71,9 +75,7 @@ impl HttpFetcher {
                 .user_agent(concat!("wasmcache/", env!("CARGO_PKG_VERSION")))
                 .connect_timeout(settings.timeout)
                 .read_timeout(settings.timeout)
-                .dns_resolver(GuardedResolver {
-                    guard: guard.clone(),
-                })
+                .dns_resolver(GuardedResolver { guard: guard.clone() })
                 .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                     if attempt.previous().len() >= MAX_REDIRECTS {
                         return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
@@ -91,37 +93,37 @@ impl HttpFetcher {
                 .build()
                 .map_err(|e| FetchError::Config(format!("building http client: {e}")))
         };
-        Ok(HttpFetcher {
+        Ok(Clients {
             verified: build(false)?,
-            unverified: if settings.insecure_hosts.is_empty() {
-                None
-            } else {
-                Some(build(true)?)
-            },
-            insecure_hosts: settings.insecure_hosts.clone(),
+            unverified: build(true)?,
             guard,
+        })
+    }
+}
+
+impl HttpFetcher {
+    pub fn new(settings: &Settings, clients: Clients) -> Self {
+        HttpFetcher {
+            clients,
+            insecure_hosts: settings.insecure_hosts.clone(),
             backoff: settings.backoff.clone(),
             timeout: settings.timeout,
             max_bytes: settings.max_bytes,
-        })
+        }
     }
 
     fn client_for(&self, url: &Url) -> &Client {
-        match &self.unverified {
-            Some(client) if host_matches(&self.insecure_hosts, url) => client,
-            _ => &self.verified,
+        if host_matches(&self.insecure_hosts, url) {
+            &self.clients.unverified
+        } else {
+            &self.clients.verified
         }
     }
 
     /// Downloads `url` into `sink`, retrying transient failures with backoff.
-    pub async fn fetch(
-        &self,
-        url: &Url,
-        conditions: &Conditions,
-        sink: &mut dyn Sink,
-    ) -> Result<Fetched, FetchError> {
+    pub async fn fetch(&self, url: &Url, conditions: &Conditions, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
         let shown = display_url(url);
-        if let Err(source) = self.guard.check_url(url) {
+        if let Err(source) = self.clients.guard.check_url(url) {
             return Err(FetchError::Blocked { url: shown, source });
         }
         let attempts = self.backoff.attempts.max(1);
@@ -172,10 +174,7 @@ impl HttpFetcher {
             Ok(Err(e)) => return Err(classify(shown, e)),
             Err(_) => {
                 return Err(AttemptError::Retry {
-                    cause: format!(
-                        "no response within {}",
-                        humantime::format_duration(self.timeout)
-                    ),
+                    cause: format!("no response within {}", humantime::format_duration(self.timeout)),
                     timed_out: true,
                 })
             }
@@ -184,18 +183,14 @@ impl HttpFetcher {
         let fatal = |e| Err(AttemptError::Fatal(e));
         let url = shown.to_string();
         match status {
-            StatusCode::NOT_MODIFIED if conditions.etag.is_some() => {
-                return Ok(Fetched::NotModified)
-            }
+            StatusCode::NOT_MODIFIED if conditions.etag.is_some() => return Ok(Fetched::NotModified(Meta::default())),
             StatusCode::NOT_FOUND | StatusCode::GONE => {
                 return fatal(FetchError::NotFound {
                     url,
                     detail: format!("HTTP {}", status.as_u16()),
                 })
             }
-            StatusCode::UNAUTHORIZED => {
-                return fatal(FetchError::Unauthenticated { url, status: 401 })
-            }
+            StatusCode::UNAUTHORIZED => return fatal(FetchError::Unauthenticated { url, status: 401 }),
             StatusCode::FORBIDDEN => return fatal(FetchError::Forbidden { url, status: 403 }),
             s if s.is_success() => {}
             s if retryable_status(s.as_u16()) => {
@@ -211,10 +206,7 @@ impl HttpFetcher {
                 })
             }
         }
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_bytes)
-        {
+        if response.content_length().is_some_and(|len| len > self.max_bytes) {
             return fatal(FetchError::TooLarge {
                 url,
                 limit: self.max_bytes,
@@ -245,8 +237,8 @@ impl HttpFetcher {
             }
         }
         Ok(Fetched::Complete(Meta {
-            manifest_digest: None,
             etag,
+            ..Meta::default()
         }))
     }
 }
@@ -277,7 +269,7 @@ fn classify(shown: &str, err: reqwest::Error) -> AttemptError {
 }
 
 /// `err: cause: cause`, without repeats.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {
@@ -301,11 +293,7 @@ pub fn host_matches(hosts: &[String], url: &Url) -> bool {
     hosts.iter().any(|h| {
         let h = h.trim().trim_start_matches('[').replace("]:", ":");
         let h = h.trim_end_matches(']');
-        h == "*"
-            || h.eq_ignore_ascii_case(host)
-            || with_port
-                .as_deref()
-                .is_some_and(|wp| h.eq_ignore_ascii_case(wp))
+        h == "*" || h.eq_ignore_ascii_case(host) || with_port.as_deref().is_some_and(|wp| h.eq_ignore_ascii_case(wp))
     })
 }
 
@@ -318,8 +306,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let guard = self.guard.clone();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
             let allowed = guard.filter(addrs)?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })

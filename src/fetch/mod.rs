@@ -7,6 +7,7 @@
 pub mod file;
 pub mod guard;
 pub mod http;
+pub mod oci;
 pub mod retry;
 pub mod unbox;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use self::oci::auth::DockerConfig;
 use crate::digest::Sha256;
 use crate::source::ModuleUrl;
 
@@ -31,6 +33,8 @@ pub trait Sink: Send {
 pub struct Conditions {
     /// The validator (HTTP ETag) recorded at the last fetch.
     pub etag: Option<String>,
+    /// The digest an OCI tag resolved to at the last fetch (the index digest when there was one).
+    pub known_digest: Option<Sha256>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,15 +42,21 @@ pub enum Fetched {
     /// The sink holds the whole payload.
     Complete(Meta),
     /// Upstream confirmed that the content the conditions describe is still current; nothing was written.
-    NotModified,
+    NotModified(Meta),
 }
 
 /// What a fetch learned besides the bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
-    /// Digest of the manifest the module came from (OCI only).
+    /// Digest of the image manifest the module came from (OCI only).
     pub manifest_digest: Option<Sha256>,
+    /// Digest of the index the image manifest was chosen from (OCI only).
+    pub index_digest: Option<Sha256>,
     pub etag: Option<String>,
+    /// Credentials were sent upstream: the module may be private.
+    pub authenticated: bool,
+    /// Which entry to take when the payload is an archive.
+    pub pick: unbox::Pick,
 }
 
 /// How fetchers behave; filled in and validated by [`crate::config`].
@@ -64,6 +74,7 @@ pub struct Settings {
     pub insecure_hosts: Vec<String>,
     /// Directories `file://` URLs may read below; empty refuses every `file://` URL.
     pub file_roots: Vec<PathBuf>,
+    pub oci: oci::OciSettings,
 }
 
 /// Errors of the fetch layer. `url` fields never carry credentials.
@@ -100,17 +111,9 @@ pub enum FetchError {
     #[error("{url}: tls: {cause}")]
     Tls { url: String, cause: String },
     #[error("{url}: upstream unavailable after {attempts} attempt(s): {cause}")]
-    Unavailable {
-        url: String,
-        attempts: u32,
-        cause: String,
-    },
+    Unavailable { url: String, attempts: u32, cause: String },
     #[error("{url}: timed out after {attempts} attempt(s): {cause}")]
-    Timeout {
-        url: String,
-        attempts: u32,
-        cause: String,
-    },
+    Timeout { url: String, attempts: u32, cause: String },
     #[error("{url}: reading: {source}")]
     Read {
         url: String,
@@ -119,6 +122,17 @@ pub enum FetchError {
     },
     #[error("writing to the cache: {0}")]
     Sink(#[source] io::Error),
+    #[error("{url}: {what} digest mismatch: expected sha256:{expected}, got sha256:{actual}; nothing was stored")]
+    DigestMismatch {
+        url: String,
+        what: String,
+        expected: Sha256,
+        actual: Sha256,
+    },
+    #[error("{url}: {reason}")]
+    Format { url: String, reason: String },
+    #[error("pull secret: {0}")]
+    BadSecret(#[from] oci::auth::SecretError),
     #[error("fetcher configuration: {0}")]
     Config(String),
 }
@@ -127,16 +141,30 @@ pub enum FetchError {
 pub struct Fetchers {
     http: http::HttpFetcher,
     file: file::FileFetcher,
+    oci: oci::OciFetcher,
     max_bytes: u64,
 }
 
 impl Fetchers {
     pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+        let clients = http::Clients::new(settings)?;
         Ok(Fetchers {
-            http: http::HttpFetcher::new(settings)?,
+            oci: oci::OciFetcher::new(
+                &settings.oci,
+                clients.verified.clone(),
+                clients.unverified.clone(),
+                clients.guard.clone(),
+                settings.backoff.clone(),
+                settings.max_bytes,
+            ),
+            http: http::HttpFetcher::new(settings, clients),
             file: file::FileFetcher::new(settings)?,
             max_bytes: settings.max_bytes,
         })
+    }
+
+    pub fn oci(&self) -> &oci::OciFetcher {
+        &self.oci
     }
 
     /// The cap on downloaded and on unwrapped sizes.
@@ -144,15 +172,18 @@ impl Fetchers {
         self.max_bytes
     }
 
+    /// Fetches `url` into `sink`. `secret` holds the request's registry credentials (OCI only).
     pub async fn fetch(
         &self,
         url: &ModuleUrl,
         conditions: &Conditions,
+        secret: Option<&DockerConfig>,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
         match url {
             ModuleUrl::Http(u) => self.http.fetch(u, conditions, sink).await,
             ModuleUrl::File(p) => self.file.fetch(url, p, sink).await,
+            ModuleUrl::Oci(image) => self.oci.fetch(&url.to_string(), image, conditions, secret, sink).await,
         }
     }
 }

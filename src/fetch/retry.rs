@@ -16,8 +16,7 @@ pub struct Backoff {
 impl Backoff {
     /// The pause before attempt `attempt + 1` (attempts count from 1).
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        let nominal =
-            self.initial.as_secs_f64() * self.factor.powi(attempt.saturating_sub(1) as i32);
+        let nominal = self.initial.as_secs_f64() * self.factor.powi(attempt.saturating_sub(1) as i32);
         let capped = nominal.min(self.max.as_secs_f64());
         Duration::from_secs_f64(capped * (0.8 + 0.4 * fastrand::f64()))
     }

@@ -18,6 +18,16 @@ pub const SNIFF_LEN: usize = 512;
 /// The entry name a Wasm image layer keeps its module under.
 const PLUGIN_ENTRY: &str = "plugin.wasm";
 
+/// Which archive entry holds the module.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Pick {
+    /// `plugin.wasm`, else the only `*.wasm` entry (payloads published over http).
+    #[default]
+    PluginOrOnlyWasm,
+    /// `plugin.wasm` only: the Wasm image convention, where other `.wasm` files are not the module.
+    PluginOnly,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Wasm,
@@ -84,7 +94,7 @@ pub fn read_head(path: &Path) -> Result<Vec<u8>, UnboxError> {
 
 /// Unwraps the gzip, tar or tar.gz payload in `path` into `out`, writing at most `limit` bytes and
 /// decompressing at most `limit` bytes. Does not check the Wasm header of the result.
-pub fn unwrap(path: &Path, out: &mut impl Write, limit: u64) -> Result<(), UnboxError> {
+pub fn unwrap(path: &Path, out: &mut impl Write, limit: u64, pick: Pick) -> Result<(), UnboxError> {
     let head = read_head(path)?;
     match sniff(&head) {
         Kind::Gzip => {
@@ -96,14 +106,12 @@ pub fn unwrap(path: &Path, out: &mut impl Write, limit: u64) -> Result<(), Unbox
                 buf
             };
             match sniff(&inner_head) {
-                Kind::Tar => unwrap_tar(|| Ok(MultiGzDecoder::new(open(path)?)), out, limit),
-                Kind::Gzip => Err(UnboxError::Archive(
-                    "gzip inside gzip is not supported".into(),
-                )),
+                Kind::Tar => unwrap_tar(|| Ok(MultiGzDecoder::new(open(path)?)), out, limit, pick),
+                Kind::Gzip => Err(UnboxError::Archive("gzip inside gzip is not supported".into())),
                 _ => copy_capped(Capped::new(MultiGzDecoder::new(open(path)?), limit), out),
             }
         }
-        Kind::Tar => unwrap_tar(|| open(path), out, limit),
+        Kind::Tar => unwrap_tar(|| open(path), out, limit, pick),
         Kind::Wasm => copy_capped(Capped::new(open(path)?, limit), out),
         Kind::Unknown => check_wasm(&head),
     }
@@ -118,18 +126,17 @@ fn unwrap_tar<R: Read>(
     reopen: impl Fn() -> Result<R, UnboxError>,
     out: &mut impl Write,
     limit: u64,
+    pick: Pick,
 ) -> Result<(), UnboxError> {
     let names = {
         let mut capped = Capped::new(reopen()?, limit);
         let listed = list_files(&mut capped);
         capped.check(listed)?
     };
-    let chosen = choose_entry(&names)?;
+    let chosen = choose_entry(&names, pick)?;
     let mut capped = Capped::new(reopen()?, limit);
     let mut archive = tar::Archive::new(&mut capped);
-    let entries = archive
-        .entries()
-        .map_err(|e| UnboxError::Archive(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| UnboxError::Archive(e.to_string()))?;
     let mut position = 0;
     for entry in entries {
         let entry = entry.map_err(|e| UnboxError::Archive(e.to_string()))?;
@@ -160,25 +167,26 @@ fn list_files(reader: &mut impl Read) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The index (among regular files) of `plugin.wasm`, or of the only `.wasm` file. Entries with absolute
-/// paths or `..` components are never chosen.
-fn choose_entry(names: &[String]) -> Result<usize, UnboxError> {
+/// The index (among regular files) of `plugin.wasm`, or (when `pick` allows) of the only `.wasm` file.
+/// Entries with absolute paths or `..` components are never chosen.
+fn choose_entry(names: &[String], pick: Pick) -> Result<usize, UnboxError> {
     let safe = |name: &str| {
         Path::new(name)
             .components()
             .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     };
-    let base = |name: &str| {
-        Path::new(name)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .map(str::to_owned)
-    };
+    let base = |name: &str| Path::new(name).file_name().and_then(|n| n.to_str()).map(str::to_owned);
     let plugin: Vec<usize> = (0..names.len())
         .filter(|&i| safe(&names[i]) && base(&names[i]).as_deref() == Some(PLUGIN_ENTRY))
         .collect();
     if let Some(&i) = plugin.first() {
         return Ok(i);
+    }
+    if pick == Pick::PluginOnly {
+        return Err(UnboxError::Archive(format!(
+            "image layer has no {PLUGIN_ENTRY} (entries: {})",
+            summarize(names)
+        )));
     }
     let wasm: Vec<usize> = (0..names.len())
         .filter(|&i| safe(&names[i]) && names[i].to_ascii_lowercase().ends_with(".wasm"))

@@ -1,7 +1,8 @@
 //! The sled index: what each reference resolves to, and what is known of each blob.
 //!
 //! Trees: `refs` maps an opaque reference (the cache uses credential-free URLs) to a [`RefRecord`];
-//! `blobs` maps a hex digest to a [`BlobRecord`]. Records are JSON so that later fields can be added
+//! `blobs` maps a hex digest to a [`BlobRecord`]; `access` maps a hex digest to an [`AccessRecord`];
+//! `meta` holds the index's own settings (the fingerprint salt). Records are JSON so that later fields can be added
 //! without a migration. The blob files are the truth: a record without a file is ignored and repaired.
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,9 @@ pub struct RefRecord {
     /// `sha256:<hex>` of the manifest the module came from, when there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest_digest: Option<String>,
+    /// `sha256:<hex>` of the index the manifest was chosen from, when there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
     /// `(resource_name, resource_version)` of the request that last fetched it, for the Always policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<(String, String)>,
@@ -39,11 +43,23 @@ pub struct BlobRecord {
     pub last_used_ms: u64,
 }
 
+/// Who may be served a blob: anyone (it was pulled anonymously), or the holders of credentials proven
+/// per repository. Only salted fingerprints are kept, never a credential.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessRecord {
+    pub public: bool,
+    /// `registry/repository` -> hex fingerprints of credentials that pulled or were checked there.
+    #[serde(default)]
+    pub proven: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 #[derive(Clone)]
 pub struct Index {
     db: sled::Db,
     refs: sled::Tree,
     blobs: sled::Tree,
+    access: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl Index {
@@ -51,7 +67,15 @@ impl Index {
         let db = sled::Config::new().path(dir).open()?;
         let refs = db.open_tree("refs")?;
         let blobs = db.open_tree("blobs")?;
-        Ok(Index { db, refs, blobs })
+        let access = db.open_tree("access")?;
+        let meta = db.open_tree("meta")?;
+        Ok(Index {
+            db,
+            refs,
+            blobs,
+            access,
+            meta,
+        })
     }
 
     /// Waits until every earlier write is on disk.
@@ -112,6 +136,39 @@ impl Index {
     pub fn remove_blob(&self, digest: &Sha256) -> Result<(), StoreError> {
         self.blobs.remove(digest.to_string())?;
         Ok(())
+    }
+
+    pub fn get_access(&self, digest: &Sha256) -> Result<Option<AccessRecord>, StoreError> {
+        decode(self.access.get(digest.to_string())?)
+    }
+
+    pub fn put_access(&self, digest: &Sha256, record: &AccessRecord) -> Result<(), StoreError> {
+        self.access.insert(digest.to_string(), encode(record))?;
+        Ok(())
+    }
+
+    pub fn remove_access(&self, digest: &Sha256) -> Result<(), StoreError> {
+        self.access.remove(digest.to_string())?;
+        Ok(())
+    }
+
+    /// A random salt for credential fingerprints, made once per cache and kept in the index.
+    pub fn salt(&self) -> Result<[u8; 32], StoreError> {
+        const KEY: &str = "fingerprint-salt";
+        let mut fresh = [0u8; 32];
+        fresh.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        // Compare-and-swap from "absent": of two racing first calls, both end up with the winner's salt.
+        let _ = self
+            .meta
+            .compare_and_swap(KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
+        let stored = self
+            .meta
+            .get(KEY)?
+            .ok_or_else(|| StoreError::IndexRecord("salt vanished".into()))?;
+        stored
+            .as_ref()
+            .try_into()
+            .map_err(|_| StoreError::IndexRecord("salt has the wrong length".into()))
     }
 
     pub fn blobs(&self) -> Result<Vec<(Sha256, BlobRecord)>, StoreError> {

@@ -16,11 +16,7 @@ pub struct Ingest {
 
 impl Ingest {
     pub(super) fn create(path: PathBuf) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(&path)?;
         Ok(Ingest {
             path,
             writer: Some(HashingWriter::new(file)),
@@ -42,12 +38,7 @@ impl Ingest {
 
     /// Throws away everything written so far, so that a retried download starts from an empty file.
     pub fn reset(&mut self) -> io::Result<()> {
-        let mut file = self
-            .writer
-            .take()
-            .expect("ingest used after finish")
-            .finish()
-            .0;
+        let mut file = self.writer.take().expect("ingest used after finish").finish().0;
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         self.writer = Some(HashingWriter::new(file));

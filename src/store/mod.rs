@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use index::{BlobRecord, Index, RefRecord};
+pub use index::{AccessRecord, BlobRecord, Index, RefRecord};
 pub use ingest::Ingest;
 pub use layout::Layout;
 
@@ -132,19 +132,12 @@ impl Store {
     /// Opens (creating) the store under `root`, removing temp files left by an earlier process.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let layout = Layout::new(root.to_path_buf());
-        for dir in [
-            layout.blobs_dir(),
-            layout.ingest_dir(),
-            layout.quarantine_dir(),
-        ] {
+        for dir in [layout.blobs_dir(), layout.ingest_dir(), layout.quarantine_dir()] {
             std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         }
         let swept = sweep_dir(&layout.ingest_dir())?;
         if swept > 0 {
-            tracing::info!(
-                count = swept,
-                "removed temp files of an interrupted earlier run"
-            );
+            tracing::info!(count = swept, "removed temp files of an interrupted earlier run");
         }
         let index_dir = layout.index_dir();
         let index = Index::open(&index_dir)?;
@@ -173,11 +166,7 @@ impl Store {
 
     /// Makes an ingest visible as `blobs/sha256/<hex>` when its digest equals `expected` (if given).
     /// Consumes the ingest whatever happens; a blob that is already present counts as success.
-    pub fn commit(
-        &self,
-        ingest: Ingest,
-        expected: Option<Sha256>,
-    ) -> Result<Committed, StoreError> {
+    pub fn commit(&self, ingest: Ingest, expected: Option<Sha256>) -> Result<Committed, StoreError> {
         let ingest_path = ingest.path().to_path_buf();
         let (tmp, digest, size) = ingest.finish().map_err(StoreError::io(&ingest_path))?;
         let remove_tmp = || {
@@ -209,17 +198,11 @@ impl Store {
         // The blob is committed. What follows is bookkeeping: failures are logged, not returned, since
         // the blob is already visible and correct.
         if let Ok(meta) = std::fs::metadata(&target) {
-            self.verified
-                .lock()
-                .unwrap()
-                .insert(digest, Stamp::of(&meta));
+            self.verified.lock().unwrap().insert(digest, Stamp::of(&meta));
         }
         let now = now_ms();
         let record = match self.index.get_blob(&digest) {
-            Ok(Some(r)) => BlobRecord {
-                last_used_ms: now,
-                ..r
-            },
+            Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
             _ => BlobRecord {
                 size,
                 created_ms: now,
@@ -247,9 +230,7 @@ impl Store {
         let path = self.layout.blob(digest);
         let mut file = match File::open(&path) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(*digest))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         let meta = file.metadata().map_err(StoreError::io(&path))?;
@@ -268,8 +249,7 @@ impl Store {
                 }
                 self.verified.lock().unwrap().insert(*digest, stamp);
             }
-            file.seek(SeekFrom::Start(0))
-                .map_err(StoreError::io(&path))?;
+            file.seek(SeekFrom::Start(0)).map_err(StoreError::io(&path))?;
         }
         self.touch(digest, meta.len());
         Ok(OpenBlob {
@@ -284,10 +264,7 @@ impl Store {
         let now = now_ms();
         let record = match self.index.get_blob(digest) {
             Ok(Some(r)) if now.saturating_sub(r.last_used_ms) < LAST_USED_GRANULARITY_MS => return,
-            Ok(Some(r)) => BlobRecord {
-                last_used_ms: now,
-                ..r
-            },
+            Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
             _ => BlobRecord {
                 size,
                 created_ms: now,
@@ -325,6 +302,7 @@ impl Store {
             self.index.remove_ref(r)?;
         }
         self.index.remove_blob(digest)?;
+        self.index.remove_access(digest)?;
         Ok(refs)
     }
 
@@ -354,11 +332,7 @@ impl Store {
         let mut out = Vec::new();
         for item in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {
             let item = item.map_err(StoreError::io(&dir))?;
-            let Some(digest) = item
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<Sha256>().ok())
-            else {
+            let Some(digest) = item.file_name().to_str().and_then(|n| n.parse::<Sha256>().ok()) else {
                 continue;
             };
             let Ok(meta) = item.metadata() else { continue };

@@ -36,17 +36,14 @@ fn record(digest: Sha256) -> RefRecord {
     RefRecord {
         digest: digest.to_string(),
         manifest_digest: None,
+        index_digest: None,
         resource: None,
         etag: None,
         fetched_at_ms: 1,
     }
 }
 
-fn write_blob(
-    store: &Store,
-    bytes: &[u8],
-    expected: Option<Sha256>,
-) -> Result<Committed, StoreError> {
+fn write_blob(store: &Store, bytes: &[u8], expected: Option<Sha256>) -> Result<Committed, StoreError> {
     let mut ingest = store.ingest().unwrap();
     ingest.write_all(bytes).unwrap();
     store.commit(ingest, expected)
@@ -75,12 +72,7 @@ fn digest_mismatch_commits_nothing_and_leaves_no_temp_file() {
         let err = write_blob(store, b"module", Some(Sha256::of(b"other"))).unwrap_err();
         assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
         assert!(!store.contains(&Sha256::of(b"module")));
-        assert_eq!(
-            std::fs::read_dir(store.layout().ingest_dir())
-                .unwrap()
-                .count(),
-            0
-        );
+        assert_eq!(std::fs::read_dir(store.layout().ingest_dir()).unwrap().count(), 0);
     });
 }
 
@@ -90,13 +82,7 @@ fn committing_an_existing_digest_succeeds() {
         write_blob(store, b"same", None).unwrap();
         write_blob(store, b"same", None).unwrap();
         let listed = store.list().unwrap();
-        assert_eq!(
-            listed
-                .iter()
-                .filter(|e| e.digest == Sha256::of(b"same"))
-                .count(),
-            1
-        );
+        assert_eq!(listed.iter().filter(|e| e.digest == Sha256::of(b"same")).count(), 1);
     });
 }
 
@@ -133,10 +119,7 @@ fn blobs_and_refs_survive_reopen() {
         c.digest
     };
     let store = open(dir.path());
-    assert_eq!(
-        store.index().get_ref("ref").unwrap().unwrap().digest(),
-        Some(digest)
-    );
+    assert_eq!(store.index().get_ref("ref").unwrap().unwrap().digest(), Some(digest));
     assert_eq!(
         std::fs::read(store.open_blob(&digest).unwrap().path).unwrap(),
         b"persist"
@@ -152,20 +135,10 @@ fn temp_files_are_swept_on_open() {
         ingest.write_all(b"partial").unwrap();
         // Simulate a crash: the process dies without running Drop.
         std::mem::forget(ingest);
-        assert_eq!(
-            std::fs::read_dir(store.layout().ingest_dir())
-                .unwrap()
-                .count(),
-            1
-        );
+        assert_eq!(std::fs::read_dir(store.layout().ingest_dir()).unwrap().count(), 1);
     }
     let store = open(dir.path());
-    assert_eq!(
-        std::fs::read_dir(store.layout().ingest_dir())
-            .unwrap()
-            .count(),
-        0
-    );
+    assert_eq!(std::fs::read_dir(store.layout().ingest_dir()).unwrap().count(), 0);
 }
 
 #[test]
@@ -177,22 +150,13 @@ fn blob_altered_on_disk_is_quarantined_on_first_read_after_reopen() {
         store.index().put_ref("ref", &record(c.digest)).unwrap();
         c.digest
     };
-    std::fs::write(
-        dir.path().join("blobs/sha256").join(digest.to_string()),
-        b"tampered",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("blobs/sha256").join(digest.to_string()), b"tampered").unwrap();
     let store = open(dir.path());
     let err = store.open_blob(&digest).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(!store.contains(&digest));
     assert!(store.index().get_ref("ref").unwrap().is_none());
-    assert_eq!(
-        std::fs::read_dir(store.layout().quarantine_dir())
-            .unwrap()
-            .count(),
-        1
-    );
+    assert_eq!(std::fs::read_dir(store.layout().quarantine_dir()).unwrap().count(), 1);
 }
 
 #[test]
@@ -201,10 +165,7 @@ fn blob_altered_while_running_is_detected_by_its_changed_stamp() {
         let c = write_blob(store, b"original bytes", None).unwrap();
         store.open_blob(&c.digest).unwrap();
         std::fs::write(store.blob_path(&c.digest), b"changed").unwrap();
-        assert!(matches!(
-            store.open_blob(&c.digest),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(store.open_blob(&c.digest), Err(StoreError::Corrupt { .. })));
     });
 }
 

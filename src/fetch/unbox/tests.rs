@@ -34,7 +34,7 @@ fn unwrap_bytes(payload: &[u8], limit: u64) -> Result<Vec<u8>, UnboxError> {
     let path = dir.path().join("payload");
     std::fs::write(&path, payload).unwrap();
     let mut out = Vec::new();
-    unwrap(&path, &mut out, limit).map(|()| out)
+    unwrap(&path, &mut out, limit, Pick::PluginOrOnlyWasm).map(|()| out)
 }
 
 #[test]
@@ -81,6 +81,15 @@ fn tar_entry_with_parent_components_is_never_chosen() {
     raw[..512].copy_from_slice(header.as_bytes());
     let err = unwrap_bytes(&raw, 1 << 20).unwrap_err();
     assert!(matches!(err, UnboxError::Archive(_)), "{err}");
+}
+
+#[test]
+fn image_layer_wants_plugin_wasm_even_with_a_single_wasm_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("layer");
+    std::fs::write(&path, gzip(&tar_of(&[("bin/filter.wasm", &module(b"x"))]))).unwrap();
+    let err = unwrap(&path, &mut Vec::new(), 1 << 20, Pick::PluginOnly).unwrap_err();
+    assert!(err.to_string().contains("plugin.wasm"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,267 @@
+//! The `oci://` fetcher. Two phases, as Istio does it: resolve the tag to a manifest digest first (so a
+//! re-check that finds the same digest downloads nothing), then fetch the manifest (through an index
+//! when there is one) and the one blob that holds the module. Every manifest and blob is verified
+//! against its digest before it is handed on.
+
+pub mod auth;
+pub mod formats;
+pub mod registry;
+
+use reqwest::Client;
+use url::Url;
+
+use self::auth::{Credentials, DockerConfig};
+use self::formats::Document;
+use self::registry::{Endpoint, RegistryClient, Session};
+use super::guard::Guard;
+use super::http::host_matches;
+use super::{Conditions, FetchError, Fetched, Meta, Sink};
+use crate::digest::Sha256;
+use crate::source::ImageRef;
+
+/// Registry settings, filled in by [`crate::config`].
+#[derive(Clone, Debug)]
+pub struct OciSettings {
+    /// `host[:port]` (or `*`) reachable over plain HTTP or HTTPS without verification.
+    pub insecure_registries: Vec<String>,
+    /// Mirrors per registry, in the order they are tried; the registry itself comes last.
+    pub mirrors: Vec<(String, Url)>,
+    /// Credentials for requests that bring no pull secret (the `--docker-config` file).
+    pub default_credentials: DockerConfig,
+    /// `os/arch[/variant]` chosen from an index when it has no Wasm platform.
+    pub platform: String,
+    pub max_manifest_bytes: u64,
+}
+
+impl Default for OciSettings {
+    fn default() -> Self {
+        OciSettings {
+            insecure_registries: Vec::new(),
+            mirrors: Vec::new(),
+            default_credentials: DockerConfig::default(),
+            platform: "linux/amd64".into(),
+            max_manifest_bytes: 4 << 20,
+        }
+    }
+}
+
+pub struct OciFetcher {
+    client: RegistryClient,
+    settings: OciSettings,
+    max_bytes: u64,
+}
+
+/// Docker Hub's registry API host; references name it `docker.io`.
+const DOCKER_HUB_API: &str = "registry-1.docker.io";
+
+fn is_docker_hub(registry: &str) -> bool {
+    matches!(registry, "docker.io" | "index.docker.io" | "registry-1.docker.io")
+}
+
+impl OciFetcher {
+    pub fn new(
+        settings: &OciSettings,
+        verified: Client,
+        unverified: Client,
+        guard: Guard,
+        backoff: super::retry::Backoff,
+        max_bytes: u64,
+    ) -> Self {
+        OciFetcher {
+            client: RegistryClient::new(verified, unverified, guard, backoff),
+            settings: settings.clone(),
+            max_bytes,
+        }
+    }
+
+    /// The credentials used for `image` at its registry: from the request's pull secret when it has a
+    /// matching entry, else from the daemon's default file; `None` pulls anonymously.
+    pub fn credentials(&self, image: &ImageRef, secret: Option<&DockerConfig>) -> Option<Credentials> {
+        self.credentials_for_host(image.registry(), image.repository(), secret)
+    }
+
+    fn credentials_for_host(&self, host: &str, repository: &str, secret: Option<&DockerConfig>) -> Option<Credentials> {
+        let config = match secret {
+            Some(s) if !s.is_empty() => s,
+            _ => &self.settings.default_credentials,
+        };
+        config.lookup(host, repository).into_iter().next().cloned()
+    }
+
+    /// The endpoints to try for a registry: its mirrors in order, then the registry itself.
+    fn endpoints(&self, registry: &str) -> Result<Vec<Endpoint>, FetchError> {
+        let mut out = Vec::new();
+        for (name, mirror) in &self.settings.mirrors {
+            let same = name.eq_ignore_ascii_case(registry) || (is_docker_hub(name) && is_docker_hub(registry));
+            if same {
+                out.push(Endpoint {
+                    host: host_port(mirror),
+                    insecure: host_matches(&self.settings.insecure_registries, mirror),
+                    base: mirror.clone(),
+                    ns: Some(registry.to_string()),
+                });
+            }
+        }
+        let host = if is_docker_hub(registry) {
+            DOCKER_HUB_API
+        } else {
+            registry
+        };
+        let base = Url::parse(&format!("https://{host}"))
+            .map_err(|e| FetchError::Config(format!("registry {host:?} is not a host name: {e}")))?;
+        out.push(Endpoint {
+            insecure: host_matches(&self.settings.insecure_registries, &base)
+                || self.settings.insecure_registries.iter().any(|h| h.trim() == registry),
+            host: registry.to_string(),
+            base,
+            ns: None,
+        });
+        Ok(out)
+    }
+
+    /// Fetches the module `image` names into `sink`, trying mirrors before the registry. With a
+    /// `known_digest` in the conditions, a tag that still resolves to it downloads nothing.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        conditions: &Conditions,
+        secret: Option<&DockerConfig>,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, FetchError> {
+        let endpoints = self.endpoints(image.registry())?;
+        let last = endpoints.len() - 1;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), secret);
+            let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
+            match self.fetch_from(&session, image, conditions, sink).await {
+                Ok(fetched) => return Ok(fetched),
+                Err(e) if i < last => {
+                    tracing::info!(url, mirror = %endpoint.host, cause = %e, "mirror failed; trying the next host");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
+    }
+
+    async fn fetch_from(
+        &self,
+        s: &Session<'_>,
+        image: &ImageRef,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, FetchError> {
+        let max_manifest = self.settings.max_manifest_bytes;
+        let reference = image.manifest_reference();
+        if let (Some(known), None) = (conditions.known_digest, image.digest()) {
+            if self.client.manifest_digest(s, &reference, max_manifest).await? == known {
+                return Ok(Fetched::NotModified(Meta {
+                    authenticated: s.authenticated(),
+                    ..Meta::default()
+                }));
+            }
+        }
+        let top = self.client.manifest(s, &reference, max_manifest).await?;
+        if let Some(wanted) = image.digest() {
+            if top.digest != wanted {
+                return Err(FetchError::DigestMismatch {
+                    url: s.url.to_string(),
+                    what: "manifest".into(),
+                    expected: wanted,
+                    actual: top.digest,
+                });
+            }
+        }
+        if conditions.known_digest == Some(top.digest) {
+            return Ok(Fetched::NotModified(Meta {
+                authenticated: s.authenticated(),
+                ..Meta::default()
+            }));
+        }
+        let format_err = |e: formats::FormatError| FetchError::Format {
+            url: s.url.to_string(),
+            reason: e.to_string(),
+        };
+        let (manifest, manifest_digest, index_digest) =
+            match formats::parse(top.content_type.as_deref(), &top.body).map_err(format_err)? {
+                Document::Image(m) => (m, top.digest, None),
+                Document::Index(index) => {
+                    let entry = formats::select_platform(&index, &self.settings.platform).map_err(format_err)?;
+                    let digest = parse_descriptor_digest(s.url, &entry.digest)?;
+                    let inner = self.client.manifest(s, &digest.prefixed(), max_manifest).await?;
+                    if inner.digest != digest {
+                        return Err(FetchError::DigestMismatch {
+                            url: s.url.to_string(),
+                            what: "platform manifest".into(),
+                            expected: digest,
+                            actual: inner.digest,
+                        });
+                    }
+                    match formats::parse(inner.content_type.as_deref(), &inner.body).map_err(format_err)? {
+                        Document::Image(m) => (m, digest, Some(top.digest)),
+                        Document::Index(_) => {
+                            return Err(FetchError::Format {
+                                url: s.url.to_string(),
+                                reason: "an index inside an index is not supported".into(),
+                            })
+                        }
+                    }
+                }
+            };
+        let selected = formats::select_layer(&manifest).map_err(format_err)?;
+        let layer_digest = parse_descriptor_digest(s.url, &selected.layer.digest)?;
+        let size = u64::try_from(selected.layer.size).ok().filter(|&n| n > 0);
+        tracing::debug!(url = s.url, format = selected.format, layer = %layer_digest, "module layer selected");
+        self.client.blob(s, layer_digest, size, self.max_bytes, sink).await?;
+        Ok(Fetched::Complete(Meta {
+            manifest_digest: Some(manifest_digest),
+            index_digest,
+            etag: None,
+            authenticated: s.authenticated(),
+            pick: selected.pick,
+        }))
+    }
+
+    /// Asks the registry (never a mirror: mirrors may not enforce the registry's permissions) whether
+    /// these credentials may pull `image`. `Ok` when they may.
+    pub async fn check_access(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        secret: Option<&DockerConfig>,
+    ) -> Result<(), FetchError> {
+        let endpoints = self.endpoints(image.registry())?;
+        let origin = endpoints.last().expect("the registry itself is always an endpoint");
+        let credentials = self.credentials_for_host(&origin.host, image.repository(), secret);
+        let session = Session::new(origin, image.repository(), credentials.as_ref(), url);
+        self.client
+            .manifest_digest(&session, &image.manifest_reference(), self.settings.max_manifest_bytes)
+            .await
+            .map(|_| ())
+    }
+}
+
+fn parse_descriptor_digest(url: &str, digest: &str) -> Result<Sha256, FetchError> {
+    if !digest.starts_with("sha256:") {
+        return Err(FetchError::Format {
+            url: url.to_string(),
+            reason: format!(
+                "descriptor digest {:?} is not sha256",
+                digest.chars().take(80).collect::<String>()
+            ),
+        });
+    }
+    digest.parse().map_err(|e| FetchError::Format {
+        url: url.to_string(),
+        reason: format!("descriptor digest: {e}"),
+    })
+}
+
+fn host_port(url: &Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        _ => String::new(),
+    }
+}
