@@ -11,14 +11,9 @@ async fn resolve(client: &mut Client, request: FetchRequest) -> Result<ModuleInf
     client.resolve(request).await.map(|r| r.into_inner())
 }
 
-async fn remove(
-    client: &mut Client,
-    target: Target,
-) -> Result<(Vec<String>, Vec<String>), tonic::Status> {
+async fn remove(client: &mut Client, target: Target) -> Result<(Vec<String>, Vec<String>), tonic::Status> {
     let response = client
-        .remove(RemoveRequest {
-            target: Some(target),
-        })
+        .remove(RemoveRequest { target: Some(target) })
         .await?
         .into_inner();
     Ok((response.removed_sha256, response.removed_urls))
@@ -38,11 +33,7 @@ async fn resolve_returns_absolute_path_whose_bytes_equal_module() {
     assert_eq!(info.outcome(), Outcome::Fetched);
     assert_eq!(info.sha256, sha256_hex(&module));
     assert_eq!(info.size, module.len() as u64);
-    assert!(
-        Path::new(&info.path).is_absolute(),
-        "path is absolute: {}",
-        info.path
-    );
+    assert!(Path::new(&info.path).is_absolute(), "path is absolute: {}", info.path);
     assert_eq!(std::fs::read(&info.path).expect("read the blob"), module);
     assert_eq!(origin.hits("/m.wasm"), 1);
 }
@@ -103,11 +94,7 @@ async fn fetch_info_path_is_absolute_and_holds_module() {
     let mut client = daemon.client().await;
 
     let (info, _) = fetch_ok(&mut client, req(&origin.url("/m.wasm"))).await;
-    assert!(
-        Path::new(&info.path).is_absolute(),
-        "path is absolute: {}",
-        info.path
-    );
+    assert!(Path::new(&info.path).is_absolute(), "path is absolute: {}", info.path);
     assert_eq!(std::fs::read(&info.path).expect("read the blob"), module);
 }
 
@@ -171,9 +158,7 @@ async fn remove_by_url_deletes_module_and_next_fetch_goes_upstream() {
     let url = origin.url("/m.wasm");
     fetch_ok(&mut client, req(&url)).await;
 
-    let (removed_sha256, removed_urls) = remove(&mut client, Target::Url(url.clone()))
-        .await
-        .expect("remove");
+    let (removed_sha256, removed_urls) = remove(&mut client, Target::Url(url.clone())).await.expect("remove");
     assert_eq!(removed_urls, vec![url.clone()]);
     assert_eq!(
         removed_sha256,
@@ -181,10 +166,7 @@ async fn remove_by_url_deletes_module_and_next_fetch_goes_upstream() {
         "no other URL leads to it: module deleted"
     );
     assert!(list(&mut client).await.is_empty());
-    assert!(
-        !daemon.blob_path(&sha256_hex(&module)).exists(),
-        "blob deleted"
-    );
+    assert!(!daemon.blob_path(&sha256_hex(&module)).exists(), "blob deleted");
 
     let (info, _) = fetch_ok(&mut client, req(&url)).await;
     assert_eq!(info.outcome(), Outcome::Fetched);
@@ -206,10 +188,7 @@ async fn remove_by_url_keeps_module_another_url_leads_to() {
         .await
         .expect("remove");
     assert_eq!(removed_urls, vec![origin.url("/a.wasm")]);
-    assert!(
-        removed_sha256.is_empty(),
-        "module still reachable: {removed_sha256:?}"
-    );
+    assert!(removed_sha256.is_empty(), "module still reachable: {removed_sha256:?}");
     let modules = list(&mut client).await;
     assert_eq!(modules.len(), 1);
     assert_eq!(modules[0].urls, vec![origin.url("/b.wasm")]);
@@ -236,10 +215,7 @@ async fn remove_by_digest_deletes_module_and_every_url() {
         .expect("remove");
     removed_urls.sort();
     assert_eq!(removed_sha256, vec![digest.clone()]);
-    assert_eq!(
-        removed_urls,
-        vec![origin.url("/a.wasm"), origin.url("/b.wasm")]
-    );
+    assert_eq!(removed_urls, vec![origin.url("/a.wasm"), origin.url("/b.wasm")]);
     assert!(list(&mut client).await.is_empty());
     assert!(!daemon.blob_path(&digest).exists(), "blob deleted");
 
@@ -279,12 +255,7 @@ async fn remove_of_unknown_url_removes_nothing() {
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
-    match remove(
-        &mut client,
-        Target::Url("http://127.0.0.1:9/never.wasm".into()),
-    )
-    .await
-    {
+    match remove(&mut client, Target::Url("http://127.0.0.1:9/never.wasm".into())).await {
         Ok((sha256, urls)) => assert!(sha256.is_empty() && urls.is_empty(), "{sha256:?} {urls:?}"),
         Err(status) => assert_code(&status, Code::NotFound),
     }

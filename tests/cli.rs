@@ -28,11 +28,7 @@ fn assert_success(output: &Output) {
 /// Exits non-zero with exactly one non-empty line on stderr.
 #[track_caller]
 fn assert_failure_with_one_line(output: &Output) {
-    assert!(
-        !output.status.success(),
-        "expected failure; stdout: {}",
-        stdout(output)
-    );
+    assert!(!output.status.success(), "expected failure; stdout: {}", stdout(output));
     let err = stderr(output);
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "stderr must be one line, got: {err:?}");
@@ -57,14 +53,7 @@ async fn fetch_with_output_file_writes_module_and_exits_zero() {
     let out = daemon.dir().join("out.wasm");
 
     let output = run_cli(
-        &[
-            "fetch",
-            "--socket",
-            &sock(&daemon),
-            "-o",
-            out.to_str().unwrap(),
-            &url,
-        ],
+        &["fetch", "--socket", &sock(&daemon), "-o", out.to_str().unwrap(), &url],
         &[],
     )
     .await;
@@ -95,8 +84,7 @@ async fn fetch_json_prints_module_info() {
     let output = run_cli(&["fetch", "--socket", &sock(&daemon), "--json", &url], &[]).await;
 
     assert_success(&output);
-    let info: serde_json::Value =
-        serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    let info: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
     assert_eq!(info["sha256"], sha256_hex(&module));
     assert_eq!(info["size"], module.len() as u64);
     assert_eq!(info["source_url"], url.as_str());
@@ -115,8 +103,7 @@ async fn fetch_json_reports_hit_the_second_time() {
     let output = run_cli(&["fetch", "--socket", &sock(&daemon), "--json", &url], &[]).await;
 
     assert_success(&output);
-    let info: serde_json::Value =
-        serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    let info: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
     assert_eq!(info["outcome"], "HIT");
     assert_eq!(origin.hits("/m.wasm"), 1);
 }
@@ -158,18 +145,7 @@ async fn fetch_with_wrong_sha256_fails_with_one_line() {
     let (_origin, daemon, url, _) = setup().await;
     let wrong = sha256_hex(b"wrong");
 
-    let output = run_cli(
-        &[
-            "fetch",
-            "--socket",
-            &sock(&daemon),
-            "--sha256",
-            &wrong,
-            &url,
-        ],
-        &[],
-    )
-    .await;
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), "--sha256", &wrong, &url], &[]).await;
 
     assert_failure_with_one_line(&output);
     assert!(
@@ -183,16 +159,7 @@ async fn fetch_with_wrong_sha256_fails_with_one_line() {
 async fn fetch_of_bad_url_exits_nonzero_with_one_stderr_line() {
     let (_origin, daemon, _, _) = setup().await;
 
-    let output = run_cli(
-        &[
-            "fetch",
-            "--socket",
-            &sock(&daemon),
-            "ftp://127.0.0.1/m.wasm",
-        ],
-        &[],
-    )
-    .await;
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), "ftp://127.0.0.1/m.wasm"], &[]).await;
 
     assert_failure_with_one_line(&output);
 }
@@ -201,16 +168,7 @@ async fn fetch_of_bad_url_exits_nonzero_with_one_stderr_line() {
 async fn fetch_of_missing_module_exits_nonzero_with_one_stderr_line() {
     let (origin, daemon, _, _) = setup().await;
 
-    let output = run_cli(
-        &[
-            "fetch",
-            "--socket",
-            &sock(&daemon),
-            &origin.url("/absent.wasm"),
-        ],
-        &[],
-    )
-    .await;
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), &origin.url("/absent.wasm")], &[]).await;
 
     assert_failure_with_one_line(&output);
 }
@@ -258,10 +216,7 @@ async fn ls_lists_url_and_digest() {
 
     assert_success(&output);
     let text = stdout(&output);
-    assert!(
-        text.contains(&sha256_hex(&module)),
-        "ls shows the digest: {text}"
-    );
+    assert!(text.contains(&sha256_hex(&module)), "ls shows the digest: {text}");
     assert!(text.contains(&url), "ls shows the URL: {text}");
 }
 
@@ -284,10 +239,7 @@ async fn ls_json_lists_url_and_digest() {
             .collect(),
     };
     let all = serde_json::Value::Array(values).to_string();
-    assert!(
-        all.contains(&sha256_hex(&module)),
-        "ls --json shows the digest: {text}"
-    );
+    assert!(all.contains(&sha256_hex(&module)), "ls --json shows the digest: {text}");
     assert!(all.contains(&url), "ls --json shows the URL: {text}");
 }
 
@@ -320,11 +272,7 @@ async fn rm_by_digest_removes_module() {
     let mut client = daemon.client().await;
     fetch_ok(&mut client, req(&url)).await;
 
-    let output = run_cli(
-        &["rm", "--socket", &sock(&daemon), &sha256_hex(&module)],
-        &[],
-    )
-    .await;
+    let output = run_cli(&["rm", "--socket", &sock(&daemon), &sha256_hex(&module)], &[]).await;
 
     assert_success(&output);
     assert!(list(&mut client).await.is_empty());

@@ -60,11 +60,7 @@ async fn non_hex_sha256_is_invalid_argument() {
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
-    let status = fetch_err(
-        &mut client,
-        req_sha(&origin.url("/m.wasm"), &"z".repeat(64)),
-    )
-    .await;
+    let status = fetch_err(&mut client, req_sha(&origin.url("/m.wasm"), &"z".repeat(64))).await;
     assert_code(&status, Code::InvalidArgument);
     assert_eq!(origin.total_hits(), 0);
 }

@@ -104,11 +104,7 @@ async fn file_outside_root_is_permission_denied() {
     let daemon = daemon_with_root(&tree.root).await;
     let mut client = daemon.client().await;
 
-    let status = fetch_err(
-        &mut client,
-        req(&file_url(&tree.outside.join("secret.wasm"))),
-    )
-    .await;
+    let status = fetch_err(&mut client, req(&file_url(&tree.outside.join("secret.wasm")))).await;
     assert_code(&status, Code::PermissionDenied);
 }
 
@@ -151,11 +147,7 @@ async fn sibling_with_root_name_prefix_is_permission_denied() {
 #[tokio::test]
 async fn symlink_escaping_root_is_permission_denied() {
     let tree = tree();
-    std::os::unix::fs::symlink(
-        tree.outside.join("secret.wasm"),
-        tree.root.join("link.wasm"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(tree.outside.join("secret.wasm"), tree.root.join("link.wasm")).unwrap();
     let daemon = daemon_with_root(&tree.root).await;
     let mut client = daemon.client().await;
 
@@ -170,11 +162,7 @@ async fn symlinked_directory_escaping_root_is_permission_denied() {
     let daemon = daemon_with_root(&tree.root).await;
     let mut client = daemon.client().await;
 
-    let status = fetch_err(
-        &mut client,
-        req(&file_url(&tree.root.join("dir").join("secret.wasm"))),
-    )
-    .await;
+    let status = fetch_err(&mut client, req(&file_url(&tree.root.join("dir").join("secret.wasm")))).await;
     assert_code(&status, Code::PermissionDenied);
 }
 

@@ -16,11 +16,7 @@ async fn metadata_address_is_permission_denied() {
     let (daemon, _origin) = Daemon::start_isolated(FAST_RETRY).await;
     let mut client = daemon.client().await;
 
-    let status = fetch_err(
-        &mut client,
-        req("http://169.254.169.254/latest/meta-data/plugin.wasm"),
-    )
-    .await;
+    let status = fetch_err(&mut client, req("http://169.254.169.254/latest/meta-data/plugin.wasm")).await;
     assert_code(&status, Code::PermissionDenied);
 }
 
@@ -59,11 +55,7 @@ async fn redirect_to_metadata_address_is_refused() {
 
     let status = fetch_err(&mut client, req(&origin.url("/m.wasm"))).await;
     assert_code(&status, Code::PermissionDenied);
-    assert_eq!(
-        origin.hits("/m.wasm"),
-        1,
-        "a refused redirect is not retried"
-    );
+    assert_eq!(origin.hits("/m.wasm"), 1, "a refused redirect is not retried");
     assert!(list(&mut client).await.is_empty());
 }
 
@@ -73,10 +65,7 @@ async fn isolated_daemon_reaches_loopback_origin() {
     let (daemon, origin) = Daemon::start_isolated(&[]).await;
     let ours = std::fs::read_link("/proc/self/ns/net").expect("our netns");
     let its = std::fs::read_link(format!("/proc/{}/ns/net", daemon.pid())).expect("daemon netns");
-    assert_ne!(
-        ours, its,
-        "the daemon runs in a network namespace of its own"
-    );
+    assert_ne!(ours, its, "the daemon runs in a network namespace of its own");
     let module = wasm_module("isolated");
     origin.serve("/m.wasm", module.clone());
     let mut client = daemon.client().await;
@@ -137,27 +126,19 @@ async fn redirect_to_blocked_cidr_is_refused() {
     let back = Origin::start_on("127.0.0.2").await;
     back.serve("/m.wasm", wasm_module("behind-redirect"));
     front.redirect("/m.wasm", 307, &back.url("/m.wasm"));
-    let daemon =
-        Daemon::start(&["--retry-backoff", "10ms", "--blocked-cidr", "127.0.0.2/32"]).await;
+    let daemon = Daemon::start(&["--retry-backoff", "10ms", "--blocked-cidr", "127.0.0.2/32"]).await;
     let mut client = daemon.client().await;
 
     let status = fetch_err(&mut client, req(&front.url("/m.wasm"))).await;
     assert_code(&status, Code::PermissionDenied);
-    assert_eq!(
-        back.total_hits(),
-        0,
-        "the blocked origin is never contacted"
-    );
+    assert_eq!(back.total_hits(), 0, "the blocked origin is never contacted");
 }
 
 #[tokio::test]
 async fn invalid_blocked_cidr_fails_startup() {
     let (status, dir) = serve_until_exit(&["--blocked-cidr", "not-a-cidr"]).await;
     let status = status.expect("serve with a bad CIDR must exit, not serve");
-    assert!(
-        !status.success(),
-        "serve with a bad CIDR must exit non-zero"
-    );
+    assert!(!status.success(), "serve with a bad CIDR must exit non-zero");
     assert!(
         !dir.path().join("wasmcache.sock").exists(),
         "no socket for a bad config"

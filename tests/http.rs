@@ -24,10 +24,7 @@ async fn cache_miss_then_hit_contacts_origin_once() {
     assert_eq!(first.sha256, sha256_hex(&module));
     assert_eq!(first.size, module.len() as u64);
     assert_eq!(first.source_url, origin.url("/m.wasm"));
-    assert!(
-        first.manifest_digest.is_empty(),
-        "http modules have no manifest digest"
-    );
+    assert!(first.manifest_digest.is_empty(), "http modules have no manifest digest");
     assert!(first.fetched_at.is_some(), "fetched_at is set");
 
     let (second, bytes) = fetch_ok(&mut client, req(&origin.url("/m.wasm"))).await;
@@ -208,11 +205,7 @@ async fn matching_checksum_is_accepted() {
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_sha(&origin.url("/m.wasm"), &sha256_hex(&module)),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_sha(&origin.url("/m.wasm"), &sha256_hex(&module))).await;
     assert_eq!(info.sha256, sha256_hex(&module));
     assert_eq!(bytes, module);
 }
@@ -261,17 +254,9 @@ async fn wrong_checksum_stores_nothing() {
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
-    fetch_err(
-        &mut client,
-        req_sha(&origin.url("/m.wasm"), &sha256_hex(b"other")),
-    )
-    .await;
+    fetch_err(&mut client, req_sha(&origin.url("/m.wasm"), &sha256_hex(b"other"))).await;
     assert!(list(&mut client).await.is_empty(), "nothing listed");
-    assert_eq!(
-        daemon.blob_files(),
-        Vec::<std::path::PathBuf>::new(),
-        "no blob files"
-    );
+    assert_eq!(daemon.blob_files(), Vec::<std::path::PathBuf>::new(), "no blob files");
 }
 
 /// A checksum mismatch is not cached as a success: fetching again without the checksum goes upstream again.
@@ -283,11 +268,7 @@ async fn wrong_checksum_does_not_cache_url() {
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
-    fetch_err(
-        &mut client,
-        req_sha(&origin.url("/m.wasm"), &sha256_hex(b"other")),
-    )
-    .await;
+    fetch_err(&mut client, req_sha(&origin.url("/m.wasm"), &sha256_hex(b"other"))).await;
     let (info, _) = fetch_ok(&mut client, req(&origin.url("/m.wasm"))).await;
     assert_eq!(info.outcome(), Outcome::Fetched);
     assert_eq!(origin.hits("/m.wasm"), 2);
@@ -415,10 +396,7 @@ async fn tar_payload_with_single_wasm_entry_is_unwrapped() {
 async fn tar_gz_payload_is_unwrapped() {
     let origin = Origin::start().await;
     let module = wasm_module("plugin-in-tar-gz");
-    let archive = tar_gz(&[
-        ("notes.txt", b"hello".as_slice()),
-        ("plugin.wasm", module.as_slice()),
-    ]);
+    let archive = tar_gz(&[("notes.txt", b"hello".as_slice()), ("plugin.wasm", module.as_slice())]);
     origin.serve_with_type("/plugin.tar.gz", archive, "application/gzip");
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
@@ -448,20 +426,13 @@ async fn tar_with_two_wasm_and_no_plugin_wasm_is_refused() {
     );
     assert!(list(&mut client).await.is_empty(), "nothing listed");
     assert!(daemon.blob_files().is_empty(), "no blob files");
-    assert_eq!(
-        origin.hits("/ambiguous.tar"),
-        1,
-        "a bad archive is not retried"
-    );
+    assert_eq!(origin.hits("/ambiguous.tar"), 1, "a bad archive is not retried");
 }
 
 #[tokio::test]
 async fn tar_without_wasm_is_refused() {
     let origin = Origin::start().await;
-    origin.serve(
-        "/empty.tar",
-        tar(&[("README.md", b"nothing here".as_slice())]),
-    );
+    origin.serve("/empty.tar", tar(&[("README.md", b"nothing here".as_slice())]));
     let daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
 
@@ -479,11 +450,7 @@ async fn body_over_max_module_bytes_is_resource_exhausted() {
     let status = fetch_err(&mut client, req(&origin.url("/big.wasm"))).await;
     assert_code(&status, Code::ResourceExhausted);
     assert!(daemon.blob_files().is_empty(), "no blob files");
-    assert_eq!(
-        origin.hits("/big.wasm"),
-        1,
-        "an oversized module is not retried"
-    );
+    assert_eq!(origin.hits("/big.wasm"), 1, "an oversized module is not retried");
 }
 
 #[tokio::test]
@@ -574,16 +541,10 @@ async fn credentials_in_url_are_not_reported() {
     );
     let listed = list(&mut client).await;
     assert!(
-        listed
-            .iter()
-            .flat_map(|m| &m.urls)
-            .all(|u| !u.contains("hunter2")),
+        listed.iter().flat_map(|m| &m.urls).all(|u| !u.contains("hunter2")),
         "list leaks the password: {listed:?}"
     );
-    assert!(
-        !daemon.log().contains("hunter2"),
-        "the log leaks the password"
-    );
+    assert!(!daemon.log().contains("hunter2"), "the log leaks the password");
 }
 
 /// The cap is enforced while streaming, also when the origin sends no Content-Length (chunked encoding).

@@ -40,8 +40,7 @@ async fn policy_sequence_counts_upstream_requests() {
         (UnspecifiedPolicy, "", "", Outcome::Hit, 6),
     ];
     for (step, &(policy, resource, version, outcome, hits)) in steps.iter().enumerate() {
-        let (info, bytes) =
-            fetch_ok(&mut client, req_policy(&url, policy, resource, version)).await;
+        let (info, bytes) = fetch_ok(&mut client, req_policy(&url, policy, resource, version)).await;
         assert_eq!(
             (info.outcome(), origin.hits("/m.wasm")),
             (outcome, hits),
@@ -69,11 +68,7 @@ async fn default_policy_serves_cached_url_without_contacting_origin() {
 async fn if_not_present_fetches_uncached_url() {
     let (origin, _daemon, mut client, url, module) = setup(&[]).await;
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "1"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "1")).await;
     assert_eq!(info.outcome(), Outcome::Fetched);
     assert_eq!(bytes, module);
     assert_eq!(origin.hits("/m.wasm"), 1);
@@ -82,17 +77,9 @@ async fn if_not_present_fetches_uncached_url() {
 #[tokio::test]
 async fn if_not_present_serves_cached_url_without_contacting_origin() {
     let (origin, _daemon, mut client, url, _) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "1")).await;
 
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "2"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Hit);
     assert_eq!(origin.hits("/m.wasm"), 1);
 }
@@ -101,11 +88,7 @@ async fn if_not_present_serves_cached_url_without_contacting_origin() {
 async fn always_fetches_uncached_url() {
     let (origin, _daemon, mut client, url, module) = setup(&[]).await;
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     assert_eq!(info.outcome(), Outcome::Fetched);
     assert_eq!(bytes, module);
     assert_eq!(origin.hits("/m.wasm"), 1);
@@ -114,17 +97,9 @@ async fn always_fetches_uncached_url() {
 #[tokio::test]
 async fn always_with_same_resource_version_is_hit() {
     let (origin, _daemon, mut client, url, _) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
 
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     assert_eq!(info.outcome(), Outcome::Hit);
     assert_eq!(origin.hits("/m.wasm"), 1);
 }
@@ -132,17 +107,9 @@ async fn always_with_same_resource_version_is_hit() {
 #[tokio::test]
 async fn always_with_changed_resource_version_refreshes() {
     let (origin, _daemon, mut client, url, _) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
 
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Refreshed);
     assert_eq!(origin.hits("/m.wasm"), 2);
 }
@@ -150,17 +117,9 @@ async fn always_with_changed_resource_version_refreshes() {
 #[tokio::test]
 async fn always_with_other_resource_name_refreshes() {
     let (origin, _daemon, mut client, url, _) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/a", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/a", "1")).await;
 
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/b", "1"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/b", "1")).await;
     assert_eq!(info.outcome(), Outcome::Refreshed);
     assert_eq!(origin.hits("/m.wasm"), 2);
 }
@@ -168,18 +127,10 @@ async fn always_with_other_resource_name_refreshes() {
 #[tokio::test]
 async fn always_with_empty_resource_version_rechecks_every_time() {
     let (origin, _daemon, mut client, url, _) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", ""),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "")).await;
 
     for expected_hits in 2..=4 {
-        let (info, _) = fetch_ok(
-            &mut client,
-            req_policy(&url, PullPolicy::Always, "ns/p", ""),
-        )
-        .await;
+        let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "")).await;
         assert_eq!(info.outcome(), Outcome::Refreshed);
         assert_eq!(origin.hits("/m.wasm"), expected_hits);
     }
@@ -189,26 +140,14 @@ async fn always_with_empty_resource_version_rechecks_every_time() {
 #[tokio::test]
 async fn refresh_serves_new_upstream_module() {
     let (origin, _daemon, mut client, url, old) = setup(&[]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     let new = wasm_module("policy-v2");
     origin.serve("/m.wasm", new.clone());
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     assert_eq!((info.outcome(), bytes), (Outcome::Hit, old));
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Refreshed);
     assert_eq!(bytes, new);
     assert_eq!(info.sha256, sha256_hex(&new));
@@ -218,88 +157,46 @@ async fn refresh_serves_new_upstream_module() {
 #[tokio::test]
 async fn failed_refresh_serves_stale() {
     let (origin, _daemon, mut client, url, module) = setup(FAST_RETRY).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     origin.always("/m.wasm", 500);
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Stale);
     assert_eq!(bytes, module);
     assert_eq!(info.sha256, sha256_hex(&module));
-    assert_eq!(
-        origin.hits("/m.wasm"),
-        1 + 5,
-        "the refresh used all five attempts"
-    );
+    assert_eq!(origin.hits("/m.wasm"), 1 + 5, "the refresh used all five attempts");
 }
 
 #[tokio::test]
 async fn unreachable_upstream_on_refresh_serves_stale() {
     let (mut origin, _daemon, mut client, url, module) = setup(FAST_RETRY).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", ""),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "")).await;
     origin.stop().await;
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", ""),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "")).await;
     assert_eq!(info.outcome(), Outcome::Stale);
     assert_eq!(bytes, module);
 }
 
 #[tokio::test]
 async fn failed_refresh_with_no_serve_stale_is_error() {
-    let (origin, _daemon, mut client, url, _) =
-        setup(&["--retry-backoff", "10ms", "--no-serve-stale"]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (origin, _daemon, mut client, url, _) = setup(&["--retry-backoff", "10ms", "--no-serve-stale"]).await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     origin.always("/m.wasm", 500);
 
-    let status = fetch_err(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let status = fetch_err(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_code(&status, Code::Unavailable);
 }
 
 /// With --no-serve-stale a failed refresh does not delete the cached copy: IfNotPresent still serves it.
 #[tokio::test]
 async fn failed_refresh_with_no_serve_stale_keeps_cached_copy() {
-    let (origin, _daemon, mut client, url, module) =
-        setup(&["--retry-backoff", "10ms", "--no-serve-stale"]).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (origin, _daemon, mut client, url, module) = setup(&["--retry-backoff", "10ms", "--no-serve-stale"]).await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     origin.always("/m.wasm", 500);
-    fetch_err(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    fetch_err(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
 
-    let (info, bytes) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "2"),
-    )
-    .await;
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::IfNotPresent, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Hit);
     assert_eq!(bytes, module);
 }
@@ -308,26 +205,14 @@ async fn failed_refresh_with_no_serve_stale_keeps_cached_copy() {
 #[tokio::test]
 async fn stale_answer_does_not_record_resource_version() {
     let (origin, _daemon, mut client, url, module) = setup(FAST_RETRY).await;
-    fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     origin.always("/m.wasm", 500);
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Stale);
     origin.serve("/m.wasm", module.clone());
     let before = origin.hits("/m.wasm");
 
-    let (info, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (info, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
     assert_eq!(info.outcome(), Outcome::Refreshed);
     assert_eq!(origin.hits("/m.wasm"), before + 1);
 }
@@ -379,23 +264,11 @@ async fn request_checksum_differing_from_cached_url_and_upstream_is_data_loss() 
 #[tokio::test]
 async fn fetched_at_moves_on_refresh_only() {
     let (_origin, _daemon, mut client, url, _) = setup(&[]).await;
-    let (first, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (first, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let (hit, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "1"),
-    )
-    .await;
+    let (hit, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let (refreshed, _) = fetch_ok(
-        &mut client,
-        req_policy(&url, PullPolicy::Always, "ns/p", "2"),
-    )
-    .await;
+    let (refreshed, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
 
     let at = |info: &ModuleInfo| {
         let t = info.fetched_at.expect("fetched_at");
@@ -404,10 +277,7 @@ async fn fetched_at_moves_on_refresh_only() {
     assert_eq!(hit.outcome(), Outcome::Hit);
     assert_eq!(at(&hit), at(&first), "a hit keeps fetched_at");
     assert_eq!(refreshed.outcome(), Outcome::Refreshed);
-    assert!(
-        at(&refreshed) > at(&first),
-        "a refresh moves fetched_at forward"
-    );
+    assert!(at(&refreshed) > at(&first), "a refresh moves fetched_at forward");
 }
 
 /// Concurrent re-checks of one cached URL (Always, empty version) share a single upstream request too.
@@ -420,13 +290,7 @@ async fn concurrent_refreshes_share_one_upstream_request() {
     let calls = (0..50).map(|_| {
         let mut client = client.clone();
         let url = url.clone();
-        tokio::spawn(async move {
-            fetch(
-                &mut client,
-                req_policy(&url, PullPolicy::Always, "ns/p", ""),
-            )
-            .await
-        })
+        tokio::spawn(async move { fetch(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "")).await })
     });
     for result in futures_util::future::join_all(calls).await {
         let (_, bytes) = result.expect("task").expect("fetch");

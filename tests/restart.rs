@@ -137,11 +137,7 @@ async fn corrupted_blob_is_refetched_after_restart() {
 
     assert_eq!(bytes, module);
     assert_eq!(info.sha256, sha256_hex(&module));
-    assert_eq!(
-        origin.hits("/m.wasm"),
-        2,
-        "the corrupted blob was fetched again"
-    );
+    assert_eq!(origin.hits("/m.wasm"), 2, "the corrupted blob was fetched again");
     assert_eq!(
         std::fs::read(daemon.blob_path(&sha256_hex(&module))).unwrap(),
         module,
@@ -265,11 +261,7 @@ async fn sigterm_drains_in_flight_fetch() {
     let mut client = daemon.client().await;
     let url = origin.url("/m.wasm");
     let in_flight = tokio::spawn(async move { fetch(&mut client, req(&url)).await });
-    wait_for(
-        || origin.hits("/m.wasm") == 1,
-        "the fetch reaches the origin",
-    )
-    .await;
+    wait_for(|| origin.hits("/m.wasm") == 1, "the fetch reaches the origin").await;
 
     daemon.signal(libc::SIGTERM);
     let (_, bytes) = in_flight
@@ -293,11 +285,7 @@ async fn shutdown_grace_bounds_drain() {
     let mut client = daemon.client().await;
     let url = origin.url("/m.wasm");
     let _in_flight = tokio::spawn(async move { fetch(&mut client, req(&url)).await });
-    wait_for(
-        || origin.hits("/m.wasm") == 1,
-        "the fetch reaches the origin",
-    )
-    .await;
+    wait_for(|| origin.hits("/m.wasm") == 1, "the fetch reaches the origin").await;
 
     let started = Instant::now();
     daemon.signal(libc::SIGTERM);
@@ -308,10 +296,7 @@ async fn shutdown_grace_bounds_drain() {
         "exit took {:?}",
         started.elapsed()
     );
-    assert!(
-        !daemon.socket().exists(),
-        "socket removed after the grace period"
-    );
+    assert!(!daemon.socket().exists(), "socket removed after the grace period");
 }
 
 #[tokio::test]
@@ -322,10 +307,7 @@ async fn restart_after_crash_replaces_stale_socket() {
     let mut daemon = Daemon::start(&[]).await;
     fetch_ok(&mut daemon.client().await, req(&origin.url("/m.wasm"))).await;
     daemon.kill();
-    assert!(
-        daemon.socket().exists(),
-        "SIGKILL leaves the socket file behind"
-    );
+    assert!(daemon.socket().exists(), "SIGKILL leaves the socket file behind");
 
     daemon.start_again().await;
 
@@ -394,11 +376,7 @@ async fn ingest_is_empty_after_fetches_and_restart() {
     let mut daemon = Daemon::start(&[]).await;
     let mut client = daemon.client().await;
     fetch_ok(&mut client, req(&origin.url("/ok.wasm"))).await;
-    fetch_err(
-        &mut client,
-        req_sha(&origin.url("/bad.wasm"), &sha256_hex(b"x")),
-    )
-    .await;
+    fetch_err(&mut client, req_sha(&origin.url("/bad.wasm"), &sha256_hex(b"x"))).await;
     fetch_err(&mut client, req(&origin.url("/not-wasm"))).await;
     assert_eq!(
         daemon.ingest_files(),
@@ -408,11 +386,7 @@ async fn ingest_is_empty_after_fetches_and_restart() {
 
     daemon.restart().await;
 
-    assert_eq!(
-        daemon.ingest_files(),
-        Vec::<std::path::PathBuf>::new(),
-        "after restart"
-    );
+    assert_eq!(daemon.ingest_files(), Vec::<std::path::PathBuf>::new(), "after restart");
 }
 
 async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {

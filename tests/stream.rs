@@ -20,11 +20,7 @@ async fn fetch_stream_starts_with_info_then_chunks_of_at_most_one_mib() {
         .await
         .expect("fetch")
         .into_inner();
-    let first = stream
-        .message()
-        .await
-        .expect("first message")
-        .expect("a first message");
+    let first = stream.message().await.expect("first message").expect("a first message");
     let Some(Msg::Info(info)) = first.msg else {
         panic!("first message is not Info: {first:?}")
     };

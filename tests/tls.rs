@@ -24,11 +24,7 @@ async fn untrusted_certificate_is_refused() {
 
     let status = fetch_err(&mut client, req(&origin.url("/m.wasm"))).await;
     assert_code(&status, Code::Unavailable);
-    assert_eq!(
-        origin.total_hits(),
-        0,
-        "no request went over the untrusted connection"
-    );
+    assert_eq!(origin.total_hits(), 0, "no request went over the untrusted connection");
     assert!(list(&mut client).await.is_empty());
 }
 
@@ -98,13 +94,7 @@ async fn insecure_skip_verify_wildcard_accepts_untrusted_certificate() {
 #[tokio::test]
 async fn insecure_skip_verify_for_other_host_still_refuses() {
     let (origin, _) = tls_origin().await;
-    let daemon = Daemon::start(&[
-        "--retry-backoff",
-        "10ms",
-        "--insecure-skip-verify",
-        "example.invalid",
-    ])
-    .await;
+    let daemon = Daemon::start(&["--retry-backoff", "10ms", "--insecure-skip-verify", "example.invalid"]).await;
     let mut client = daemon.client().await;
 
     let status = fetch_err(&mut client, req(&origin.url("/m.wasm"))).await;
@@ -121,13 +111,7 @@ async fn insecure_skip_verify_for_other_port_still_refuses() {
         origin.addr().port() - 1
     };
     let host_port = format!("127.0.0.1:{other_port}");
-    let daemon = Daemon::start(&[
-        "--retry-backoff",
-        "10ms",
-        "--insecure-skip-verify",
-        &host_port,
-    ])
-    .await;
+    let daemon = Daemon::start(&["--retry-backoff", "10ms", "--insecure-skip-verify", &host_port]).await;
     let mut client = daemon.client().await;
 
     let status = fetch_err(&mut client, req(&origin.url("/m.wasm"))).await;

@@ -4,10 +4,13 @@
 //! `Daemon` runs the `wasmcache` binary itself (not the library) on a fresh temp dir and talks to it over its
 //! Unix socket, so the tests see exactly what an Envoy agent or the CLI would. `Origin` is a real HTTP/1.1
 //! server on `127.0.0.1:0` whose routes are set at runtime and which counts every request per path, so each
-//! test can assert how often upstream was contacted (Istio's `wantNumRequest`).
+//! test can assert how often upstream was contacted (Istio's `wantNumRequest`). `registry` runs the real OCI
+//! registry (Debian's `docker-registry`) behind a counting proxy, with pushers for every image format.
 
 // Every test file compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
+
+pub mod registry;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -35,9 +38,7 @@ use tonic::{Code, Status};
 pub use wasmcache::proto::fetch_response::Msg;
 pub use wasmcache::proto::module_cache_client::ModuleCacheClient;
 pub use wasmcache::proto::remove_request::Target;
-pub use wasmcache::proto::{
-    CachedModule, FetchRequest, ListRequest, ModuleInfo, Outcome, PullPolicy, RemoveRequest,
-};
+pub use wasmcache::proto::{CachedModule, FetchRequest, ListRequest, ModuleInfo, Outcome, PullPolicy, RemoveRequest};
 
 /// The largest chunk the Fetch stream may carry (cache.proto: "at most 1 MiB").
 pub const MAX_CHUNK: usize = 1024 * 1024;
@@ -78,11 +79,8 @@ impl Daemon {
         let command = daemon.command();
         let (listener, child) = std::thread::spawn(move || {
             enter_new_netns_with_loopback();
-            let listener =
-                std::net::TcpListener::bind("127.0.0.1:0").expect("bind origin in the new netns");
-            listener
-                .set_nonblocking(true)
-                .expect("nonblocking origin listener");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind origin in the new netns");
+            listener.set_nonblocking(true).expect("nonblocking origin listener");
             let child = spawn_command(command);
             (listener, child)
         })
@@ -140,34 +138,18 @@ impl Daemon {
     async fn wait_ready(&mut self) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .expect("daemon child")
-                .try_wait()
-                .expect("try_wait")
-            {
-                panic!(
-                    "daemon exited during startup with {status}; log:\n{}",
-                    self.log()
-                );
+            if let Some(status) = self.child.as_mut().expect("daemon child").try_wait().expect("try_wait") {
+                panic!("daemon exited during startup with {status}; log:\n{}", self.log());
             }
             if self.socket().exists() {
                 if let Ok(channel) = unix_channel(&self.socket()).await {
-                    if ModuleCacheClient::new(channel)
-                        .list(ListRequest {})
-                        .await
-                        .is_ok()
-                    {
+                    if ModuleCacheClient::new(channel).list(ListRequest {}).await.is_ok() {
                         return;
                     }
                 }
             }
             if Instant::now() > deadline {
-                panic!(
-                    "daemon not ready after {STARTUP_TIMEOUT:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("daemon not ready after {STARTUP_TIMEOUT:?}; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -242,10 +224,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!(
-                    "daemon did not exit within {STOP_TIMEOUT:?}; log:\n{}",
-                    self.log()
-                );
+                panic!("daemon did not exit within {STOP_TIMEOUT:?}; log:\n{}", self.log());
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -277,11 +256,7 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
-            eprintln!(
-                "---- daemon log ({}) ----\n{}",
-                self.log_path().display(),
-                self.log()
-            );
+            eprintln!("---- daemon log ({}) ----\n{}", self.log_path().display(), self.log());
         }
     }
 }
@@ -294,12 +269,7 @@ fn send_signal(pid: u32, signal: libc::c_int) {
     let pid = libc::pid_t::try_from(pid).expect("pid fits pid_t");
     // SAFETY: kill(2) takes plain integers; `pid` is our own child, which has not been reaped yet.
     let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}): {}",
-        std::io::Error::last_os_error()
-    );
+    assert_eq!(rc, 0, "kill({pid}, {signal}): {}", std::io::Error::last_os_error());
 }
 
 /// Moves the calling thread (only) into a new network namespace and brings its loopback interface up. A process
@@ -324,17 +294,9 @@ pub fn enter_new_netns_with_loopback() {
     // SAFETY: `ifr` is a valid, NUL-terminated ifreq that outlives both ioctl calls; `fd` is open. Reading and
     // writing `ifru_flags` is what SIOCGIFFLAGS/SIOCSIFFLAGS define.
     unsafe {
-        assert_eq!(
-            libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr),
-            0,
-            "SIOCGIFFLAGS lo"
-        );
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr), 0, "SIOCGIFFLAGS lo");
         ifr.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-        assert_eq!(
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr),
-            0,
-            "SIOCSIFFLAGS lo"
-        );
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr), 0, "SIOCSIFFLAGS lo");
         libc::close(fd);
     }
 }
@@ -401,15 +363,9 @@ pub fn req_policy(url: &str, policy: PullPolicy, resource: &str, version: &str) 
 
 /// Runs a Fetch and collects the stream, checking the stream contract on the way: the first message is Info,
 /// every later one a chunk of at most 1 MiB, and the bytes match the info's size and sha256.
-pub async fn fetch(
-    client: &mut Client,
-    request: FetchRequest,
-) -> Result<(ModuleInfo, Vec<u8>), Status> {
+pub async fn fetch(client: &mut Client, request: FetchRequest) -> Result<(ModuleInfo, Vec<u8>), Status> {
     let mut stream = client.fetch(request).await?.into_inner();
-    let first = stream
-        .message()
-        .await?
-        .expect("fetch stream ended without any message");
+    let first = stream.message().await?.expect("fetch stream ended without any message");
     let info = match first.msg {
         Some(Msg::Info(info)) => info,
         other => panic!("first fetch message must be Info, got {other:?}"),
@@ -418,11 +374,7 @@ pub async fn fetch(
     while let Some(message) = stream.message().await? {
         match message.msg {
             Some(Msg::Chunk(chunk)) => {
-                assert!(
-                    chunk.len() <= MAX_CHUNK,
-                    "chunk of {} bytes exceeds 1 MiB",
-                    chunk.len()
-                );
+                assert!(chunk.len() <= MAX_CHUNK, "chunk of {} bytes exceeds 1 MiB", chunk.len());
                 bytes.extend_from_slice(&chunk);
             }
             Some(Msg::Info(_)) => panic!("Info after the first fetch message"),
@@ -447,11 +399,7 @@ pub async fn fetch_ok(client: &mut Client, request: FetchRequest) -> (ModuleInfo
     let url = request.url.clone();
     match fetch(client, request).await {
         Ok(ok) => ok,
-        Err(status) => panic!(
-            "fetch {url} failed: {:?} {}",
-            status.code(),
-            status.message()
-        ),
+        Err(status) => panic!("fetch {url} failed: {:?} {}", status.code(), status.message()),
     }
 }
 
@@ -476,12 +424,7 @@ pub fn assert_code(status: &Status, code: Code) {
 }
 
 pub async fn list(client: &mut Client) -> Vec<CachedModule> {
-    client
-        .list(ListRequest {})
-        .await
-        .expect("list")
-        .into_inner()
-        .modules
+    client.list(ListRequest {}).await.expect("list").into_inner().modules
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -524,12 +467,7 @@ impl OriginState {
     }
 
     fn with_route(&self, path: &str, f: impl FnOnce(&mut Route)) {
-        f(self
-            .routes
-            .lock()
-            .unwrap()
-            .entry(path.to_string())
-            .or_default());
+        f(self.routes.lock().unwrap().entry(path.to_string()).or_default());
     }
 }
 
@@ -578,16 +516,13 @@ impl Origin {
         let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
         let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-        let mut leaf_params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
         leaf_params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "127.0.0.1");
         leaf_params.use_authority_key_identifier_extension = true;
         leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_cert = leaf_params
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf cert");
+        let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
 
         let dir = tempfile::tempdir().expect("tls temp dir");
         let ca_file = dir.path().join("ca.pem");
@@ -613,10 +548,7 @@ impl Origin {
         origin
     }
 
-    fn from_std_listener(
-        listener: std::net::TcpListener,
-        tls: Option<tokio_rustls::TlsAcceptor>,
-    ) -> Origin {
+    fn from_std_listener(listener: std::net::TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) -> Origin {
         let listener = TcpListener::from_std(listener).expect("tokio listener");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(OriginState::default());
@@ -731,11 +663,7 @@ impl Drop for Origin {
 }
 
 /// Accepts connections until aborted; aborting drops the JoinSet and with it every connection task.
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    state: Arc<OriginState>,
-) {
+async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, state: Arc<OriginState>) {
     let mut connections = JoinSet::new();
     loop {
         while connections.try_join_next().is_some() {}
@@ -751,15 +679,11 @@ async fn accept_loop(
                 Some(acceptor) => {
                     // A client that rejects our certificate aborts the handshake: nothing to serve then.
                     if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
+                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                     }
                 }
                 None => {
-                    let _ = builder
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
                 }
             }
         });
@@ -768,10 +692,7 @@ async fn accept_loop(
 
 type Body = BoxBody<Bytes, Infallible>;
 
-async fn handle(
-    state: Arc<OriginState>,
-    request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<OriginState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
     state.counter(&path).fetch_add(1, Ordering::SeqCst);
     let route = {
@@ -808,17 +729,16 @@ async fn handle(
             Full::new(body).boxed()
         }
         Some(pause) => {
-            let frames =
-                futures_util::stream::unfold((body, true), move |(mut rest, first)| async move {
-                    if rest.is_empty() {
-                        return None;
-                    }
-                    if !first {
-                        tokio::time::sleep(pause).await;
-                    }
-                    let frame = rest.split_to(rest.len().min(64 * 1024));
-                    Some((Ok::<_, Infallible>(Frame::data(frame)), (rest, false)))
-                });
+            let frames = futures_util::stream::unfold((body, true), move |(mut rest, first)| async move {
+                if rest.is_empty() {
+                    return None;
+                }
+                if !first {
+                    tokio::time::sleep(pause).await;
+                }
+                let frame = rest.split_to(rest.len().min(64 * 1024));
+                Some((Ok::<_, Infallible>(Frame::data(frame)), (rest, false)))
+            });
             StreamBody::new(frames).boxed()
         }
     };
@@ -918,9 +838,7 @@ pub fn tar(entries: &[(&str, &[u8])]) -> Vec<u8> {
         header.set_mode(0o644);
         header.set_entry_type(tar::EntryType::Regular);
         header.set_cksum();
-        builder
-            .append_data(&mut header, name, *data)
-            .expect("tar entry");
+        builder.append_data(&mut header, name, *data).expect("tar entry");
     }
     builder.into_inner().expect("tar finish")
 }
@@ -933,10 +851,7 @@ pub fn tar_gz(entries: &[(&str, &[u8])]) -> Vec<u8> {
 /// on the test's runtime, keeps serving meanwhile.
 pub async fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    let envs: Vec<(String, String)> = envs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let envs: Vec<(String, String)> = envs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_wasmcache"))
             .args(&args)
