@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
@@ -85,6 +86,8 @@ struct Revalidation {
 
 type FlightResult = Result<Landed, Arc<Error>>;
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
+/// A fetch in progress and its count of bytes downloaded so far.
+type RunningFetch = (Flight, Arc<AtomicU64>);
 
 /// A listed module.
 #[derive(Clone, Debug)]
@@ -110,7 +113,8 @@ pub struct Cache {
     serve_stale: bool,
     /// Salt of credential fingerprints, kept in the index so proofs survive restarts.
     salt: [u8; 32],
-    flights: Arc<Mutex<HashMap<String, Flight>>>,
+    /// Running fetches by flight key, each with its count of bytes downloaded so far.
+    flights: Arc<Mutex<HashMap<String, RunningFetch>>>,
     /// Owns the fetch tasks: a fetch goes on when the client that started it leaves, so that the
     /// requests sharing it still get the module; `close` stops new ones on shutdown.
     tasks: TaskTracker,
@@ -393,9 +397,10 @@ impl Cache {
     fn flight(&self, req: &Request, key: &str, caller: &Caller, conditions: Revalidation) -> Flight {
         let flight_key = format!("{key}\n{:?}\n{}", req.expected, caller.fingerprint);
         let mut flights = self.flights.lock().unwrap();
-        if let Some(running) = flights.get(&flight_key) {
+        if let Some((running, _)) = flights.get(&flight_key) {
             return running.clone();
         }
+        let downloaded = Arc::new(AtomicU64::new(0));
         let job = FetchJob {
             store: self.store.clone(),
             fetchers: self.fetchers.clone(),
@@ -405,6 +410,7 @@ impl Cache {
             conditions,
             pull_secret: req.pull_secret.clone(),
             caller: caller.clone(),
+            downloaded: downloaded.clone(),
             resource: (!req.resource_name.is_empty() || !req.resource_version.is_empty())
                 .then(|| (req.resource_name.clone(), req.resource_version.clone())),
         };
@@ -422,8 +428,19 @@ impl Cache {
         }
         .boxed()
         .shared();
-        flights.insert(flight_key, flight.clone());
+        flights.insert(flight_key, (flight.clone(), downloaded));
         flight
+    }
+
+    /// Bytes downloaded so far by a running fetch of `url` (the largest, when several run).
+    pub fn progress(&self, url: &ModuleUrl) -> Option<u64> {
+        let prefix = format!("{url}\n");
+        let flights = self.flights.lock().unwrap();
+        flights
+            .iter()
+            .filter(|(key, _)| key.starts_with(&prefix))
+            .map(|(_, (_, bytes))| bytes.load(Ordering::Relaxed))
+            .max()
     }
 
     /// Every cached module with the URLs that lead to it.
@@ -500,6 +517,8 @@ struct FetchJob {
     conditions: Revalidation,
     pull_secret: Option<DockerConfig>,
     caller: Caller,
+    /// Shared with [`Cache::progress`].
+    downloaded: Arc<AtomicU64>,
     resource: Option<(String, String)>,
 }
 
@@ -511,9 +530,13 @@ impl FetchJob {
             etag: self.conditions.etag.clone(),
             known_digest: self.conditions.known_digest,
         };
+        let mut sink = Counted {
+            ingest: &mut raw,
+            bytes: &self.downloaded,
+        };
         let fetched = self
             .fetchers
-            .fetch(&self.url, &conditions, self.pull_secret.as_ref(), &mut raw)
+            .fetch(&self.url, &conditions, self.pull_secret.as_ref(), &mut sink)
             .await;
         let fetched = match fetched {
             Ok(f) => f,
@@ -669,12 +692,21 @@ fn finish_ingest(
     }
 }
 
-impl Sink for Ingest {
+/// The fetch sink: an ingest, with a running count of bytes for progress reports.
+struct Counted<'a> {
+    ingest: &'a mut Ingest,
+    bytes: &'a AtomicU64,
+}
+
+impl Sink for Counted<'_> {
     fn reset(&mut self) -> std::io::Result<()> {
-        Ingest::reset(self)
+        self.bytes.store(0, Ordering::Relaxed);
+        self.ingest.reset()
     }
 
     fn write_chunk(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        self.write_all(chunk)
+        self.ingest.write_all(chunk)?;
+        self.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }

@@ -178,4 +178,100 @@ impl ModuleCache for Service {
             removed_urls: removed.urls,
         }))
     }
+
+    type WarmStream = WarmStream;
+
+    async fn warm(&self, request: Request<proto::WarmRequest>) -> Result<Response<WarmStream>, Status> {
+        let request = request.into_inner();
+        if request.items.len() > MAX_WARM_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "warm takes at most {MAX_WARM_ITEMS} items, got {}",
+                request.items.len()
+            )));
+        }
+        let concurrency = match request.concurrency {
+            0 => DEFAULT_WARM_CONCURRENCY,
+            n => (n as usize).min(MAX_WARM_CONCURRENCY),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let cache = self.cache.clone();
+        // The work runs inside the response stream: when the client goes away, it stops (fetches
+        // already started finish in the cache).
+        let driver = futures_util::stream::iter(request.items).for_each_concurrent(concurrency, move |item| {
+            let cache = cache.clone();
+            let tx = tx.clone();
+            async move { warm_one(&cache, item, &tx).await }
+        });
+        let driver = futures_util::stream::once(driver).filter_map(|()| async { None });
+        let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok);
+        Ok(Response::new(Box::pin(futures_util::stream::select(events, driver))))
+    }
+}
+
+/// Largest warm-up request: a cluster's worth of plugins, with room.
+const MAX_WARM_ITEMS: usize = 10_000;
+const DEFAULT_WARM_CONCURRENCY: usize = 4;
+const MAX_WARM_CONCURRENCY: usize = 64;
+/// How often a warm-up reports download progress.
+const WARM_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
+type WarmStream = Pin<Box<dyn Stream<Item = Result<proto::WarmEvent, Status>> + Send>>;
+
+/// Warms one item, sending its start, its progress while it downloads, and its end.
+async fn warm_one(cache: &Cache, item: proto::WarmItem, tx: &tokio::sync::mpsc::Sender<proto::WarmEvent>) {
+    use proto::warm_event::Event;
+    let send = |event: Event| {
+        let id = item.id.clone();
+        async move {
+            // A closed channel means the client left; the remaining events have no reader.
+            let _ = tx.send(proto::WarmEvent { id, event: Some(event) }).await;
+        }
+    };
+    send(Event::Started(proto::WarmStarted {})).await;
+    let request = match item
+        .request
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("warm item has no request".into()))
+    {
+        Ok(wire) => core_request(wire),
+        Err(e) => Err(e),
+    };
+    let request = match request {
+        Ok(r) => r,
+        Err(e) => {
+            log_result(Err(&e));
+            send(Event::Failed(proto::WarmFailed {
+                code: e.code() as i32,
+                message: e.to_string(),
+            }))
+            .await;
+            return;
+        }
+    };
+    let fetch = cache.get(&request);
+    tokio::pin!(fetch);
+    let mut ticker = tokio::time::interval(WARM_PROGRESS_EVERY);
+    let mut reported = 0;
+    let result = loop {
+        tokio::select! {
+            result = &mut fetch => break result,
+            _ = ticker.tick() => {
+                if let Some(bytes) = cache.progress(&request.url).filter(|&b| b != reported) {
+                    reported = bytes;
+                    send(Event::Progress(proto::WarmProgress { bytes })).await;
+                }
+            }
+        }
+    };
+    log_result(result.as_ref().map(|(m, _)| m));
+    match result {
+        Ok((module, _)) => send(Event::Done(module_info(&module))).await,
+        Err(e) => {
+            send(Event::Failed(proto::WarmFailed {
+                code: e.code() as i32,
+                message: e.to_string(),
+            }))
+            .await
+        }
+    }
 }

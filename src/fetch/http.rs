@@ -1,7 +1,6 @@
 //! The http(s) fetcher: reqwest over rustls, every destination checked by the [`Guard`], per-attempt
 //! timeouts, and retries with backoff for transient failures only.
 
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Once;
 use std::time::Duration;
@@ -245,27 +244,66 @@ impl HttpFetcher {
 
 /// Sorts a transport error: blocked destinations and certificate failures are final, the rest transient.
 fn classify(shown: &str, err: reqwest::Error) -> AttemptError {
-    let err = err.without_url();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        if let Some(blocked) = cause.downcast_ref::<Blocked>() {
-            return AttemptError::Fatal(FetchError::Blocked {
-                url: shown.to_string(),
-                source: blocked.clone(),
-            });
-        }
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return AttemptError::Fatal(FetchError::Tls {
-                url: shown.to_string(),
-                cause: tls.to_string(),
-            });
-        }
-        source = cause.source();
+    match Transport::of(err) {
+        Transport::Blocked(source) => AttemptError::Fatal(FetchError::Blocked {
+            url: shown.to_string(),
+            source,
+        }),
+        Transport::Tls(cause) => AttemptError::Fatal(FetchError::Tls {
+            url: shown.to_string(),
+            cause,
+        }),
+        Transport::Other { cause, timed_out } => AttemptError::Retry { cause, timed_out },
     }
-    AttemptError::Retry {
-        cause: error_chain(&err),
-        timed_out: err.is_timeout(),
+}
+
+/// What a reqwest error means for a retry loop.
+pub(crate) enum Transport {
+    /// The guard refused the destination (at resolution or on a redirect).
+    Blocked(Blocked),
+    /// TLS failed: an untrusted certificate, or a peer that does not speak TLS. Retrying won't help.
+    Tls(String),
+    Other {
+        cause: String,
+        timed_out: bool,
+    },
+}
+
+impl Transport {
+    pub(crate) fn of(err: reqwest::Error) -> Transport {
+        let err = err.without_url();
+        if let Some(blocked) = find_cause::<Blocked>(&err) {
+            return Transport::Blocked(blocked.clone());
+        }
+        if let Some(tls) = find_cause::<rustls::Error>(&err) {
+            return Transport::Tls(tls.to_string());
+        }
+        Transport::Other {
+            cause: error_chain(&err),
+            timed_out: err.is_timeout(),
+        }
     }
+}
+
+/// The first cause of type `T` in an error chain, looking inside `io::Error`s as well: their `source()`
+/// skips the error they wrap, which is where rustls puts its errors.
+pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(found) = find_cause::<T>(inner) {
+                return Some(found);
+            }
+        }
+        current = e.source();
+    }
+    None
 }
 
 /// `err: cause: cause`, without repeats.

@@ -20,6 +20,7 @@ use url::Url;
 use super::auth::Credentials;
 use crate::digest::Sha256;
 use crate::fetch::guard::Guard;
+use crate::fetch::http::{find_cause, Transport};
 use crate::fetch::retry::{retryable_status, Backoff};
 use crate::fetch::{FetchError, Sink};
 
@@ -70,6 +71,9 @@ pub struct RegistryClient {
     tokens: Mutex<HashMap<TokenKey, Token>>,
     /// Hosts that answered over plain HTTP after HTTPS failed (insecure hosts only).
     plain_http: Mutex<HashSet<String>>,
+    /// Hosts that challenged with Basic auth: later requests with credentials send them at once,
+    /// saving the 401 round trip.
+    basic_hosts: Mutex<HashSet<String>>,
     salt: [u8; 32],
 }
 
@@ -134,6 +138,7 @@ impl RegistryClient {
             backoff,
             tokens: Mutex::default(),
             plain_http: Mutex::default(),
+            basic_hosts: Mutex::default(),
             salt,
         }
     }
@@ -303,10 +308,15 @@ impl RegistryClient {
         accept: Option<&str>,
     ) -> Result<Response, Failure> {
         let key = self.token_key(s);
-        let cached = self.cached_token(&key);
-        let mut response = self
-            .request(s, method.clone(), path, accept, cached.map(Auth::Bearer))
-            .await?;
+        let first = match (self.cached_token(&key), s.credentials) {
+            (Some(token), _) => Some(Auth::Bearer(token)),
+            (None, Some(c)) if self.basic_hosts.lock().unwrap().contains(&s.endpoint.host) => {
+                s.mark_authenticated();
+                Some(Auth::Basic(c.clone()))
+            }
+            _ => None,
+        };
+        let mut response = self.request(s, method.clone(), path, accept, first).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
             let challenge = response
                 .headers()
@@ -328,6 +338,7 @@ impl RegistryClient {
                     Some(Auth::Bearer(token.0))
                 }
                 Some(Challenge::Basic) => s.credentials.map(|c| {
+                    self.basic_hosts.lock().unwrap().insert(s.endpoint.host.clone());
                     s.mark_authenticated();
                     Auth::Basic(c.clone())
                 }),
@@ -604,14 +615,7 @@ fn header_digest(headers: &HeaderMap) -> Option<Sha256> {
 }
 
 fn is_tls(e: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
+    find_cause::<rustls::Error>(e).is_some()
 }
 
 fn transport(e: reqwest::Error) -> Failure {
@@ -623,25 +627,15 @@ fn transport(e: reqwest::Error) -> Failure {
 }
 
 fn classify(url: &str, e: reqwest::Error) -> Failure {
-    let e = e.without_url();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        if let Some(blocked) = cause.downcast_ref::<crate::fetch::guard::Blocked>() {
-            return Failure::Fatal(FetchError::Blocked {
-                url: url.to_string(),
-                source: blocked.clone(),
-            });
-        }
-        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
-            return Failure::Fatal(FetchError::Tls {
-                url: url.to_string(),
-                cause: tls.to_string(),
-            });
-        }
-        source = cause.source();
-    }
-    Failure::Retry {
-        cause: crate::fetch::http::error_chain(&e),
-        timed_out: e.is_timeout(),
+    match Transport::of(e) {
+        Transport::Blocked(source) => Failure::Fatal(FetchError::Blocked {
+            url: url.to_string(),
+            source,
+        }),
+        Transport::Tls(cause) => Failure::Fatal(FetchError::Tls {
+            url: url.to_string(),
+            cause,
+        }),
+        Transport::Other { cause, timed_out } => Failure::Retry { cause, timed_out },
     }
 }
