@@ -15,7 +15,9 @@
 //! - [`config`]: `Config` and every default; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
 //! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
+//! - [`systemd`]: readiness and watchdog notifications, and socket activation.
 //! - [`client`]: a gRPC channel over the Unix socket, for the CLI and tests.
+//! - [`cluster`]: the Kubernetes API: WasmPlugins listed or watched, and their pull secrets.
 //! - [`cli`]: the subcommands, one file each.
 //! - [`error`]: the crate error and its one mapping to gRPC status codes.
 
@@ -23,6 +25,7 @@ pub mod access;
 pub mod cache;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod digest;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod service;
 pub mod signal;
 pub mod source;
 pub mod store;
+pub mod systemd;
 
 /// Types generated from `proto/wasmcache/v1/cache.proto`.
 #[allow(clippy::all, rust_2018_idioms, missing_docs)] // generated code

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::fetch::{FetchError, Fetchers};
+use crate::proto::module_cache_server::ModuleCacheServer;
 use crate::service::Service;
 use crate::store::{Store, StoreError};
 
@@ -51,7 +52,8 @@ impl ServeError {
 /// The bound sockets the server accepts on.
 pub struct Listeners {
     pub unix: UnixListener,
-    pub unix_path: PathBuf,
+    /// The socket file to remove on exit: the one we created (none for a socket systemd passed).
+    pub unix_path: Option<PathBuf>,
     pub tcp: Option<TcpListener>,
 }
 
@@ -75,7 +77,37 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-/// Opens the cache and binds the listeners that `config` names, then serves until `shutdown`.
+/// Sorts sockets passed by systemd into the Unix listener and the TCP listener we serve on.
+fn activated_listeners() -> Result<(Option<UnixListener>, Option<TcpListener>), ServeError> {
+    let mut unix = None;
+    let mut tcp = None;
+    for fd in crate::systemd::take_listen_fds() {
+        let as_unix = std::os::unix::net::UnixListener::from(fd);
+        if as_unix.local_addr().is_ok() && unix.is_none() {
+            as_unix.set_nonblocking(true).map_err(activation_err)?;
+            unix = Some(UnixListener::from_std(as_unix).map_err(activation_err)?);
+            continue;
+        }
+        let as_tcp = std::net::TcpListener::from(std::os::fd::OwnedFd::from(as_unix));
+        if as_tcp.local_addr().is_ok() && tcp.is_none() {
+            as_tcp.set_nonblocking(true).map_err(activation_err)?;
+            tcp = Some(TcpListener::from_std(as_tcp).map_err(activation_err)?);
+            continue;
+        }
+        tracing::warn!("ignoring a passed file descriptor that is not a listening socket we use");
+    }
+    Ok((unix, tcp))
+}
+
+fn activation_err(source: std::io::Error) -> ServeError {
+    ServeError::Bind {
+        what: "socket passed by systemd".into(),
+        source,
+    }
+}
+
+/// Opens the cache and binds the listeners that `config` names (or takes those systemd passed), tells
+/// systemd it is ready, then serves until `shutdown`.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     config.validate()?;
     let fetchers = Arc::new(Fetchers::new(&config.fetch)?);
@@ -87,17 +119,29 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             source: std::io::Error::other(e),
         })??;
     let cache = Arc::new(Cache::new(Arc::new(store), fetchers, config.serve_stale).map_err(ServeError::Cache)?);
-    let unix = bind_unix(&config.socket, config.socket_mode)?;
-    let tcp = match config.listen {
-        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+    let (activated_unix, activated_tcp) = activated_listeners()?;
+    // A socket passed by systemd belongs to systemd: it is neither chmodded nor removed by us.
+    let (unix, owned_path) = match activated_unix {
+        Some(listener) => {
+            tracing::info!("serving on the socket passed by systemd");
+            (listener, None)
+        }
+        None => (
+            bind_unix(&config.socket, config.socket_mode)?,
+            Some(config.socket.clone()),
+        ),
+    };
+    let tcp = match (activated_tcp, config.listen) {
+        (Some(listener), _) => Some(listener),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
             what: addr.to_string(),
             source,
         })?),
-        None => None,
+        (None, None) => None,
     };
     let listeners = Listeners {
         unix,
-        unix_path: config.socket.clone(),
+        unix_path: owned_path,
         tcp,
     };
     tracing::info!(
@@ -106,11 +150,12 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         cache_dir = %config.cache_dir.display(),
         "wasmcache ready"
     );
+    crate::systemd::notify_or_log("READY=1");
     run(listeners, cache, shutdown, config.shutdown_grace).await
 }
 
 /// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls finish
-/// for at most `grace`, and removes the socket file.
+/// for at most `grace`, and removes the socket file it created. Pings the systemd watchdog meanwhile.
 pub async fn run(
     listeners: Listeners,
     cache: Arc<Cache>,
@@ -118,13 +163,17 @@ pub async fn run(
     grace: Duration,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ModuleCacheServer<Service>>().await;
     let unix = tonic::transport::Server::builder()
+        .add_service(health_service.clone())
         .add_service(Service::new(cache.clone()).into_server())
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), stop.clone().cancelled_owned());
     let tcp = async {
         match listeners.tcp {
             Some(tcp) => {
                 tonic::transport::Server::builder()
+                    .add_service(health_service.clone())
                     .add_service(Service::new(cache.clone()).into_server())
                     .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stop.clone().cancelled_owned())
                     .await
@@ -137,6 +186,9 @@ pub async fn run(
     let result = tokio::select! {
         result = &mut servers => result.map_err(ServeError::from),
         () = shutdown => {
+            crate::systemd::notify_or_log("STOPPING=1");
+            health.set_not_serving::<ModuleCacheServer<Service>>().await;
+            health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             stop.cancel();
             match tokio::time::timeout(grace, &mut servers).await {
                 Ok(result) => {
@@ -149,12 +201,27 @@ pub async fn run(
                 }
             }
         }
+        () = watchdog() => unreachable!("the watchdog never returns"),
     };
-    if let Err(e) = std::fs::remove_file(&listeners.unix_path) {
-        tracing::warn!(socket = %listeners.unix_path.display(), cause = %e, "could not remove the socket");
+    if let Some(path) = &listeners.unix_path {
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::warn!(socket = %path.display(), cause = %e, "could not remove the socket");
+        }
     }
     if tokio::time::timeout(grace, cache.close()).await.is_err() {
         tracing::warn!("fetches still running at exit were abandoned");
     }
     result
+}
+
+/// Sends `WATCHDOG=1` at half the interval systemd asked for; pends forever without a watchdog.
+async fn watchdog() {
+    let Some(every) = crate::systemd::watchdog_interval() else {
+        return std::future::pending().await;
+    };
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        crate::systemd::notify_or_log("WATCHDOG=1");
+    }
 }
