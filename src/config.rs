@@ -35,6 +35,8 @@ pub struct Config {
     pub serve_stale: bool,
     /// How long in-flight streams may run after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Watch WasmPlugins in the cluster and prefetch them.
+    pub watch: Option<crate::watch::WatchConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,7 @@ impl Default for Config {
             },
             serve_stale: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            watch: None,
         }
     }
 }

@@ -18,6 +18,9 @@
 //! - [`systemd`]: readiness and watchdog notifications, and socket activation.
 //! - [`client`]: a gRPC channel over the Unix socket, for the CLI and tests.
 //! - [`cluster`]: the Kubernetes API: WasmPlugins listed or watched, and their pull secrets.
+//! - [`wasmplugin`]: the Istio WasmPlugin resource model, its validation and the file loader.
+//! - [`warm`]: WasmPlugins into fetch requests, with their pull secrets resolved.
+//! - [`watch`]: the daemon's WasmPlugin watch, prefetching new and changed plugins.
 //! - [`cli`]: the subcommands, one file each.
 //! - [`error`]: the crate error and its one mapping to gRPC status codes.
 
@@ -37,6 +40,9 @@ pub mod signal;
 pub mod source;
 pub mod store;
 pub mod systemd;
+pub mod warm;
+pub mod wasmplugin;
+pub mod watch;
 
 /// Types generated from `proto/wasmcache/v1/cache.proto`.
 #[allow(clippy::all, rust_2018_idioms, missing_docs)] // generated code

@@ -33,7 +33,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         let result = match cli.command {
             Command::Serve(args) => {
-                return match wasmcache::cli::serve::run(args).await {
+                return match wasmcache::cli::serve::run(*args).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         tracing::error!(cause = %e, "wasmcache stopped");
@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Fetch(args) => wasmcache::cli::fetch::run(args).await,
             Command::Ls(args) => wasmcache::cli::ls::run(args).await,
             Command::Rm(args) => wasmcache::cli::rm::run(args).await,
+            Command::Warm(args) => wasmcache::cli::warm::run(args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -37,13 +37,15 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("opening the cache: {0}")]
     Cache(crate::error::Error),
+    #[error("{0}")]
+    Cluster(crate::cluster::ClusterError),
 }
 
 impl ServeError {
     /// Bad configuration exits with EX_CONFIG (78), so supervisors can tell it from a crash.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ServeError::Config(_) | ServeError::Fetch(FetchError::Config(_)) => 78,
+            ServeError::Config(_) | ServeError::Fetch(FetchError::Config(_)) | ServeError::Cluster(_) => 78,
             _ => 1,
         }
     }
@@ -150,7 +152,26 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         cache_dir = %config.cache_dir.display(),
         "wasmcache ready"
     );
+    let watch = match config.watch.clone() {
+        Some(watch) => {
+            let client = crate::cluster::client(watch.kubeconfig.as_deref())
+                .await
+                .map_err(ServeError::Cluster)?;
+            Some(crate::watch::run(client, watch, cache.clone()))
+        }
+        None => None,
+    };
     crate::systemd::notify_or_log("READY=1");
+    let shutdown = async move {
+        match watch {
+            // The watch runs until shutdown, then is dropped with everything it was doing.
+            Some(watch) => tokio::select! {
+                () = shutdown => {}
+                () = watch => {}
+            },
+            None => shutdown.await,
+        }
+    };
     run(listeners, cache, shutdown, config.shutdown_grace).await
 }
 

@@ -33,7 +33,7 @@ impl Service {
 }
 
 /// Validates a wire request into a core request.
-fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
+pub(crate) fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
     let url = ModuleUrl::parse(req.url.trim())?;
     let expected = Sha256::parse_optional(&req.sha256)?;
     let policy = match proto::PullPolicy::try_from(req.pull_policy) {

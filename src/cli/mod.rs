@@ -4,6 +4,7 @@ pub mod fetch;
 pub mod ls;
 pub mod rm;
 pub mod serve;
+pub mod warm;
 
 use std::path::PathBuf;
 
@@ -25,13 +26,15 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Fetch a module through the daemon and print its info.
     Fetch(fetch::Args),
     /// List cached modules.
     Ls(ls::Args),
     /// Remove a URL or a module from the cache.
     Rm(rm::Args),
+    /// Prefetch the modules of Istio WasmPlugin resources (from files or the cluster).
+    Warm(warm::Args),
 }
 
 /// Where client commands find the daemon.

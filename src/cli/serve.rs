@@ -62,6 +62,18 @@ pub struct Args {
     /// Cap on an OCI manifest or index (bytes, or with a K/M/G suffix)
     #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes, default_value = "4MiB")]
     pub max_manifest_bytes: u64,
+    /// Watch Istio WasmPlugins in the cluster and prefetch new and changed ones
+    #[arg(long)]
+    pub watch_wasmplugins: bool,
+    /// Kubeconfig for --watch-wasmplugins [default: in-cluster service account, $KUBECONFIG, ~/.kube/config]
+    #[arg(long, value_name = "FILE", requires = "watch_wasmplugins")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace [default: all namespaces]
+    #[arg(long, value_name = "NS", requires = "watch_wasmplugins")]
+    pub watch_namespace: Option<String>,
+    /// Watch only WasmPlugins with these labels (e.g. app=gateway)
+    #[arg(long, value_name = "LABELS", requires = "watch_wasmplugins")]
+    pub watch_selector: Option<String>,
     /// How long in-flight streams may run after SIGTERM
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "10s")]
     pub shutdown_grace: Duration,
@@ -91,6 +103,15 @@ impl Args {
         c.fetch.oci.mirrors = self.registry_mirrors;
         c.fetch.oci.platform = self.platform;
         c.fetch.oci.max_manifest_bytes = self.max_manifest_bytes;
+        if self.watch_wasmplugins {
+            c.watch = Some(crate::watch::WatchConfig {
+                kubeconfig: self.kubeconfig,
+                scope: crate::cluster::Scope {
+                    namespace: self.watch_namespace,
+                    selector: self.watch_selector,
+                },
+            });
+        }
         if let Some(path) = &self.docker_config {
             c.fetch.oci.default_credentials = config::load_docker_config(path)?;
         }

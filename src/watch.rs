@@ -1,0 +1,73 @@
+//! The daemon's WasmPlugin watch (`serve --watch-wasmplugins`): every WasmPlugin that appears or
+//! changes in the cluster is fetched into the cache at once, with the same request a proxy's agent
+//! would send, so the proxy's own request is a hit.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+
+use crate::cache::Cache;
+use crate::cluster::{self, Change, Scope};
+use crate::warm::{self, Secrets};
+use crate::wasmplugin::WasmPlugin;
+
+/// Plugins fetched at the same time.
+const CONCURRENCY: usize = 4;
+
+/// Where to watch.
+#[derive(Clone, Debug, Default)]
+pub struct WatchConfig {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub scope: Scope,
+}
+
+/// Watches until dropped (the server drops it at shutdown). Never returns: watch errors are logged and
+/// retried with backoff.
+pub async fn run(client: kube::Client, config: WatchConfig, cache: Arc<Cache>) {
+    tracing::info!(namespace = ?config.scope.namespace, selector = ?config.scope.selector, "watching wasmplugins");
+    cluster::watch_wasmplugins(client.clone(), &config.scope)
+        .for_each_concurrent(CONCURRENCY, |change| {
+            let (client, cache) = (client.clone(), cache.clone());
+            async move { handle(&client, &cache, change).await }
+        })
+        .await;
+    tracing::error!("the wasmplugin watch ended");
+    std::future::pending::<()>().await
+}
+
+async fn handle(client: &kube::Client, cache: &Cache, change: Change) {
+    let value = match change {
+        Change::Applied(value) => value,
+        // Deleted plugins' modules stay until the cache's expiry removes them: a proxy may still use them.
+        Change::Deleted(_) => return,
+        Change::Error(cause) => {
+            tracing::warn!(%cause, "wasmplugin watch failed; retrying");
+            return;
+        }
+    };
+    let plugin: WasmPlugin = match serde_json::from_value(value) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(cause = %e, "ignoring an invalid wasmplugin");
+            return;
+        }
+    };
+    let id = plugin.resource_name();
+    let request = match warm::request_for(&plugin, Secrets::Cluster(client)).await {
+        Ok(wire) => crate::service::core_request(&wire),
+        Err(e) => {
+            tracing::warn!(plugin = %id, cause = %e, "cannot prefetch wasmplugin");
+            return;
+        }
+    };
+    let result = match request {
+        Ok(request) => cache.get(&request).await.map(|(module, _)| module),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(m) => {
+            tracing::info!(plugin = %id, url = %m.source_url, digest = %m.digest, outcome = ?m.outcome, "wasmplugin prefetched")
+        }
+        Err(e) => tracing::warn!(plugin = %id, code = ?e.code(), cause = %e, "wasmplugin prefetch failed"),
+    }
+}
