@@ -175,8 +175,9 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     run(listeners, cache, shutdown, config.shutdown_grace).await
 }
 
-/// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls finish
-/// for at most `grace`, and removes the socket file it created. Pings the systemd watchdog meanwhile.
+/// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls and
+/// fetches finish within `grace` in all, and removes the socket file it created. Pings the systemd
+/// watchdog meanwhile.
 pub async fn run(
     listeners: Listeners,
     cache: Arc<Cache>,
@@ -204,6 +205,8 @@ pub async fn run(
     };
     let servers = async { tokio::try_join!(unix, tcp).map(|_| ()) };
     tokio::pin!(servers);
+    // One deadline for the whole drain: in-flight streams first, then running fetches.
+    let mut deadline = None;
     let result = tokio::select! {
         result = &mut servers => result.map_err(ServeError::from),
         () = shutdown => {
@@ -211,7 +214,9 @@ pub async fn run(
             health.set_not_serving::<ModuleCacheServer<Service>>().await;
             health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
             stop.cancel();
-            match tokio::time::timeout(grace, &mut servers).await {
+            let drain_by = tokio::time::Instant::now() + grace;
+            deadline = Some(drain_by);
+            match tokio::time::timeout_at(drain_by, &mut servers).await {
                 Ok(result) => {
                     tracing::info!("in-flight requests finished");
                     result.map_err(ServeError::from)
@@ -229,7 +234,8 @@ pub async fn run(
             tracing::warn!(socket = %path.display(), cause = %e, "could not remove the socket");
         }
     }
-    if tokio::time::timeout(grace, cache.close()).await.is_err() {
+    let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + grace);
+    if tokio::time::timeout_at(deadline, cache.close()).await.is_err() {
         tracing::warn!("fetches still running at exit were abandoned");
     }
     result

@@ -45,7 +45,7 @@ async fn handle(client: &kube::Client, cache: &Cache, change: Change) {
             return;
         }
     };
-    let plugin: WasmPlugin = match serde_json::from_value(value) {
+    let plugin = match WasmPlugin::from_api_object(value) {
         Ok(p) => p,
         Err(e) => {
             tracing::warn!(cause = %e, "ignoring an invalid wasmplugin");

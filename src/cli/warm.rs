@@ -118,7 +118,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             .map_err(|e| CliError(e.to_string()))?
         {
             let name = object_name(&value);
-            match serde_json::from_value::<WasmPlugin>(value) {
+            match WasmPlugin::from_api_object(value) {
                 Ok(plugin) => plugins.push(plugin),
                 Err(e) => rows.push(Row::failed(name.clone(), String::new(), format!("cluster {name}: {e}"))),
             }

@@ -1,0 +1,458 @@
+//! The Kubernetes manifests in `deploy/kubernetes/`: every file parses, is known to Kubernetes field by field
+//! (through k8s-openapi's types), is listed by the kustomization, and makes the choices the DaemonSet and
+//! its RBAC exist for. No cluster is needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+use wasmcache::config::DEFAULT_SHUTDOWN_GRACE;
+
+/// The daemon's image; its tag is the crate's version.
+const IMAGE_REPOSITORY: &str = "ghcr.io/wasmcache/wasmcache";
+const NAMESPACE: &str = "wasmcache-system";
+const CACHE_DIR: &str = "/var/lib/wasmcache";
+const SOCKET_DIR: &str = "/run/wasmcache";
+const SOCKET: &str = "/run/wasmcache/wasmcache.sock";
+const KUSTOMIZATION: &str = "kustomization.yaml";
+
+fn manifest_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
+}
+
+/// Every YAML file in the directory, by file name.
+fn manifests() -> BTreeMap<String, Value> {
+    let mut docs = BTreeMap::new();
+    for entry in std::fs::read_dir(manifest_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let doc: Value = serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        docs.insert(name, doc);
+    }
+    docs
+}
+
+fn manifest(name: &str) -> Value {
+    manifests()
+        .remove(name)
+        .unwrap_or_else(|| panic!("no {name} in deploy/kubernetes"))
+}
+
+/// `value` at a JSON pointer (`/spec/template/spec`), failing the test with the path when it is absent.
+fn at<'a>(value: &'a Value, pointer: &str) -> &'a Value {
+    value
+        .pointer(pointer)
+        .unwrap_or_else(|| panic!("no {pointer} in {value:#}"))
+}
+
+fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    at(value, pointer)
+        .as_str()
+        .unwrap_or_else(|| panic!("{pointer} is not a string"))
+}
+
+fn daemonset() -> Value {
+    manifest("daemonset.yaml")
+}
+
+fn pod_spec(ds: &Value) -> &Value {
+    at(ds, "/spec/template/spec")
+}
+
+/// The container named `wasmcache`.
+fn daemon_container(ds: &Value) -> &Value {
+    at(pod_spec(ds), "/containers")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "wasmcache")
+        .expect("no container named wasmcache")
+}
+
+fn args(container: &Value) -> Vec<&str> {
+    at(container, "/args")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect()
+}
+
+fn flag_value<'a>(args: &[&'a str], flag: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| *a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    args.get(at + 1)
+        .unwrap_or_else(|| panic!("{flag} has no value in {args:?}"))
+}
+
+/// Keys present in `original` but not in `round_trip`, as JSON pointers.
+fn dropped_fields(original: &Value, round_trip: &Value, path: &str, out: &mut Vec<String>) {
+    match (original, round_trip) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                let here = format!("{path}/{key}");
+                match b.get(key) {
+                    Some(other) => dropped_fields(value, other, &here, out),
+                    None => out.push(here),
+                }
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => {
+            for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                dropped_fields(x, y, &format!("{path}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Parses `doc` as the Kubernetes type `T` and serializes it back: unknown fields are what went missing.
+fn unknown_fields<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value) -> Vec<String> {
+    let typed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e}: {doc:#}"));
+    let mut dropped = Vec::new();
+    dropped_fields(doc, &serde_json::to_value(typed).unwrap(), "", &mut dropped);
+    dropped
+}
+
+#[test]
+fn every_manifest_is_of_the_expected_kind() {
+    let kinds: BTreeMap<String, (String, String)> = manifests()
+        .into_iter()
+        .map(|(name, doc)| (name, (str_at(&doc, "/apiVersion").into(), str_at(&doc, "/kind").into())))
+        .collect();
+    let expected: BTreeMap<String, (String, String)> = [
+        ("clusterrole.yaml", "rbac.authorization.k8s.io/v1", "ClusterRole"),
+        (
+            "clusterrolebinding.yaml",
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRoleBinding",
+        ),
+        ("daemonset.yaml", "apps/v1", "DaemonSet"),
+        (KUSTOMIZATION, "kustomize.config.k8s.io/v1beta1", "Kustomization"),
+        ("namespace.yaml", "v1", "Namespace"),
+        ("networkpolicy.yaml", "networking.k8s.io/v1", "NetworkPolicy"),
+        ("serviceaccount.yaml", "v1", "ServiceAccount"),
+    ]
+    .into_iter()
+    .map(|(file, api, kind)| (file.to_string(), (api.to_string(), kind.to_string())))
+    .collect();
+    assert_eq!(kinds, expected);
+}
+
+#[test]
+fn manifests_have_no_fields_unknown_to_kubernetes() {
+    use k8s_openapi::api::{apps, core, networking, rbac};
+    let mut unknown = Vec::new();
+    for (name, doc) in manifests() {
+        let fields = match str_at(&doc, "/kind") {
+            "ClusterRole" => unknown_fields::<rbac::v1::ClusterRole>(&doc),
+            "ClusterRoleBinding" => unknown_fields::<rbac::v1::ClusterRoleBinding>(&doc),
+            "DaemonSet" => unknown_fields::<apps::v1::DaemonSet>(&doc),
+            "Namespace" => unknown_fields::<core::v1::Namespace>(&doc),
+            "NetworkPolicy" => unknown_fields::<networking::v1::NetworkPolicy>(&doc),
+            "ServiceAccount" => unknown_fields::<core::v1::ServiceAccount>(&doc),
+            "Kustomization" => continue,
+            other => panic!("{name}: no type for kind {other}"),
+        };
+        unknown.extend(fields.into_iter().map(|f| format!("{name}: {f}")));
+    }
+    assert!(
+        unknown.is_empty(),
+        "fields Kubernetes does not know (misspelt or misplaced): {unknown:#?}"
+    );
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let kustomization = manifest(KUSTOMIZATION);
+    let listed: BTreeSet<&str> = at(&kustomization, "/resources")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let files = manifests();
+    let present: BTreeSet<&str> = files
+        .keys()
+        .map(String::as_str)
+        .filter(|f| *f != KUSTOMIZATION)
+        .collect();
+    assert_eq!(listed, present);
+}
+
+#[test]
+fn daemonset_runs_the_image_of_this_crate_version() {
+    let ds = daemonset();
+    let expected = format!("{IMAGE_REPOSITORY}:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(str_at(daemon_container(&ds), "/image"), expected);
+}
+
+#[test]
+fn kustomization_pins_every_image_the_daemonset_names() {
+    let kustomization = manifest(KUSTOMIZATION);
+    let pinned: BTreeMap<&str, &str> = at(&kustomization, "/images")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (str_at(i, "/name"), str_at(i, "/newTag")))
+        .collect();
+    let ds = daemonset();
+    let spec = pod_spec(&ds);
+    let pod_images: BTreeMap<&str, &str> = ["/initContainers", "/containers"]
+        .into_iter()
+        .flat_map(|list| at(spec, list).as_array().unwrap())
+        .map(|c| str_at(c, "/image").rsplit_once(':').unwrap())
+        .collect();
+    assert_eq!(
+        pinned, pod_images,
+        "kustomization images: and the DaemonSet's images disagree"
+    );
+}
+
+#[test]
+fn daemonset_serves_the_host_socket_and_cache_directories() {
+    let ds = daemonset();
+    let container = daemon_container(&ds);
+    assert_eq!(
+        args(container),
+        [
+            "serve",
+            "--cache-dir",
+            CACHE_DIR,
+            "--socket",
+            SOCKET,
+            "--listen",
+            "0.0.0.0:9090",
+            "--watch-wasmplugins"
+        ]
+    );
+    let volumes: BTreeMap<&str, &Value> = at(pod_spec(&ds), "/volumes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (str_at(v, "/name"), at(v, "/hostPath")))
+        .collect();
+    let mounts: BTreeMap<&str, &str> = at(container, "/volumeMounts")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (str_at(m, "/mountPath"), str_at(m, "/name")))
+        .collect();
+    for dir in [CACHE_DIR, SOCKET_DIR] {
+        let volume = mounts.get(dir).unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+        let host_path = volumes
+            .get(volume)
+            .unwrap_or_else(|| panic!("volume {volume} is not a hostPath"));
+        assert_eq!(
+            *host_path,
+            &json!({"path": dir, "type": "DirectoryOrCreate"}),
+            "volume {volume}"
+        );
+    }
+}
+
+#[test]
+fn daemonset_args_are_known_to_serve() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmcache"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "wasmcache serve --help failed");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let known: BTreeSet<&str> = help
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
+        .collect();
+    let ds = daemonset();
+    let unknown: Vec<&str> = args(daemon_container(&ds))
+        .into_iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .filter(|flag| !known.contains(flag))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "DaemonSet flags that `wasmcache serve` does not have: {unknown:?}"
+    );
+}
+
+#[test]
+fn probes_use_the_kubelets_grpc_check_on_the_listen_port() {
+    let ds = daemonset();
+    let container = daemon_container(&ds);
+    let port: u64 = flag_value(&args(container), "--listen")
+        .rsplit_once(':')
+        .unwrap()
+        .1
+        .parse()
+        .unwrap();
+    assert_eq!(
+        at(container, "/ports"),
+        &json!([{"name": "grpc", "containerPort": port, "protocol": "TCP"}])
+    );
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert_eq!(
+            at(container, &format!("/{probe}/grpc")),
+            &json!({"port": port}),
+            "{probe}"
+        );
+    }
+}
+
+#[test]
+fn grpc_port_is_reachable_by_no_service_and_no_pod() {
+    let docs = manifests();
+    assert!(
+        docs.values().all(|d| d["kind"] != "Service"),
+        "the plain-text gRPC port serves the whole API and must not be exposed by a Service"
+    );
+    let policy = &docs["networkpolicy.yaml"];
+    let ds = &docs["daemonset.yaml"];
+    assert_eq!(
+        at(policy, "/spec/podSelector/matchLabels"),
+        at(ds, "/spec/template/metadata/labels")
+    );
+    assert_eq!(at(policy, "/spec/policyTypes"), &json!(["Ingress"]));
+    assert!(
+        policy.pointer("/spec/ingress").is_none(),
+        "the policy must allow no ingress at all"
+    );
+}
+
+#[test]
+fn daemon_runs_as_non_root_without_capabilities() {
+    let ds = daemonset();
+    assert_eq!(
+        at(pod_spec(&ds), "/securityContext/seccompProfile"),
+        &json!({"type": "RuntimeDefault"})
+    );
+    let security = at(daemon_container(&ds), "/securityContext");
+    assert_eq!(security["runAsNonRoot"], true);
+    assert!(security["runAsUser"].as_u64().unwrap() > 0);
+    assert!(security["runAsGroup"].as_u64().unwrap() > 0);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"], json!({"drop": ["ALL"]}));
+}
+
+#[test]
+fn init_container_gives_the_host_directories_to_the_daemons_user() {
+    let ds = daemonset();
+    let daemon = at(daemon_container(&ds), "/securityContext");
+    let owner = format!("{}:{}", daemon["runAsUser"], daemon["runAsGroup"]);
+    let inits = at(pod_spec(&ds), "/initContainers").as_array().unwrap();
+    let [init] = inits.as_slice() else {
+        panic!("expected one init container, found {}", inits.len())
+    };
+    let script = at(init, "/command")
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(
+        script.contains(&format!("chown {owner} {CACHE_DIR} {SOCKET_DIR}")),
+        "{script}"
+    );
+    assert!(
+        script.contains(&format!("chmod 0750 {CACHE_DIR} {SOCKET_DIR}")),
+        "{script}"
+    );
+    let mounted: BTreeSet<&str> = at(init, "/volumeMounts")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| str_at(m, "/mountPath"))
+        .collect();
+    assert_eq!(mounted, BTreeSet::from([CACHE_DIR, SOCKET_DIR]));
+    let security = at(init, "/securityContext");
+    assert_eq!(
+        security["capabilities"],
+        json!({"drop": ["ALL"], "add": ["CHOWN", "FOWNER"]})
+    );
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+}
+
+#[test]
+fn daemonset_runs_on_every_node_and_rolls_one_node_at_a_time() {
+    let ds = daemonset();
+    let spec = pod_spec(&ds);
+    assert_eq!(at(spec, "/tolerations"), &json!([{"operator": "Exists"}]));
+    assert_eq!(str_at(spec, "/priorityClassName"), "system-node-critical");
+    assert_eq!(
+        at(&ds, "/spec/updateStrategy"),
+        // No surge: a second daemon on the node would find the socket taken.
+        &json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1, "maxSurge": 0}})
+    );
+}
+
+#[test]
+fn termination_grace_outlasts_the_daemons_shutdown() {
+    let ds = daemonset();
+    let grace = at(pod_spec(&ds), "/terminationGracePeriodSeconds").as_u64().unwrap();
+    // Draining streams and then waiting for fetches can each take the whole grace period.
+    assert!(
+        grace > 2 * DEFAULT_SHUTDOWN_GRACE.as_secs(),
+        "terminationGracePeriodSeconds {grace} leaves no time after two grace periods of {DEFAULT_SHUTDOWN_GRACE:?}"
+    );
+}
+
+#[test]
+fn daemon_memory_is_limited_and_its_cpu_is_not() {
+    let ds = daemonset();
+    let resources = at(daemon_container(&ds), "/resources");
+    assert_eq!(resources["requests"], json!({"cpu": "50m", "memory": "64Mi"}));
+    assert_eq!(resources["limits"], json!({"memory": "256Mi"}));
+}
+
+#[test]
+fn cluster_role_reads_wasmplugins_and_gets_secrets_only() {
+    let role = manifest("clusterrole.yaml");
+    assert_eq!(
+        at(&role, "/rules"),
+        &json!([
+            {"apiGroups": ["extensions.istio.io"], "resources": ["wasmplugins"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        ])
+    );
+}
+
+#[test]
+fn binding_grants_the_role_to_the_daemonsets_service_account() {
+    let docs = manifests();
+    let binding = &docs["clusterrolebinding.yaml"];
+    let account = &docs["serviceaccount.yaml"];
+    let ds = &docs["daemonset.yaml"];
+    assert_eq!(
+        at(binding, "/roleRef"),
+        &json!({
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": str_at(&docs["clusterrole.yaml"], "/metadata/name"),
+        })
+    );
+    let name = str_at(pod_spec(ds), "/serviceAccountName");
+    assert_eq!(str_at(account, "/metadata/name"), name);
+    assert_eq!(
+        at(binding, "/subjects"),
+        &json!([{"kind": "ServiceAccount", "name": name, "namespace": str_at(ds, "/metadata/namespace")}])
+    );
+}
+
+#[test]
+fn namespaced_objects_live_in_the_namespace_manifest() {
+    let docs = manifests();
+    assert_eq!(str_at(&docs["namespace.yaml"], "/metadata/name"), NAMESPACE);
+    for name in ["daemonset.yaml", "serviceaccount.yaml", "networkpolicy.yaml"] {
+        assert_eq!(str_at(&docs[name], "/metadata/namespace"), NAMESPACE, "{name}");
+    }
+}
