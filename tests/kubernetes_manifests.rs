@@ -399,10 +399,10 @@ fn daemonset_runs_on_every_node_and_rolls_one_node_at_a_time() {
 fn termination_grace_outlasts_the_daemons_shutdown() {
     let ds = daemonset();
     let grace = at(pod_spec(&ds), "/terminationGracePeriodSeconds").as_u64().unwrap();
-    // Draining streams and then waiting for fetches can each take the whole grace period.
+    // Draining streams and fetches takes up to one grace period; closing the index needs a few seconds more.
     assert!(
-        grace > 2 * DEFAULT_SHUTDOWN_GRACE.as_secs(),
-        "terminationGracePeriodSeconds {grace} leaves no time after two grace periods of {DEFAULT_SHUTDOWN_GRACE:?}"
+        grace >= DEFAULT_SHUTDOWN_GRACE.as_secs() + 5,
+        "terminationGracePeriodSeconds {grace} leaves no time after a grace period of {DEFAULT_SHUTDOWN_GRACE:?}"
     );
 }
 
