@@ -16,6 +16,10 @@ pub const DEFAULT_BACKOFF_FACTOR: f64 = 1.5;
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_MODULE_BYTES: u64 = 256 << 20;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
+pub const DEFAULT_MODULE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Socket mode: owner and group may connect (proxies join the daemon's group), others may not.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Cache and socket locations when running as root (systemd, DaemonSet).
@@ -37,6 +41,36 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Watch WasmPlugins in the cluster and prefetch them.
     pub watch: Option<crate::watch::WatchConfig>,
+    /// The admin HTTP listener (metrics, health, modules by digest); `None` turns it off.
+    pub admin_listen: Option<SocketAddr>,
+    pub lifecycle: Lifecycle,
+    pub log: LogConfig,
+}
+
+/// When cached modules are deleted. A module that is being streamed, was served or resolved within
+/// `module_expiry`, or is pinned is never deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Evict least recently used modules while the cache is larger; `None`: no limit.
+    pub max_cache_bytes: Option<u64>,
+    /// Modules unused for this long are deleted by the periodic sweep.
+    pub module_expiry: Duration,
+    /// How often the sweep runs.
+    pub purge_interval: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `wasmcache=debug`); `RUST_LOG`, when set, wins.
+    pub level: String,
+    pub format: LogFormat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +111,13 @@ impl Default for Config {
             serve_stale: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             watch: None,
+            admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+            lifecycle: Lifecycle {
+                max_cache_bytes: None,
+                module_expiry: DEFAULT_MODULE_EXPIRY,
+                purge_interval: DEFAULT_PURGE_INTERVAL,
+            },
+            log: LogConfig { level: DEFAULT_LOG_LEVEL.to_string(), format: LogFormat::Text },
         }
     }
 }
@@ -108,6 +149,12 @@ impl Config {
             if !ca.is_file() {
                 return Err(invalid("ca-file", format!("{} is not a readable file", ca.display())));
             }
+        }
+        if self.lifecycle.purge_interval.is_zero() {
+            return Err(invalid("purge-interval", "must be greater than zero"));
+        }
+        if self.lifecycle.module_expiry.is_zero() {
+            return Err(invalid("module-expiry", "must be greater than zero"));
         }
         if self.socket.as_os_str().is_empty() {
             return Err(invalid("socket", "must not be empty"));
