@@ -12,14 +12,18 @@ use futures_util::future::{BoxFuture, FutureExt, Shared};
 use tokio_util::task::TaskTracker;
 
 use crate::access::{self, Verdict};
+use crate::config::Lifecycle;
 use crate::digest::Sha256;
 use crate::error::Error;
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::unbox::{self, Kind};
 use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Sink};
+use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
-use crate::store::{now_ms, Ingest, OpenBlob, RefRecord, Store, StoreError};
+use crate::store::{
+    now_ms, AccessRecord, Evicted, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
+};
 
 /// A request for a module, as the core sees it.
 #[derive(Clone, Debug)]
@@ -118,10 +122,18 @@ pub struct Cache {
     /// Owns the fetch tasks: a fetch goes on when the client that started it leaves, so that the
     /// requests sharing it still get the module; `close` stops new ones on shutdown.
     tasks: TaskTracker,
+    lifecycle: Lifecycle,
+    metrics: Arc<Metrics>,
 }
 
 impl Cache {
-    pub fn new(store: Arc<Store>, fetchers: Arc<Fetchers>, serve_stale: bool) -> Result<Self, Error> {
+    pub fn new(
+        store: Arc<Store>,
+        fetchers: Arc<Fetchers>,
+        serve_stale: bool,
+        lifecycle: Lifecycle,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
         let salt = store.index().salt()?;
         Ok(Cache {
             store,
@@ -130,7 +142,70 @@ impl Cache {
             salt,
             flights: Default::default(),
             tasks: TaskTracker::new(),
+            lifecycle,
+            metrics,
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Deletes expired modules, then least recently used ones while the cache is over its size limit;
+    /// never a module in use (see [`Lifecycle`]).
+    pub async fn sweep(&self) -> Result<SweepReport, Error> {
+        let policy = SweepPolicy {
+            max_bytes: self.lifecycle.max_cache_bytes,
+            expiry: self.lifecycle.module_expiry,
+            remove_expired: true,
+        };
+        evict(self.store.clone(), self.metrics.clone(), policy).await
+    }
+
+    /// Re-hashes every blob and quarantines the ones that no longer match.
+    pub async fn verify(&self) -> Result<(usize, Vec<Sha256>), Error> {
+        let (store, metrics) = (self.store.clone(), self.metrics.clone());
+        let (checked, bad) = tokio::task::spawn_blocking(move || store.verify_all())
+            .await
+            .map_err(|e| Error::Internal(format!("verify task failed: {e}")))??;
+        for digest in &bad {
+            tracing::error!(%digest, "verify found a corrupt blob; quarantined");
+            metrics.evicted(Eviction::Corrupt);
+        }
+        Ok((checked, bad))
+    }
+
+    /// True when the module may be served without credentials (it was never pulled privately).
+    pub fn is_public(&self, digest: &Sha256) -> bool {
+        matches!(
+            self.store.index().get_access(digest),
+            Ok(None) | Ok(Some(AccessRecord { public: true, .. }))
+        )
+    }
+
+    /// How often the periodic sweep runs.
+    pub fn purge_interval(&self) -> std::time::Duration {
+        self.lifecycle.purge_interval
+    }
+
+    /// Pins (or unpins) the module a URL resolves to, or a digest; returns its digest.
+    pub fn set_pinned(&self, target: PinTarget<'_>, pinned: bool) -> Result<Sha256, Error> {
+        let digest = match target {
+            PinTarget::Digest(d) => d,
+            PinTarget::Url(url) => {
+                let key = url.to_string();
+                self.store
+                    .index()
+                    .get_ref(&key)?
+                    .and_then(|r| r.digest())
+                    .ok_or(Error::NotCached(key))?
+            }
+        };
+        if self.store.set_pinned(&digest, pinned)? {
+            Ok(digest)
+        } else {
+            Err(Error::NotCached(format!("module sha256:{digest}")))
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -146,6 +221,13 @@ impl Cache {
     /// Makes sure the module is cached as the policy requires, and opens it for reading.
     #[tracing::instrument(skip_all, fields(url = %req.url, policy = ?req.policy))]
     pub async fn get(&self, req: &Request) -> Result<(Module, OpenBlob), Error> {
+        let result = self.lookup(req).await;
+        self.metrics
+            .lookup(matches!(&result, Ok((m, _)) if m.outcome == Outcome::Hit));
+        result
+    }
+
+    async fn lookup(&self, req: &Request) -> Result<(Module, OpenBlob), Error> {
         let key = req.url.to_string();
         let caller = self.caller(req);
         let record = self.store.index().get_ref(&key)?;
@@ -199,6 +281,7 @@ impl Cache {
                         ))
                     }
                     Err(Error::Store(StoreError::Corrupt { .. })) => {
+                        self.metrics.evicted(Eviction::Corrupt);
                         // Quarantined; fetch it again from the URL that asked.
                         match self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await {
                             Ok(found) => Ok(found),
@@ -411,13 +494,29 @@ impl Cache {
             pull_secret: req.pull_secret.clone(),
             caller: caller.clone(),
             downloaded: downloaded.clone(),
+            metrics: self.metrics.clone(),
+            limit: self.lifecycle.max_cache_bytes.map(|max| SweepPolicy {
+                max_bytes: Some(max),
+                expiry: self.lifecycle.module_expiry,
+                remove_expired: false,
+            }),
             resource: (!req.resource_name.is_empty() || !req.resource_version.is_empty())
                 .then(|| (req.resource_name.clone(), req.resource_version.clone())),
         };
         let registry = self.flights.clone();
         let cleanup_key = flight_key.clone();
+        let metrics = self.metrics.clone();
+        let scheme = req.url.scheme();
         let handle = self.tasks.spawn(async move {
-            let result = job.run().await.map_err(Arc::new);
+            let _inflight = metrics.fetch_started();
+            let started = std::time::Instant::now();
+            let result = job.run().await;
+            let outcome = match &result {
+                Ok(_) => "success",
+                Err(e) => e.reason(),
+            };
+            metrics.fetched(scheme, outcome, started.elapsed());
+            let result = result.map_err(Arc::new);
             registry.lock().unwrap().remove(&cleanup_key);
             result
         });
@@ -472,6 +571,7 @@ impl Cache {
         };
         if let Some(digest) = record.digest() {
             if self.store.index().refs_to(&digest)?.is_empty() && self.store.delete(&digest)?.is_some() {
+                self.metrics.evicted(Eviction::Removed);
                 removed.digests.push(digest);
             }
         }
@@ -481,13 +581,46 @@ impl Cache {
     /// Deletes a module and every URL that leads to it.
     pub fn remove_digest(&self, digest: &Sha256) -> Result<Removed, Error> {
         match self.store.delete(digest)? {
-            Some(urls) => Ok(Removed {
-                digests: vec![*digest],
-                urls,
-            }),
+            Some(urls) => {
+                self.metrics.evicted(Eviction::Removed);
+                Ok(Removed {
+                    digests: vec![*digest],
+                    urls,
+                })
+            }
             None => Err(Error::NotCached(format!("module sha256:{digest}"))),
         }
     }
+}
+
+/// What `pin` and `unpin` name.
+pub enum PinTarget<'a> {
+    Url(&'a ModuleUrl),
+    Digest(Sha256),
+}
+
+/// Runs a sweep off the async threads, and counts and logs what it did.
+async fn evict(store: Arc<Store>, metrics: Arc<Metrics>, policy: SweepPolicy) -> Result<SweepReport, Error> {
+    let report = tokio::task::spawn_blocking(move || store.sweep(&policy))
+        .await
+        .map_err(|e| Error::Internal(format!("sweep task failed: {e}")))??;
+    for (digest, size, why, refs) in &report.removed {
+        let reason = match why {
+            Evicted::Expired => Eviction::Expired,
+            Evicted::SizeLimit => Eviction::SizeLimit,
+        };
+        metrics.evicted(reason);
+        tracing::info!(%digest, bytes = size, reason = ?why, urls = ?refs, "evicted module");
+    }
+    if report.over_limit {
+        metrics.over_limit();
+        tracing::warn!(
+            bytes = report.bytes_after,
+            limit = ?policy.max_bytes,
+            "cache stays above its size limit: every remaining module is in use or pinned"
+        );
+    }
+    Ok(report)
 }
 
 /// A registry's refusal of the caller's credentials: never answered with a cached copy.
@@ -519,6 +652,9 @@ struct FetchJob {
     caller: Caller,
     /// Shared with [`Cache::progress`].
     downloaded: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+    /// The size limit to enforce once the new module is in.
+    limit: Option<SweepPolicy>,
     resource: Option<(String, String)>,
 }
 
@@ -616,6 +752,15 @@ impl FetchJob {
             }
         };
         self.record_access(landed.digest, authenticated);
+        if let Some(policy) = self
+            .limit
+            .filter(|p| p.max_bytes.is_some_and(|max| self.store.usage().1 > max))
+        {
+            // The new module was just used, so it is not a candidate.
+            if let Err(e) = evict(self.store.clone(), self.metrics.clone(), policy).await {
+                tracing::warn!(cause = %e, "size-limit eviction failed");
+            }
+        }
         // Make the new mapping durable before anyone is told about it.
         if let Err(e) = self.store.index().flush().await {
             tracing::warn!(cause = %e, "could not flush the index");

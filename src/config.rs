@@ -1,10 +1,32 @@
 //! The daemon's configuration: every default in one place, filled in and validated before anything binds.
+//!
+//! A setting comes from four layers; the first that has it wins:
+//!
+//! 1. a command-line flag (`--fetch-timeout 5s`),
+//! 2. an environment variable (`WASMCACHE_FETCH_TIMEOUT=5s`; lists comma-separated),
+//! 3. the `--config` TOML file (`fetch-timeout = "5s"`, see [`FileConfig`]),
+//! 4. the `DEFAULT_*` constants below.
+//!
+//! Each of the first three is read into an [`Overrides`] (every field optional), and [`Config::build`] is the
+//! one function that layers them over the defaults and validates the result. It is pure apart from reading the
+//! `docker-config` file, so tests build a `Config` from strings and maps and never touch the process
+//! environment. [`SETTINGS`] names every setting's flag, file key and variable; errors name the source that
+//! set the bad value: `wasmcache.toml: line 4: fetch-attempts: must be at least 1`,
+//! `WASMCACHE_FETCH_ATTEMPTS: must be at least 1`, or `fetch-attempts: must be at least 1` for a flag.
 
+mod env;
+mod file;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+pub use file::FileConfig;
 
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
@@ -25,6 +47,10 @@ pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Cache and socket locations when running as root (systemd, DaemonSet).
 pub const ROOT_CACHE_DIR: &str = "/var/lib/wasmcache";
 pub const ROOT_SOCKET: &str = "/run/wasmcache/wasmcache.sock";
+/// The variable that names the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "WASMCACHE_CONFIG";
+/// EX_CONFIG from sysexits.h: `serve` and `config check` exit with it on a bad configuration.
+pub const EXIT_CONFIG: u8 = 78;
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
@@ -35,6 +61,9 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     pub socket_mode: u32,
     pub fetch: fetch::Settings,
+    /// The file `fetch.oci.default_credentials` was read from; `config check` prints this path, never the
+    /// file's contents.
+    pub docker_config: Option<PathBuf>,
     /// Serve the cached copy (outcome STALE) when a refresh fails.
     pub serve_stale: bool,
     /// How long in-flight streams may run after a shutdown signal.
@@ -66,6 +95,27 @@ pub enum LogFormat {
     Json,
 }
 
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not a log format (use text or json)")),
+        }
+    }
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogConfig {
     /// A tracing filter (`info`, `wasmcache=debug`); `RUST_LOG`, when set, wins.
@@ -73,10 +123,40 @@ pub struct LogConfig {
     pub format: LogFormat,
 }
 
+impl LogConfig {
+    /// Client commands log only warnings and errors (unless `RUST_LOG` says otherwise).
+    pub fn client() -> LogConfig {
+        LogConfig {
+            level: "warn".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A bad value from a flag (or a default): `key` is the flag's name without `--`.
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// A problem in the configuration file. `key` is the file's key (`registry.platform`) when one is known;
+    /// `line` counts from 1.
+    #[error("{}: {}{}{reason}", path.display(), line.map(|l| format!("line {l}: ")).unwrap_or_default(),
+        key.as_ref().map(|k| format!("{k}: ")).unwrap_or_default())]
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+        key: Option<String>,
+        reason: String,
+    },
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bad value from an environment variable, named by `var`.
+    #[error("{var}: {reason}")]
+    Env { var: &'static str, reason: String },
 }
 
 fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -84,6 +164,243 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
         key,
         reason: reason.into(),
     }
+}
+
+/// One setting and the three names it goes by.
+#[derive(Clone, Copy, Debug)]
+pub struct Setting {
+    /// The `serve` flag without `--`; also the `key` of [`ConfigError::Invalid`].
+    pub flag: &'static str,
+    /// The key in the configuration file, dotted for keys in a table (`registry.platform`).
+    pub file_key: &'static str,
+    pub env: &'static str,
+}
+
+const fn setting(flag: &'static str, file_key: &'static str, env: &'static str) -> Setting {
+    Setting { flag, file_key, env }
+}
+
+/// Every setting of `serve` (except `--config` itself, [`CONFIG_ENV`]).
+pub const SETTINGS: &[Setting] = &[
+    setting("cache-dir", "cache-dir", "WASMCACHE_CACHE_DIR"),
+    setting("socket", "socket", "WASMCACHE_SOCKET"),
+    setting("listen", "listen", "WASMCACHE_LISTEN"),
+    setting("admin-listen", "admin-listen", "WASMCACHE_ADMIN_LISTEN"),
+    setting("file-root", "file-root", "WASMCACHE_FILE_ROOT"),
+    setting("fetch-timeout", "fetch-timeout", "WASMCACHE_FETCH_TIMEOUT"),
+    setting("fetch-attempts", "fetch-attempts", "WASMCACHE_FETCH_ATTEMPTS"),
+    setting("retry-backoff", "retry-backoff", "WASMCACHE_RETRY_BACKOFF"),
+    setting("max-module-bytes", "max-module-bytes", "WASMCACHE_MAX_MODULE_BYTES"),
+    setting("blocked-cidr", "blocked-cidr", "WASMCACHE_BLOCKED_CIDR"),
+    setting("ca-file", "ca-file", "WASMCACHE_CA_FILE"),
+    setting(
+        "insecure-skip-verify",
+        "insecure-skip-verify",
+        "WASMCACHE_INSECURE_SKIP_VERIFY",
+    ),
+    setting("no-serve-stale", "serve-stale", "WASMCACHE_NO_SERVE_STALE"),
+    setting("shutdown-grace", "shutdown-grace", "WASMCACHE_SHUTDOWN_GRACE"),
+    setting("insecure-registry", "registry.insecure", "WASMCACHE_INSECURE_REGISTRY"),
+    setting("registry-mirror", "registry.mirrors", "WASMCACHE_REGISTRY_MIRROR"),
+    setting("docker-config", "registry.docker-config", "WASMCACHE_DOCKER_CONFIG"),
+    setting("platform", "registry.platform", "WASMCACHE_PLATFORM"),
+    setting(
+        "max-manifest-bytes",
+        "registry.max-manifest-bytes",
+        "WASMCACHE_MAX_MANIFEST_BYTES",
+    ),
+    setting("watch-wasmplugins", "watch.enabled", "WASMCACHE_WATCH_WASMPLUGINS"),
+    setting("kubeconfig", "watch.kubeconfig", "WASMCACHE_KUBECONFIG"),
+    setting("watch-namespace", "watch.namespace", "WASMCACHE_WATCH_NAMESPACE"),
+    setting("watch-selector", "watch.selector", "WASMCACHE_WATCH_SELECTOR"),
+    setting(
+        "max-cache-bytes",
+        "lifecycle.max-cache-bytes",
+        "WASMCACHE_MAX_CACHE_BYTES",
+    ),
+    setting("module-expiry", "lifecycle.module-expiry", "WASMCACHE_MODULE_EXPIRY"),
+    setting("purge-interval", "lifecycle.purge-interval", "WASMCACHE_PURGE_INTERVAL"),
+    setting("log-level", "log.level", "WASMCACHE_LOG_LEVEL"),
+    setting("log-format", "log.format", "WASMCACHE_LOG_FORMAT"),
+];
+
+/// The setting behind a flag name. Panics on a name that is not in [`SETTINGS`]: that is a bug, which the
+/// tests catch.
+pub fn setting_for(flag: &str) -> &'static Setting {
+    SETTINGS
+        .iter()
+        .find(|s| s.flag == flag)
+        .unwrap_or_else(|| panic!("{flag:?} is not in config::SETTINGS"))
+}
+
+/// One layer of settings (the flags, the environment or the file): `None` where the layer is silent.
+/// A list replaces the list of a lower layer; it is never appended to it.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub cache_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    /// `Some(None)`: the admin listener is off.
+    pub admin_listen: Option<Option<SocketAddr>>,
+    pub file_roots: Option<Vec<PathBuf>>,
+    pub fetch_timeout: Option<Duration>,
+    pub fetch_attempts: Option<u32>,
+    pub retry_backoff: Option<Duration>,
+    pub max_module_bytes: Option<u64>,
+    pub blocked_cidrs: Option<Vec<IpNet>>,
+    pub ca_file: Option<PathBuf>,
+    pub insecure_hosts: Option<Vec<String>>,
+    pub serve_stale: Option<bool>,
+    pub shutdown_grace: Option<Duration>,
+    pub insecure_registries: Option<Vec<String>>,
+    /// `(registry, mirror)` pairs; a registry's mirrors are tried in this order.
+    pub registry_mirrors: Option<Vec<(String, url::Url)>>,
+    pub docker_config: Option<PathBuf>,
+    pub platform: Option<String>,
+    pub max_manifest_bytes: Option<u64>,
+    pub watch: Option<bool>,
+    pub kubeconfig: Option<PathBuf>,
+    pub watch_namespace: Option<String>,
+    pub watch_selector: Option<String>,
+    /// `Some(None)`: no limit.
+    pub max_cache_bytes: Option<Option<u64>>,
+    pub module_expiry: Option<Duration>,
+    pub purge_interval: Option<Duration>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// Writes `over` and `keys` from one list, so that a field cannot be layered without being named, or the
+/// other way round (the struct literal in `over` must name every field).
+macro_rules! layered {
+    ($($field:ident => $flag:literal),* $(,)?) => {
+        impl Overrides {
+            /// This layer over `lower`: each field from `self` where set, else from `lower`.
+            pub fn over(self, lower: Overrides) -> Overrides {
+                Overrides { $($field: self.$field.or(lower.$field)),* }
+            }
+
+            /// The flag names of the settings this layer sets.
+            pub fn keys(&self) -> Vec<&'static str> {
+                let mut keys = Vec::new();
+                $(if self.$field.is_some() { keys.push($flag); })*
+                keys
+            }
+        }
+    };
+}
+
+layered! {
+    cache_dir => "cache-dir",
+    socket => "socket",
+    listen => "listen",
+    admin_listen => "admin-listen",
+    file_roots => "file-root",
+    fetch_timeout => "fetch-timeout",
+    fetch_attempts => "fetch-attempts",
+    retry_backoff => "retry-backoff",
+    max_module_bytes => "max-module-bytes",
+    blocked_cidrs => "blocked-cidr",
+    ca_file => "ca-file",
+    insecure_hosts => "insecure-skip-verify",
+    serve_stale => "no-serve-stale",
+    shutdown_grace => "shutdown-grace",
+    insecure_registries => "insecure-registry",
+    registry_mirrors => "registry-mirror",
+    docker_config => "docker-config",
+    platform => "platform",
+    max_manifest_bytes => "max-manifest-bytes",
+    watch => "watch-wasmplugins",
+    kubeconfig => "kubeconfig",
+    watch_namespace => "watch-namespace",
+    watch_selector => "watch-selector",
+    max_cache_bytes => "max-cache-bytes",
+    module_expiry => "module-expiry",
+    purge_interval => "purge-interval",
+    log_level => "log-level",
+    log_format => "log-format",
+}
+
+impl Overrides {
+    /// Reads the `WASMCACHE_*` variables through `var` (the process environment in `serve`, a map in tests).
+    /// An empty variable counts as unset; lists are comma-separated; booleans are `true`/`false` (also
+    /// `1`/`0`, `yes`/`no`, `on`/`off`).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
+        env::read(var)
+    }
+
+    /// The layered values over the defaults; reads the docker-config file. Not yet validated.
+    fn fill(self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        let fetch = &mut c.fetch;
+        macro_rules! set {
+            ($target:expr, $value:expr) => {
+                if let Some(v) = $value {
+                    $target = v;
+                }
+            };
+        }
+        set!(c.cache_dir, self.cache_dir);
+        set!(c.socket, self.socket);
+        c.listen = self.listen;
+        set!(c.admin_listen, self.admin_listen);
+        set!(fetch.file_roots, self.file_roots);
+        set!(fetch.timeout, self.fetch_timeout);
+        set!(fetch.backoff.attempts, self.fetch_attempts);
+        set!(fetch.backoff.initial, self.retry_backoff);
+        set!(fetch.max_bytes, self.max_module_bytes);
+        set!(fetch.blocked_cidrs, self.blocked_cidrs);
+        fetch.ca_file = self.ca_file;
+        set!(fetch.insecure_hosts, self.insecure_hosts.map(trimmed));
+        set!(c.serve_stale, self.serve_stale);
+        set!(c.shutdown_grace, self.shutdown_grace);
+        set!(fetch.oci.insecure_registries, self.insecure_registries.map(trimmed));
+        set!(fetch.oci.mirrors, self.registry_mirrors);
+        set!(fetch.oci.platform, self.platform);
+        set!(fetch.oci.max_manifest_bytes, self.max_manifest_bytes);
+        if let Some(path) = self.docker_config {
+            fetch.oci.default_credentials = load_docker_config(&path)?;
+            c.docker_config = Some(path);
+        }
+        if self.watch == Some(true) {
+            c.watch = Some(crate::watch::WatchConfig {
+                kubeconfig: self.kubeconfig,
+                scope: crate::cluster::Scope {
+                    namespace: self.watch_namespace,
+                    selector: self.watch_selector,
+                },
+            });
+        }
+        set!(c.lifecycle.max_cache_bytes, self.max_cache_bytes);
+        set!(c.lifecycle.module_expiry, self.module_expiry);
+        set!(c.lifecycle.purge_interval, self.purge_interval);
+        set!(c.log.level, self.log_level);
+        set!(c.log.format, self.log_format);
+        Ok(c)
+    }
+}
+
+fn trimmed(items: Vec<String>) -> Vec<String> {
+    items
+        .into_iter()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+/// Where the value of a setting came from, so that an error can point there.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    File(usize),
+    Env,
+    Flag,
+}
+
+/// Reads the configuration as `serve` does: the file at `path` (if any), the process environment, then `flags`.
+pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+    let file = path.map(FileConfig::read).transpose()?;
+    let env = Overrides::from_env(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?;
+    Config::build(file.as_ref(), &env, flags)
 }
 
 impl Default for Config {
@@ -108,6 +425,7 @@ impl Default for Config {
                 file_roots: Vec::new(),
                 oci: fetch::oci::OciSettings::default(),
             },
+            docker_config: None,
             serve_stale: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             watch: None,
@@ -117,14 +435,74 @@ impl Default for Config {
                 module_expiry: DEFAULT_MODULE_EXPIRY,
                 purge_interval: DEFAULT_PURGE_INTERVAL,
             },
-            log: LogConfig { level: DEFAULT_LOG_LEVEL.to_string(), format: LogFormat::Text },
+            log: LogConfig {
+                level: DEFAULT_LOG_LEVEL.to_string(),
+                format: LogFormat::Text,
+            },
         }
     }
 }
 
 impl Config {
-    /// Checks what can be checked before binding: the first problem found is returned.
+    /// The one place where a configuration is put together: defaults, then the file, then the environment,
+    /// then the flags (each layer wins over the ones before it), then [`Config::validate`]. An error names
+    /// the layer that set the bad value: the file and line, the variable, or the flag.
+    pub fn build(file: Option<&FileConfig>, env: &Overrides, flags: &Overrides) -> Result<Config, ConfigError> {
+        let mut sources: HashMap<&'static str, Source> = HashMap::new();
+        if let Some(file) = file {
+            sources.extend(file.lines().map(|(flag, line)| (flag, Source::File(line))));
+        }
+        sources.extend(env.keys().into_iter().map(|flag| (flag, Source::Env)));
+        sources.extend(flags.keys().into_iter().map(|flag| (flag, Source::Flag)));
+        let locate = |e: ConfigError| match e {
+            ConfigError::Invalid { key, reason } => match sources.get(key) {
+                Some(Source::File(line)) => ConfigError::File {
+                    path: file.map(|f| f.path().to_path_buf()).unwrap_or_default(),
+                    line: Some(*line),
+                    key: Some(setting_for(key).file_key.to_string()),
+                    reason,
+                },
+                Some(Source::Env) => ConfigError::Env {
+                    var: setting_for(key).env,
+                    reason,
+                },
+                _ => ConfigError::Invalid { key, reason },
+            },
+            other => other,
+        };
+
+        let file_values = file.map(|f| f.values().clone()).unwrap_or_default();
+        let merged = flags.clone().over(env.clone()).over(file_values);
+        if merged.watch != Some(true) {
+            // From a file these may be kept while watching is switched off; on the command line or in the
+            // environment they are a mistake that would otherwise pass unnoticed.
+            for key in ["kubeconfig", "watch-namespace", "watch-selector"] {
+                if matches!(sources.get(key), Some(Source::Flag | Source::Env)) {
+                    return Err(locate(invalid(key, "only used with --watch-wasmplugins")));
+                }
+            }
+        }
+        let config = merged.fill().map_err(locate)?;
+        config.validate().map_err(locate)?;
+        Ok(config)
+    }
+
+    /// Checks what can be checked before binding: the first problem found is returned, named by its flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.cache_dir.as_os_str().is_empty() {
+            return Err(invalid("cache-dir", "must not be empty"));
+        }
+        if self.socket.as_os_str().is_empty() {
+            return Err(invalid("socket", "must not be empty"));
+        }
+        if let (Some(admin), Some(listen)) = (self.admin_listen, self.listen) {
+            if admin == listen {
+                return Err(invalid(
+                    "admin-listen",
+                    format!("{admin} is also the gRPC --listen address"),
+                ));
+            }
+        }
         if self.fetch.timeout.is_zero() {
             return Err(invalid("fetch-timeout", "must be greater than zero"));
         }
@@ -150,16 +528,30 @@ impl Config {
                 return Err(invalid("ca-file", format!("{} is not a readable file", ca.display())));
             }
         }
+        parse_platform(&self.fetch.oci.platform).map_err(|e| invalid("platform", e))?;
+        if self.fetch.oci.max_manifest_bytes == 0 {
+            return Err(invalid("max-manifest-bytes", "must be greater than zero"));
+        }
+        if self.lifecycle.max_cache_bytes == Some(0) {
+            return Err(invalid(
+                "max-cache-bytes",
+                "must be greater than zero (or off for no limit)",
+            ));
+        }
         if self.lifecycle.purge_interval.is_zero() {
             return Err(invalid("purge-interval", "must be greater than zero"));
         }
         if self.lifecycle.module_expiry.is_zero() {
             return Err(invalid("module-expiry", "must be greater than zero"));
         }
-        if self.socket.as_os_str().is_empty() {
-            return Err(invalid("socket", "must not be empty"));
-        }
+        parse_log_level(&self.log.level).map_err(|e| invalid("log-level", e))?;
         Ok(())
+    }
+
+    /// The effective configuration in the file's format, which `--config` reads back unchanged. Nothing in it
+    /// is secret: credentials live in the docker-config file, of which only the path is shown.
+    pub fn to_toml(&self) -> String {
+        file::to_toml(self)
     }
 }
 
@@ -211,7 +603,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
-        other => return Err(format!("unknown size unit {other:?} (use K, M or G)")),
+        _ => return Err(format!("{s:?} has an unknown size unit (use K, M or G)")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
@@ -257,6 +649,55 @@ pub fn parse_platform(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a listen address, or `off` (`None`), for the admin listener.
+pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_addr(s).map(Some)
+}
+
+/// Parses `HOST:PORT` with an IP address as host (`127.0.0.1:9090`, `[::1]:9090`).
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9464)"))
+}
+
+/// Parses the cache size limit: a byte size, or `0` or `off` for no limit (`None`).
+pub fn parse_max_cache_bytes(s: &str) -> Result<Option<u64>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    parse_bytes(s).map(|n| Some(n).filter(|&n| n > 0))
+}
+
+/// Checks a log filter: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or tracing directives
+/// (`info,wasmcache=debug`).
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let s = s.trim();
+    let plain_level = !s.contains(['=', ',', '[']);
+    if s.is_empty() || (plain_level && !LEVELS.contains(&s.to_ascii_lowercase().as_str())) {
+        return Err(format!(
+            "{s:?} is not a log level (trace, debug, info, warn, error, off)"
+        ));
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|e| format!("{s:?}: {e}"))?;
+    Ok(s.to_string())
+}
+
+/// Parses a boolean environment value: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!("{s:?} is not a boolean (true or false)")),
+    }
+}
+
 /// Reads the default registry credentials file. Its contents never reach an error message.
 pub fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))?;
@@ -266,43 +707,4 @@ pub fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
 /// The directory that will hold the socket; created on start when missing.
 pub fn socket_dir(socket: &Path) -> Option<&Path> {
     socket.parent().filter(|p| !p.as_os_str().is_empty())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn byte_sizes_take_binary_suffixes() {
-        assert_eq!(parse_bytes("1024"), Ok(1024));
-        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
-        assert!(parse_bytes("12XB").is_err());
-        assert!(parse_bytes("-1").is_err());
-    }
-
-    #[test]
-    fn defaults_validate() {
-        Config::default().validate().unwrap();
-    }
-
-    #[test]
-    fn zero_attempts_is_refused_naming_the_key() {
-        let mut c = Config::default();
-        c.fetch.backoff.attempts = 0;
-        assert!(c.validate().unwrap_err().to_string().starts_with("fetch-attempts"));
-    }
-
-    #[test]
-    fn relative_file_root_is_refused() {
-        let mut c = Config::default();
-        c.fetch.file_roots.push("relative/dir".into());
-        assert!(c.validate().is_err());
-    }
-
-    #[test]
-    fn single_address_is_a_cidr() {
-        assert_eq!(parse_cidr("10.1.2.3").unwrap().to_string(), "10.1.2.3/32");
-        assert!(parse_cidr("nope").is_err());
-    }
 }

@@ -14,6 +14,7 @@
 //! - [`digest`]: the sha256 type and a hashing writer.
 //! - [`config`]: `Config` and every default; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
+//! - [`admin`]: the admin HTTP listener: metrics, health, readiness, modules by digest.
 //! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
 //! - [`systemd`]: readiness and watchdog notifications, and socket activation.
 //! - [`client`]: a gRPC channel over the Unix socket, for the CLI and tests.
@@ -23,8 +24,10 @@
 //! - [`watch`]: the daemon's WasmPlugin watch, prefetching new and changed plugins.
 //! - [`cli`]: the subcommands, one file each.
 //! - [`error`]: the crate error and its one mapping to gRPC status codes.
+//! - [`metrics`]: every metric name and reason label.
 
 pub mod access;
+pub mod admin;
 pub mod cache;
 pub mod cli;
 pub mod client;
@@ -33,6 +36,7 @@ pub mod config;
 pub mod digest;
 pub mod error;
 pub mod fetch;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod service;
@@ -48,6 +52,9 @@ pub mod watch;
 #[allow(clippy::all, rust_2018_idioms, missing_docs)] // generated code
 pub mod proto {
     tonic::include_proto!("wasmcache.v1");
+
+    /// The encoded descriptors of the API, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("wasmcache_descriptor");
 }
 
 pub use error::Error;

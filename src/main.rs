@@ -1,10 +1,13 @@
 //! The `wasmcache` binary: parse the command line, set up logging, run one subcommand.
+//!
+//! `serve` sets up its own logging once its configuration is built, since the file, the environment and
+//! the flags decide the log level and format.
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use wasmcache::cli::{Cli, Command};
+use wasmcache::config::{LogConfig, EXIT_CONFIG};
 
 /// EX_USAGE from sysexits.h: the command line was wrong.
 const EXIT_USAGE: u8 = 64;
@@ -22,7 +25,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    init_tracing(matches!(cli.command, Command::Serve(_)));
+    if !matches!(cli.command, Command::Serve(_)) {
+        // Client commands log warnings and errors (RUST_LOG may ask for more).
+        wasmcache::cli::init_tracing(&LogConfig::client());
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -32,13 +38,13 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         let result = match cli.command {
-            Command::Serve(args) => {
-                return match wasmcache::cli::serve::run(*args).await {
+            Command::Serve(args) => return ExitCode::from(wasmcache::cli::serve::run(*args).await),
+            Command::Config(args) => {
+                return match wasmcache::cli::config::run(args) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        tracing::error!(cause = %e, "wasmcache stopped");
                         eprintln!("wasmcache: {e}");
-                        ExitCode::from(e.exit_code() as u8)
+                        ExitCode::from(EXIT_CONFIG)
                     }
                 };
             }
@@ -46,6 +52,10 @@ fn main() -> ExitCode {
             Command::Ls(args) => wasmcache::cli::ls::run(args).await,
             Command::Rm(args) => wasmcache::cli::rm::run(args).await,
             Command::Warm(args) => wasmcache::cli::warm::run(args).await,
+            Command::Pin(args) => wasmcache::cli::pin::run(args, true).await,
+            Command::Unpin(args) => wasmcache::cli::pin::run(args, false).await,
+            Command::Gc(args) => wasmcache::cli::gc::run(args).await,
+            Command::Verify(args) => wasmcache::cli::verify::run(args).await,
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -55,16 +65,4 @@ fn main() -> ExitCode {
             }
         }
     })
-}
-
-/// Logs to stderr, filtered by RUST_LOG (default `info` for the daemon, `warn` for client commands).
-fn init_tracing(daemon: bool) {
-    let default = if daemon { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }

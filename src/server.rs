@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +11,11 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::AdminState;
 use crate::cache::Cache;
 use crate::config::{self, Config};
 use crate::fetch::{FetchError, Fetchers};
+use crate::metrics::Metrics;
 use crate::proto::module_cache_server::ModuleCacheServer;
 use crate::service::Service;
 use crate::store::{Store, StoreError};
@@ -109,9 +112,43 @@ fn activation_err(source: std::io::Error) -> ServeError {
 }
 
 /// Opens the cache and binds the listeners that `config` names (or takes those systemd passed), tells
-/// systemd it is ready, then serves until `shutdown`.
+/// systemd it is ready, then serves until `shutdown`. The admin listener comes up first, so `/healthz`
+/// answers (and `/readyz` says not yet) while the index opens.
 pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
     config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let admin = AdminState::new(metrics.clone());
+    let admin_stop = CancellationToken::new();
+    let admin_task = match config.admin_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+                what: format!("admin listener {addr}"),
+                source,
+            })?;
+            tracing::info!(admin = %addr, "admin listener up");
+            Some(tokio::spawn(crate::admin::serve(
+                listener,
+                admin.clone(),
+                admin_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    let result = serve_with_admin(config, shutdown, metrics, &admin).await;
+    admin.ready.store(false, Ordering::SeqCst);
+    admin_stop.cancel();
+    if let Some(task) = admin_task {
+        let _ = task.await;
+    }
+    result
+}
+
+async fn serve_with_admin(
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+    metrics: Arc<Metrics>,
+    admin: &AdminState,
+) -> Result<(), ServeError> {
     let fetchers = Arc::new(Fetchers::new(&config.fetch)?);
     let dir = config.cache_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
@@ -120,7 +157,15 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             what: "cache".into(),
             source: std::io::Error::other(e),
         })??;
-    let cache = Arc::new(Cache::new(Arc::new(store), fetchers, config.serve_stale).map_err(ServeError::Cache)?);
+    let cache = Cache::new(
+        Arc::new(store),
+        fetchers,
+        config.serve_stale,
+        config.lifecycle.clone(),
+        metrics,
+    )
+    .map_err(ServeError::Cache)?;
+    let cache = Arc::new(cache);
     let (activated_unix, activated_tcp) = activated_listeners()?;
     // A socket passed by systemd belongs to systemd: it is neither chmodded nor removed by us.
     let (unix, owned_path) = match activated_unix {
@@ -146,12 +191,6 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         unix_path: owned_path,
         tcp,
     };
-    tracing::info!(
-        socket = %config.socket.display(),
-        listen = ?config.listen,
-        cache_dir = %config.cache_dir.display(),
-        "wasmcache ready"
-    );
     let watch = match config.watch.clone() {
         Some(watch) => {
             let client = crate::cluster::client(watch.kubeconfig.as_deref())
@@ -161,6 +200,17 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         }
         None => None,
     };
+    let _ = admin.cache.set(cache.clone());
+    admin.ready.store(true, Ordering::SeqCst);
+    let (entries, bytes) = cache.store().usage();
+    tracing::info!(
+        socket = %config.socket.display(),
+        listen = ?config.listen,
+        cache_dir = %config.cache_dir.display(),
+        modules = entries,
+        bytes,
+        "wasmcache ready"
+    );
     crate::systemd::notify_or_log("READY=1");
     let shutdown = async move {
         match watch {
@@ -171,13 +221,14 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
             },
             None => shutdown.await,
         }
+        admin.ready.store(false, Ordering::SeqCst);
     };
     run(listeners, cache, shutdown, config.shutdown_grace).await
 }
 
 /// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls and
-/// fetches finish within `grace` in all, and removes the socket file it created. Pings the systemd
-/// watchdog meanwhile.
+/// fetches finish within `grace` in all, and removes the socket file it created. Meanwhile it pings the
+/// systemd watchdog and sweeps the cache every purge interval.
 pub async fn run(
     listeners: Listeners,
     cache: Arc<Cache>,
@@ -187,16 +238,25 @@ pub async fn run(
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ModuleCacheServer<Service>>().await;
-    let unix = tonic::transport::Server::builder()
-        .add_service(health_service.clone())
-        .add_service(Service::new(cache.clone()).into_server())
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Bind {
+            what: "gRPC reflection".into(),
+            source: std::io::Error::other(e),
+        })?;
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(Service::new(cache.clone()).into_server());
+    let unix = router
+        .clone()
         .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), stop.clone().cancelled_owned());
     let tcp = async {
         match listeners.tcp {
             Some(tcp) => {
-                tonic::transport::Server::builder()
-                    .add_service(health_service.clone())
-                    .add_service(Service::new(cache.clone()).into_server())
+                router
                     .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stop.clone().cancelled_owned())
                     .await
             }
@@ -228,6 +288,7 @@ pub async fn run(
             }
         }
         () = watchdog() => unreachable!("the watchdog never returns"),
+        () = purge(&cache) => unreachable!("the purge loop never returns"),
     };
     if let Some(path) = &listeners.unix_path {
         if let Err(e) = std::fs::remove_file(path) {
@@ -239,6 +300,27 @@ pub async fn run(
         tracing::warn!("fetches still running at exit were abandoned");
     }
     result
+}
+
+/// Sweeps the cache every purge interval (the first sweep one interval after start).
+async fn purge(cache: &Cache) {
+    let every = cache.purge_interval();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match cache.sweep().await {
+            Ok(report) if !report.removed.is_empty() => {
+                tracing::info!(
+                    removed = report.removed.len(),
+                    bytes_after = report.bytes_after,
+                    "cache swept"
+                )
+            }
+            Ok(_) => tracing::debug!("cache swept; nothing to remove"),
+            Err(e) => tracing::warn!(cause = %e, "cache sweep failed"),
+        }
+    }
 }
 
 /// Sends `WATCHDOG=1` at half the interval systemd asked for; pends forever without a watchdog.

@@ -2,18 +2,20 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use futures_util::{Stream, StreamExt};
 use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status};
 
-use crate::cache::{self, Cache, Outcome};
+use crate::cache::{self, Cache, Outcome, PinTarget};
 use crate::digest::Sha256;
 use crate::error::Error;
 use crate::fetch::oci::auth::DockerConfig;
 use crate::policy::PullPolicy;
 use crate::proto::{self, module_cache_server::ModuleCache};
 use crate::source::ModuleUrl;
+use crate::store::Evicted;
 
 /// Largest module chunk in a Fetch stream: well under gRPC's default 4 MiB receive limit.
 pub const CHUNK_SIZE: usize = 1 << 20;
@@ -29,6 +31,19 @@ impl Service {
 
     pub fn into_server(self) -> proto::module_cache_server::ModuleCacheServer<Self> {
         proto::module_cache_server::ModuleCacheServer::new(self)
+    }
+
+    fn set_pinned(&self, request: proto::PinRequest, pinned: bool) -> Result<Sha256, Error> {
+        match request.target {
+            Some(proto::pin_request::Target::Url(url)) => {
+                let url = ModuleUrl::parse(url.trim())?;
+                self.cache.set_pinned(PinTarget::Url(&url), pinned)
+            }
+            Some(proto::pin_request::Target::Sha256(digest)) => {
+                self.cache.set_pinned(PinTarget::Digest(digest.trim().parse()?), pinned)
+            }
+            None => Err(Error::InvalidArgument("pin needs a url or a sha256".into())),
+        }
     }
 }
 
@@ -88,16 +103,33 @@ fn module_info(m: &cache::Module) -> proto::ModuleInfo {
     }
 }
 
-/// Logs the end of a request once, with its outcome or its failure. The raw request URL is never
-/// logged: it may carry credentials; the module and the error name the cleaned one.
-fn log_result(result: Result<&cache::Module, &Error>) {
+/// Logs the end of a request once: the URL without credentials, digests, outcome, size, duration and
+/// the resource that asked. The raw request URL is never logged: it may carry credentials.
+fn log_result(wire: &proto::FetchRequest, started: Instant, result: Result<&cache::Module, &Error>) {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let (resource, version) = (&wire.resource_name, &wire.resource_version);
     match result {
-        Ok(m) => {
-            tracing::info!(url = %m.source_url, digest = %m.digest, outcome = ?m.outcome, bytes = m.size, "module served")
-        }
-        Err(e) => {
-            tracing::warn!(code = ?e.code(), reason = e.reason(), cause = %e, "request failed")
-        }
+        Ok(m) => tracing::info!(
+            url = %m.source_url,
+            sha256 = %m.digest,
+            manifest_digest = %m.manifest_digest.map(|d| d.prefixed()).unwrap_or_default(),
+            outcome = ?m.outcome,
+            bytes = m.size,
+            duration_ms,
+            resource = %resource,
+            resource_version = %version,
+            "module served"
+        ),
+        Err(e) => tracing::warn!(
+            url = %ModuleUrl::parse(wire.url.trim()).map(|u| u.to_string()).unwrap_or_else(|_| "<invalid>".into()),
+            code = ?e.code(),
+            reason = e.reason(),
+            cause = %e,
+            duration_ms,
+            resource = %resource,
+            resource_version = %version,
+            "request failed"
+        ),
     }
 }
 
@@ -109,20 +141,28 @@ impl ModuleCache for Service {
 
     async fn fetch(&self, request: Request<proto::FetchRequest>) -> Result<Response<FetchStream>, Status> {
         let wire = request.into_inner();
+        let started = Instant::now();
         let result = async {
             let req = core_request(&wire)?;
             self.cache.get(&req).await
         }
         .await;
-        log_result(result.as_ref().map(|(m, _)| m));
+        log_result(&wire, started, result.as_ref().map(|(m, _)| m));
         let (module, blob) = result?;
         let info = proto::FetchResponse {
             msg: Some(proto::fetch_response::Msg::Info(module_info(&module))),
         };
+        // The hold travels with the stream: the module is not evicted while it is being sent.
+        let hold = blob.hold;
+        let metrics = self.cache.metrics().clone();
         let chunks = ReaderStream::with_capacity(tokio::fs::File::from_std(blob.file), CHUNK_SIZE).map(move |chunk| {
+            let _ = &hold;
             chunk
-                .map(|bytes| proto::FetchResponse {
-                    msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
+                .map(|bytes| {
+                    metrics.served(bytes.len() as u64);
+                    proto::FetchResponse {
+                        msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
+                    }
                 })
                 .map_err(|e| Status::internal(format!("reading cached module: {e}")))
         });
@@ -132,12 +172,13 @@ impl ModuleCache for Service {
 
     async fn resolve(&self, request: Request<proto::FetchRequest>) -> Result<Response<proto::ModuleInfo>, Status> {
         let wire = request.into_inner();
+        let started = Instant::now();
         let result = async {
             let req = core_request(&wire)?;
             self.cache.get(&req).await.map(|(m, _)| m)
         }
         .await;
-        log_result(result.as_ref());
+        log_result(&wire, started, result.as_ref());
         Ok(Response::new(module_info(&result?)))
     }
 
@@ -176,6 +217,53 @@ impl ModuleCache for Service {
         Ok(Response::new(proto::RemoveResponse {
             removed_sha256: removed.digests.iter().map(ToString::to_string).collect(),
             removed_urls: removed.urls,
+        }))
+    }
+
+    async fn pin(&self, request: Request<proto::PinRequest>) -> Result<Response<proto::PinResponse>, Status> {
+        let digest = self.set_pinned(request.into_inner(), true)?;
+        tracing::info!(%digest, "module pinned");
+        Ok(Response::new(proto::PinResponse {
+            sha256: digest.to_string(),
+        }))
+    }
+
+    async fn unpin(&self, request: Request<proto::PinRequest>) -> Result<Response<proto::PinResponse>, Status> {
+        let digest = self.set_pinned(request.into_inner(), false)?;
+        tracing::info!(%digest, "module unpinned");
+        Ok(Response::new(proto::PinResponse {
+            sha256: digest.to_string(),
+        }))
+    }
+
+    async fn gc(&self, _: Request<proto::GcRequest>) -> Result<Response<proto::GcResponse>, Status> {
+        let report = self.cache.sweep().await?;
+        let removed = report
+            .removed
+            .into_iter()
+            .map(|(digest, size, why, urls)| proto::EvictedModule {
+                sha256: digest.to_string(),
+                size,
+                reason: match why {
+                    Evicted::Expired => "expired",
+                    Evicted::SizeLimit => "size_limit",
+                }
+                .to_string(),
+                urls,
+            })
+            .collect();
+        Ok(Response::new(proto::GcResponse {
+            removed,
+            bytes_after: report.bytes_after,
+            over_limit: report.over_limit,
+        }))
+    }
+
+    async fn verify(&self, _: Request<proto::VerifyRequest>) -> Result<Response<proto::VerifyResponse>, Status> {
+        let (checked, bad) = self.cache.verify().await?;
+        Ok(Response::new(proto::VerifyResponse {
+            checked: checked as u64,
+            quarantined_sha256: bad.iter().map(ToString::to_string).collect(),
         }))
     }
 
@@ -228,6 +316,8 @@ async fn warm_one(cache: &Cache, item: proto::WarmItem, tx: &tokio::sync::mpsc::
         }
     };
     send(Event::Started(proto::WarmStarted {})).await;
+    let started = Instant::now();
+    let wire_request = item.request.clone().unwrap_or_default();
     let request = match item
         .request
         .as_ref()
@@ -239,7 +329,7 @@ async fn warm_one(cache: &Cache, item: proto::WarmItem, tx: &tokio::sync::mpsc::
     let request = match request {
         Ok(r) => r,
         Err(e) => {
-            log_result(Err(&e));
+            log_result(&wire_request, started, Err(&e));
             send(Event::Failed(proto::WarmFailed {
                 code: e.code() as i32,
                 message: e.to_string(),
@@ -263,7 +353,7 @@ async fn warm_one(cache: &Cache, item: proto::WarmItem, tx: &tokio::sync::mpsc::
             }
         }
     };
-    log_result(result.as_ref().map(|(m, _)| m));
+    log_result(&wire_request, started, result.as_ref().map(|(m, _)| m));
     match result {
         Ok((module, _)) => send(Event::Done(module_info(&module))).await,
         Err(e) => {

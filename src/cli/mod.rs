@@ -1,9 +1,13 @@
 //! The command line: one file per subcommand, each an Args struct and a `run`.
 
+pub mod config;
 pub mod fetch;
+pub mod gc;
 pub mod ls;
+pub mod pin;
 pub mod rm;
 pub mod serve;
+pub mod verify;
 pub mod warm;
 
 use std::path::PathBuf;
@@ -35,6 +39,16 @@ pub enum Command {
     Rm(rm::Args),
     /// Prefetch the modules of Istio WasmPlugin resources (from files or the cluster).
     Warm(warm::Args),
+    /// Keep a module from eviction.
+    Pin(pin::Args),
+    /// Let a pinned module be evicted again.
+    Unpin(pin::Args),
+    /// Sweep the cache now and report what was removed.
+    Gc(gc::Args),
+    /// Re-hash every cached module; quarantine the ones that no longer match.
+    Verify(verify::Args),
+    /// Check a configuration file and print the effective configuration.
+    Config(config::Args),
 }
 
 /// Where client commands find the daemon.
@@ -60,6 +74,26 @@ impl SocketArg {
             ))
         })?;
         Ok(ModuleCacheClient::new(channel).max_decoding_message_size(crate::service::CHUNK_SIZE * 4))
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `log.level`; as text, or as one JSON object
+/// per line.
+pub fn init_tracing(log: &crate::config::LogConfig) {
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(&log.level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.format {
+        crate::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        crate::config::LogFormat::Json => logs.json().flatten_event(true).with_ansi(false).init(),
     }
 }
 

@@ -1,4 +1,8 @@
-//! `wasmcache serve`: flags into a [`Config`], then the server.
+//! `wasmcache serve`: flags, environment and the `--config` file into a [`Config`], then logging, then the
+//! server.
+//!
+//! No flag has a clap default: a flag that is absent must let the environment, the file or the default in
+//! `config.rs` decide (see [`Config::build`]). The defaults are stated in the help text only.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,35 +10,48 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::config::{self, Config};
+use crate::config::{self, Config, ConfigError, LogFormat, Overrides};
 use crate::server::{self, ServeError};
 
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Every flag can also be set by an environment variable, WASMCACHE_ and the flag's name \
+    (WASMCACHE_FETCH_TIMEOUT=5s; lists comma-separated; WASMCACHE_NO_SERVE_STALE=true), and in the --config \
+    file. A flag wins over the environment, the environment over the file. `wasmcache config check FILE` \
+    prints the result."
+)]
 pub struct Args {
+    /// TOML file with any of these settings (see the README) [env: WASMCACHE_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Cache directory [default: /var/lib/wasmcache for root, else $XDG_CACHE_HOME/wasmcache]
-    #[arg(long, env = "WASMCACHE_CACHE_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Unix socket to serve on [default: /run/wasmcache/wasmcache.sock for root, else under $XDG_RUNTIME_DIR]
-    #[arg(long, env = "WASMCACHE_SOCKET", value_name = "PATH")]
+    #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Also serve gRPC on this TCP address (plain text: keep it on loopback or a trusted network)
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = config::parse_addr)]
     pub listen: Option<SocketAddr>,
+    /// Admin HTTP listener (metrics, health), or `off` [default: 127.0.0.1:9464]
+    #[arg(long, value_name = "ADDR|off", value_parser = admin_listen)]
+    pub admin_listen: Option<Off<SocketAddr>>,
     /// Directory that file:// URLs may read below (repeatable); without one, file:// is refused
     #[arg(long = "file-root", value_name = "DIR")]
     pub file_roots: Vec<PathBuf>,
-    /// Bound on connecting and on each wait for response bytes, per attempt
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "15s")]
-    pub fetch_timeout: Duration,
-    /// Attempts per fetch, the first included
-    #[arg(long, value_name = "N", default_value_t = config::DEFAULT_FETCH_ATTEMPTS)]
-    pub fetch_attempts: u32,
+    /// Bound on connecting and on each wait for response bytes, per attempt [default: 15s]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub fetch_timeout: Option<Duration>,
+    /// Attempts per fetch, the first included [default: 5]
+    #[arg(long, value_name = "N")]
+    pub fetch_attempts: Option<u32>,
     /// Pause before the first retry; each further one is 1.5 times longer (capped at 60s), with jitter
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "500ms")]
-    pub retry_backoff: Duration,
-    /// Cap on a module's download and on its unwrapped size (bytes, or with a K/M/G suffix)
-    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes, default_value = "256MiB")]
-    pub max_module_bytes: u64,
+    /// [default: 500ms]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub retry_backoff: Option<Duration>,
+    /// Cap on a module's download and on its unwrapped size (bytes, or with a K/M/G suffix) [default: 256MiB]
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes)]
+    pub max_module_bytes: Option<u64>,
     /// Destination range no fetch may reach, besides link-local and cloud metadata (repeatable)
     #[arg(long = "blocked-cidr", value_name = "CIDR", value_parser = config::parse_cidr)]
     pub blocked_cidrs: Vec<IpNet>,
@@ -56,77 +73,199 @@ pub struct Args {
     /// Registry credentials for requests without a pull secret (the ~/.docker/config.json format)
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
-    /// Platform taken from an image index that has no Wasm platform
-    #[arg(long, value_name = "OS/ARCH", default_value = "linux/amd64", value_parser = config::parse_platform)]
-    pub platform: String,
-    /// Cap on an OCI manifest or index (bytes, or with a K/M/G suffix)
-    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes, default_value = "4MiB")]
-    pub max_manifest_bytes: u64,
+    /// Platform taken from an image index that has no Wasm platform [default: linux/amd64]
+    #[arg(long, value_name = "OS/ARCH", value_parser = config::parse_platform)]
+    pub platform: Option<String>,
+    /// Cap on an OCI manifest or index (bytes, or with a K/M/G suffix) [default: 4MiB]
+    #[arg(long, value_name = "BYTES", value_parser = config::parse_bytes)]
+    pub max_manifest_bytes: Option<u64>,
     /// Watch Istio WasmPlugins in the cluster and prefetch new and changed ones
     #[arg(long)]
     pub watch_wasmplugins: bool,
     /// Kubeconfig for --watch-wasmplugins [default: in-cluster service account, $KUBECONFIG, ~/.kube/config]
-    #[arg(long, value_name = "FILE", requires = "watch_wasmplugins")]
+    #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
     /// Watch only this namespace [default: all namespaces]
-    #[arg(long, value_name = "NS", requires = "watch_wasmplugins")]
+    #[arg(long, value_name = "NS")]
     pub watch_namespace: Option<String>,
     /// Watch only WasmPlugins with these labels (e.g. app=gateway)
-    #[arg(long, value_name = "LABELS", requires = "watch_wasmplugins")]
+    #[arg(long, value_name = "LABELS")]
     pub watch_selector: Option<String>,
-    /// How long in-flight streams may run after SIGTERM
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration, default_value = "10s")]
-    pub shutdown_grace: Duration,
+    /// How long in-flight streams may run after SIGTERM [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+    /// Evict least recently used modules while the cache is larger (bytes, K/M/G suffix; 0 or `off`: no limit)
+    /// [default: off]
+    #[arg(long, value_name = "BYTES|off", value_parser = max_cache_bytes)]
+    pub max_cache_bytes: Option<Off<u64>>,
+    /// Delete modules that were not used for this long [default: 24h]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub module_expiry: Option<Duration>,
+    /// How often expired modules are looked for [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub purge_interval: Option<Duration>,
+    /// Log filter: trace, debug, info, warn, error, or directives such as info,wasmcache=debug; RUST_LOG wins
+    /// [default: info]
+    #[arg(long, value_name = "LEVEL", value_parser = config::parse_log_level)]
+    pub log_level: Option<String>,
+    /// Log lines as text, or as one JSON object per line [default: text]
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A value that may be switched off (`off`): `Off(None)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Off<T>(pub Option<T>);
+
+fn admin_listen(s: &str) -> Result<Off<SocketAddr>, String> {
+    config::parse_admin_listen(s).map(Off)
+}
+
+fn max_cache_bytes(s: &str) -> Result<Off<u64>, String> {
+    config::parse_max_cache_bytes(s).map(Off)
+}
+
+fn some_vec<T>(items: Vec<T>) -> Option<Vec<T>> {
+    Some(items).filter(|items| !items.is_empty())
 }
 
 impl Args {
-    pub fn into_config(self) -> Result<Config, config::ConfigError> {
-        let mut c = Config::default();
-        if let Some(dir) = self.cache_dir {
-            c.cache_dir = dir;
+    /// The settings given on the command line: the top layer of [`Config::build`].
+    pub fn overrides(&self) -> Overrides {
+        let args = self;
+        Overrides {
+            cache_dir: args.cache_dir.clone(),
+            socket: args.socket.clone(),
+            listen: args.listen,
+            admin_listen: args.admin_listen.map(|a| a.0),
+            file_roots: some_vec(args.file_roots.clone()),
+            fetch_timeout: args.fetch_timeout,
+            fetch_attempts: args.fetch_attempts,
+            retry_backoff: args.retry_backoff,
+            max_module_bytes: args.max_module_bytes,
+            blocked_cidrs: some_vec(args.blocked_cidrs.clone()),
+            ca_file: args.ca_file.clone(),
+            insecure_hosts: some_vec(args.insecure_hosts.clone()),
+            // Switches can only turn a setting on; leaving one out lets the environment or the file decide.
+            serve_stale: args.no_serve_stale.then_some(false),
+            shutdown_grace: args.shutdown_grace,
+            insecure_registries: some_vec(args.insecure_registries.clone()),
+            registry_mirrors: some_vec(args.registry_mirrors.clone()),
+            docker_config: args.docker_config.clone(),
+            platform: args.platform.clone(),
+            max_manifest_bytes: args.max_manifest_bytes,
+            watch: args.watch_wasmplugins.then_some(true),
+            kubeconfig: args.kubeconfig.clone(),
+            watch_namespace: args.watch_namespace.clone(),
+            watch_selector: args.watch_selector.clone(),
+            max_cache_bytes: args.max_cache_bytes.map(|m| m.0),
+            module_expiry: args.module_expiry,
+            purge_interval: args.purge_interval,
+            log_level: args.log_level.clone(),
+            log_format: args.log_format,
         }
-        if let Some(socket) = self.socket {
-            c.socket = socket;
-        }
-        c.listen = self.listen;
-        c.fetch.file_roots = self.file_roots;
-        c.fetch.timeout = self.fetch_timeout;
-        c.fetch.backoff.attempts = self.fetch_attempts;
-        c.fetch.backoff.initial = self.retry_backoff;
-        c.fetch.max_bytes = self.max_module_bytes;
-        c.fetch.blocked_cidrs = self.blocked_cidrs;
-        c.fetch.ca_file = self.ca_file;
-        c.fetch.insecure_hosts = trimmed(self.insecure_hosts);
-        c.serve_stale = !self.no_serve_stale;
-        c.shutdown_grace = self.shutdown_grace;
-        c.fetch.oci.insecure_registries = trimmed(self.insecure_registries);
-        c.fetch.oci.mirrors = self.registry_mirrors;
-        c.fetch.oci.platform = self.platform;
-        c.fetch.oci.max_manifest_bytes = self.max_manifest_bytes;
-        if self.watch_wasmplugins {
-            c.watch = Some(crate::watch::WatchConfig {
-                kubeconfig: self.kubeconfig,
-                scope: crate::cluster::Scope {
-                    namespace: self.watch_namespace,
-                    selector: self.watch_selector,
-                },
-            });
-        }
-        if let Some(path) = &self.docker_config {
-            c.fetch.oci.default_credentials = config::load_docker_config(path)?;
-        }
-        Ok(c)
+    }
+
+    /// The configuration: defaults, the file (`--config` or `WASMCACHE_CONFIG`), the environment, the flags.
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let path = self.config.clone().or_else(|| {
+            std::env::var_os(config::CONFIG_ENV)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        config::load(path.as_deref(), &self.overrides())
     }
 }
 
-fn trimmed(items: Vec<String>) -> Vec<String> {
-    items
-        .into_iter()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .collect()
+/// Builds the configuration, starts logging as it says, and serves until a shutdown signal. Returns the
+/// exit code: 0, 78 for a bad configuration, 1 for other failures, each reported on stderr (as a log event
+/// only when logs are JSON, so that every line stays JSON).
+pub async fn run(args: Args) -> u8 {
+    let config = match args.into_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wasmcache: {}", ServeError::Config(e));
+            return config::EXIT_CONFIG;
+        }
+    };
+    super::init_tracing(&config.log);
+    let json = config.log.format == LogFormat::Json;
+    match server::serve(config, crate::signal::shutdown()).await {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(cause = %e, "wasmcache stopped");
+            if !json {
+                eprintln!("wasmcache: {e}");
+            }
+            u8::try_from(e.exit_code()).unwrap_or(1)
+        }
+    }
 }
 
-pub async fn run(args: Args) -> Result<(), ServeError> {
-    server::serve(args.into_config()?, crate::signal::shutdown()).await
+#[cfg(test)]
+mod tests {
+    use clap::{Args as _, FromArgMatches as _};
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        let command = Args::augment_args(clap::Command::new("serve"));
+        let matches = command
+            .try_get_matches_from(std::iter::once("serve").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Args::from_arg_matches(&matches).unwrap()
+    }
+
+    #[test]
+    fn every_flag_is_a_setting() {
+        let command = Args::augment_args(clap::Command::new("serve"));
+        let flags: Vec<&str> = command
+            .get_arguments()
+            .filter_map(|arg| arg.get_long())
+            .filter(|flag| !matches!(*flag, "config" | "help"))
+            .collect();
+        for flag in &flags {
+            config::setting_for(flag);
+        }
+        for setting in config::SETTINGS {
+            assert!(flags.contains(&setting.flag), "--{} is missing", setting.flag);
+        }
+    }
+
+    #[test]
+    fn absent_flags_set_nothing() {
+        assert!(parse(&[]).overrides().keys().is_empty());
+    }
+
+    #[test]
+    fn off_values_parse_to_none() {
+        let overrides = parse(&["--admin-listen", "off", "--max-cache-bytes", "0"]).overrides();
+        assert_eq!(overrides.admin_listen, Some(None));
+        assert_eq!(overrides.max_cache_bytes, Some(None));
+    }
+
+    #[test]
+    fn new_flags_reach_the_layer() {
+        let overrides = parse(&[
+            "--admin-listen",
+            "127.0.0.1:1234",
+            "--max-cache-bytes",
+            "1G",
+            "--module-expiry",
+            "2h",
+            "--purge-interval",
+            "5m",
+            "--log-level",
+            "debug",
+            "--log-format",
+            "json",
+        ])
+        .overrides();
+        assert_eq!(overrides.admin_listen, Some(Some("127.0.0.1:1234".parse().unwrap())));
+        assert_eq!(overrides.max_cache_bytes, Some(Some(1 << 30)));
+        assert_eq!(overrides.module_expiry, Some(Duration::from_secs(7200)));
+        assert_eq!(overrides.purge_interval, Some(Duration::from_secs(300)));
+        assert_eq!(overrides.log_level.as_deref(), Some("debug"));
+        assert_eq!(overrides.log_format, Some(LogFormat::Json));
+    }
 }

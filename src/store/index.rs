@@ -41,6 +41,9 @@ pub struct BlobRecord {
     pub size: u64,
     pub created_ms: u64,
     pub last_used_ms: u64,
+    /// Never evicted while pinned.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
 }
 
 /// Who may be served a blob: anyone (it was pulled anonymously), or the holders of credentials proven

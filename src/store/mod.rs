@@ -13,17 +13,20 @@
 //!
 //! Temp files never outlive a restart: [`Store::open`] empties `ingest/` before anything else runs.
 
+mod gc;
 mod index;
 mod ingest;
 mod layout;
 mod sync_unix;
+
+pub use gc::{Evicted, SweepPolicy, SweepReport};
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub use index::{AccessRecord, BlobRecord, Index, RefRecord};
@@ -75,12 +78,14 @@ pub struct Committed {
     pub size: u64,
 }
 
-/// A verified blob opened for reading, positioned at its start.
+/// A verified blob opened for reading, positioned at its start. While it (its `hold`) lives, the blob is
+/// never evicted.
 #[derive(Debug)]
 pub struct OpenBlob {
     pub file: File,
     pub size: u64,
     pub path: PathBuf,
+    pub hold: Hold,
 }
 
 /// A listed blob with the references that resolve to it.
@@ -111,8 +116,9 @@ impl Stamp {
     }
 }
 
-/// How long a blob's `last_used` may lag before a read writes it again; keeps hits from writing the index.
-const LAST_USED_GRANULARITY_MS: u64 = 60_000;
+/// How long a blob's `last_used` in the index may lag before a read writes it again; keeps hits from
+/// writing the index. The exact time is kept in memory.
+const LAST_USED_GRANULARITY_MS: u64 = 10_000;
 
 pub struct Store {
     layout: Layout,
@@ -120,6 +126,12 @@ pub struct Store {
     verified: Mutex<HashMap<Sha256, Stamp>>,
     /// Serialises the hashing of one blob, so a burst of first reads after a restart hashes it once.
     verify_locks: [Mutex<()>; 16],
+    /// Size of every committed blob: what the cache holds, without walking the disk.
+    sizes: Mutex<HashMap<Sha256, u64>>,
+    /// Exact time of each blob's last read by this process (the index has it to within a few seconds).
+    last_used: Mutex<HashMap<Sha256, u64>>,
+    /// Readers holding a blob open (a stream in progress): such a blob is never evicted.
+    held: Arc<Mutex<HashMap<Sha256, usize>>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -141,12 +153,73 @@ impl Store {
         }
         let index_dir = layout.index_dir();
         let index = Index::open(&index_dir)?;
+        let sizes = blob_sizes(&layout.blobs_dir())?;
         Ok(Store {
             layout,
             index,
             verified: Mutex::new(HashMap::new()),
             verify_locks: Default::default(),
+            sizes: Mutex::new(sizes),
+            last_used: Mutex::default(),
+            held: Arc::default(),
         })
+    }
+
+    /// Modules and bytes in the cache.
+    pub fn usage(&self) -> (u64, u64) {
+        let sizes = self.sizes.lock().unwrap();
+        (sizes.len() as u64, sizes.values().sum())
+    }
+
+    /// Marks a blob as being read until the returned guard drops; a held blob is never evicted.
+    pub fn hold(&self, digest: Sha256) -> Hold {
+        *self.held.lock().unwrap().entry(digest).or_insert(0) += 1;
+        Hold {
+            digest,
+            held: self.held.clone(),
+        }
+    }
+
+    fn is_held(&self, digest: &Sha256) -> bool {
+        self.held.lock().unwrap().get(digest).is_some_and(|&n| n > 0)
+    }
+
+    /// When the blob was last read (or written): the later of this process's record and the index's.
+    pub fn last_used_ms(&self, digest: &Sha256) -> u64 {
+        let in_memory = self.last_used.lock().unwrap().get(digest).copied().unwrap_or(0);
+        let recorded = match self.index.get_blob(digest) {
+            Ok(Some(r)) => r.last_used_ms.max(r.created_ms),
+            // No record (a crash before the index was flushed): the file's own time stands in.
+            _ => std::fs::metadata(self.layout.blob(digest))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        in_memory.max(recorded)
+    }
+
+    /// Pins or unpins a blob; `Ok(false)` when no such blob is cached.
+    pub fn set_pinned(&self, digest: &Sha256, pinned: bool) -> Result<bool, StoreError> {
+        if !self.contains(digest) {
+            return Ok(false);
+        }
+        let now = now_ms();
+        let record = match self.index.get_blob(digest)? {
+            Some(r) => BlobRecord { pinned, ..r },
+            None => BlobRecord {
+                size: self.sizes.lock().unwrap().get(digest).copied().unwrap_or(0),
+                created_ms: now,
+                last_used_ms: now,
+                pinned,
+            },
+        };
+        self.index.put_blob(digest, &record)?;
+        Ok(true)
+    }
+
+    pub fn is_pinned(&self, digest: &Sha256) -> bool {
+        matches!(self.index.get_blob(digest), Ok(Some(r)) if r.pinned)
     }
 
     pub fn layout(&self) -> &Layout {
@@ -201,12 +274,15 @@ impl Store {
             self.verified.lock().unwrap().insert(digest, Stamp::of(&meta));
         }
         let now = now_ms();
+        self.sizes.lock().unwrap().insert(digest, size);
+        self.last_used.lock().unwrap().insert(digest, now);
         let record = match self.index.get_blob(&digest) {
             Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
             _ => BlobRecord {
                 size,
                 created_ms: now,
                 last_used_ms: now,
+                pinned: false,
             },
         };
         if let Err(e) = self.index.put_blob(&digest, &record) {
@@ -256,12 +332,14 @@ impl Store {
             file,
             size: meta.len(),
             path,
+            hold: self.hold(*digest),
         })
     }
 
-    /// Records a read of the blob, at most once a minute per blob.
+    /// Records a read of the blob: exactly in memory, and in the index at most every few seconds.
     fn touch(&self, digest: &Sha256, size: u64) {
         let now = now_ms();
+        self.last_used.lock().unwrap().insert(*digest, now);
         let record = match self.index.get_blob(digest) {
             Ok(Some(r)) if now.saturating_sub(r.last_used_ms) < LAST_USED_GRANULARITY_MS => return,
             Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
@@ -269,6 +347,7 @@ impl Store {
                 size,
                 created_ms: now,
                 last_used_ms: now,
+                pinned: false,
             },
         };
         if let Err(e) = self.index.put_blob(digest, &record) {
@@ -290,6 +369,7 @@ impl Store {
             }
         }
         self.verified.lock().unwrap().remove(digest);
+        self.sizes.lock().unwrap().remove(digest);
         if let Err(e) = self.forget(digest) {
             tracing::warn!(%digest, cause = %e, "could not drop index entries of a corrupt blob");
         }
@@ -316,6 +396,8 @@ impl Store {
             Err(e) => return Err(StoreError::Io { path, source: e }),
         };
         self.verified.lock().unwrap().remove(digest);
+        self.sizes.lock().unwrap().remove(digest);
+        self.last_used.lock().unwrap().remove(digest);
         let refs = self.forget(digest)?;
         Ok((existed || !refs.is_empty()).then_some(refs))
     }
@@ -347,6 +429,37 @@ impl Store {
         out.sort_by_key(|e| e.digest);
         Ok(out)
     }
+}
+
+/// A blob being read; see [`Store::hold`].
+#[derive(Debug)]
+pub struct Hold {
+    digest: Sha256,
+    held: Arc<Mutex<HashMap<Sha256, usize>>>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap();
+        if let Some(n) = held.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.digest);
+            }
+        }
+    }
+}
+
+/// The size of every blob file in `dir`.
+fn blob_sizes(dir: &Path) -> Result<HashMap<Sha256, u64>, StoreError> {
+    let mut sizes = HashMap::new();
+    for item in std::fs::read_dir(dir).map_err(StoreError::io(dir))? {
+        let item = item.map_err(StoreError::io(dir))?;
+        if let (Some(digest), Ok(meta)) = (item.file_name().to_str().and_then(|n| n.parse().ok()), item.metadata()) {
+            sizes.insert(digest, meta.len());
+        }
+    }
+    Ok(sizes)
 }
 
 fn digest_stripe(digest: &Sha256) -> usize {

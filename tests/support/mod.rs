@@ -118,6 +118,12 @@ impl Daemon {
             .arg(self.cache_dir())
             .arg("--socket")
             .arg(self.socket())
+            // Many daemons run at once: none takes the default admin port unless a test asks for it.
+            .args(if self.args.iter().any(|a| a == "--admin-listen") {
+                &[][..]
+            } else {
+                &["--admin-listen", "off"][..]
+            })
             .args(&self.args)
             .env(
                 "RUST_LOG",
@@ -876,6 +882,7 @@ pub async fn serve_until_exit(args: &[&str]) -> (Option<ExitStatus>, TempDir) {
         .arg(dir.path().join("cache"))
         .arg("--socket")
         .arg(dir.path().join("wasmcache.sock"))
+        .args(["--admin-listen", "off"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -1,0 +1,272 @@
+//! Every metric the daemon exports, with its name and its labels, in one place. Each failed upstream
+//! fetch counts exactly one `result` reason, so the metrics tell the story of failures.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    scheme: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SchemeLabel {
+    scheme: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Why a module left the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Eviction {
+    /// Least recently used, to bring the cache under `--max-cache-bytes`.
+    SizeLimit,
+    /// Unused for longer than `--module-expiry`.
+    Expired,
+    /// Its bytes no longer matched its digest.
+    Corrupt,
+    /// An operator's `rm`.
+    Removed,
+}
+
+impl Eviction {
+    fn label(self) -> &'static str {
+        match self {
+            Eviction::SizeLimit => "size_limit",
+            Eviction::Expired => "expired",
+            Eviction::Corrupt => "corrupt",
+            Eviction::Removed => "removed",
+        }
+    }
+}
+
+fn fetch_duration_histogram() -> Histogram {
+    // 5 ms to about 5 minutes.
+    Histogram::new(exponential_buckets(0.005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    cache_entries: Gauge,
+    cache_bytes: Gauge,
+    lookups: Family<ResultLabel, Counter>,
+    remote_fetches: Family<FetchLabels, Counter>,
+    fetch_duration: Family<SchemeLabel, Histogram, fn() -> Histogram>,
+    served_bytes: Counter,
+    inflight_fetches: Gauge<i64, AtomicI64>,
+    evictions: Family<ReasonLabel, Counter>,
+    over_limit: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wasmcache");
+        let m = Metrics {
+            cache_entries: Gauge::default(),
+            cache_bytes: Gauge::default(),
+            lookups: Family::default(),
+            remote_fetches: Family::default(),
+            fetch_duration: Family::new_with_constructor(fetch_duration_histogram),
+            served_bytes: Counter::default(),
+            inflight_fetches: Gauge::default(),
+            evictions: Family::default(),
+            over_limit: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("cache_entries", "Modules in the cache", m.cache_entries.clone());
+        registry.register("cache_bytes", "Bytes of modules in the cache", m.cache_bytes.clone());
+        registry.register(
+            "cache_lookups",
+            "Requests answered from the cache (hit) or not (miss)",
+            m.lookups.clone(),
+        );
+        registry.register(
+            "remote_fetch",
+            "Upstream fetches by scheme and result (success or the reason of the failure)",
+            m.remote_fetches.clone(),
+        );
+        registry.register_with_unit(
+            "fetch_duration",
+            "Duration of upstream fetches, including retries",
+            prometheus_client::registry::Unit::Seconds,
+            m.fetch_duration.clone(),
+        );
+        registry.register("served_bytes", "Module bytes sent to clients", m.served_bytes.clone());
+        registry.register(
+            "inflight_fetches",
+            "Upstream fetches running now",
+            m.inflight_fetches.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Modules deleted from the cache, by reason",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "cache_over_limit",
+            "Sweeps that left the cache above --max-cache-bytes because every remaining module was in use",
+            m.over_limit.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            }),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn set_cache_size(&self, entries: u64, bytes: u64) {
+        self.cache_entries.set(entries as i64);
+        self.cache_bytes.set(bytes as i64);
+    }
+
+    pub fn lookup(&self, hit: bool) {
+        self.lookups
+            .get_or_create(&ResultLabel {
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
+    }
+
+    /// Records the end of an upstream fetch; `result` is `success` or the failure's reason.
+    pub fn fetched(&self, scheme: &'static str, result: &'static str, took: Duration) {
+        self.remote_fetches.get_or_create(&FetchLabels { scheme, result }).inc();
+        self.fetch_duration
+            .get_or_create(&SchemeLabel { scheme })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a running fetch until the guard drops.
+    pub fn fetch_started(&self) -> InflightGuard<'_> {
+        self.inflight_fetches.inc();
+        InflightGuard(&self.inflight_fetches)
+    }
+
+    pub fn served(&self, bytes: u64) {
+        self.served_bytes.inc_by(bytes);
+    }
+
+    pub fn evicted(&self, why: Eviction) {
+        self.evictions.get_or_create(&ReasonLabel { reason: why.label() }).inc();
+    }
+
+    pub fn over_limit(&self) {
+        self.over_limit.inc();
+    }
+}
+
+pub struct InflightGuard<'a>(&'a Gauge<i64, AtomicI64>);
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Reads one sample from an exposition, for tests: the value of `name` with exactly `labels`.
+pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
+    let wanted = if labels.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}{{{labels}}}")
+    };
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.rsplit_once(' ')
+            .filter(|(k, _)| *k == wanted)
+            .and_then(|(_, v)| v.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_every_metric_with_the_prefix() {
+        let m = Metrics::new();
+        m.lookup(true);
+        m.fetched("https", "success", Duration::from_millis(20));
+        m.evicted(Eviction::SizeLimit);
+        let text = m.encode();
+        for name in [
+            "wasmcache_cache_entries",
+            "wasmcache_cache_bytes",
+            "wasmcache_cache_lookups_total",
+            "wasmcache_remote_fetch_total",
+            "wasmcache_fetch_duration_seconds_bucket",
+            "wasmcache_served_bytes_total",
+            "wasmcache_inflight_fetches",
+            "wasmcache_evictions_total",
+            "wasmcache_build_info",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn counters_move_with_their_labels() {
+        let m = Metrics::new();
+        m.lookup(false);
+        m.lookup(false);
+        m.fetched("oci", "checksum_mismatch", Duration::from_millis(1));
+        let text = m.encode();
+        assert_eq!(
+            sample(&text, "wasmcache_cache_lookups_total", "result=\"miss\""),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "wasmcache_remote_fetch_total",
+                "scheme=\"oci\",result=\"checksum_mismatch\""
+            ),
+            Some(1.0)
+        );
+    }
+
+    #[test]
+    fn inflight_gauge_follows_the_guard() {
+        let m = Metrics::new();
+        let guard = m.fetch_started();
+        assert_eq!(sample(&m.encode(), "wasmcache_inflight_fetches", ""), Some(1.0));
+        drop(guard);
+        assert_eq!(sample(&m.encode(), "wasmcache_inflight_fetches", ""), Some(0.0));
+    }
+}
