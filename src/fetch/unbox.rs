@@ -95,30 +95,43 @@ pub fn read_head(path: &Path) -> Result<Vec<u8>, UnboxError> {
 /// Unwraps the gzip, tar or tar.gz payload in `path` into `out`, writing at most `limit` bytes and
 /// decompressing at most `limit` bytes. Does not check the Wasm header of the result.
 pub fn unwrap(path: &Path, out: &mut impl Write, limit: u64, pick: Pick) -> Result<(), UnboxError> {
-    let head = read_head(path)?;
+    unwrap_from(|| File::open(path).map_err(UnboxError::Read), out, limit, pick)
+}
+
+/// [`unwrap`] over bytes in memory (for callers that hold the payload, and for fuzzing).
+pub fn unwrap_slice(payload: &[u8], out: &mut impl Write, limit: u64, pick: Pick) -> Result<(), UnboxError> {
+    unwrap_from(|| Ok(payload), out, limit, pick)
+}
+
+/// Unwraps the payload that `reopen` reads from the start each time it is called (archives are read
+/// twice: once to choose the entry, once to copy it).
+fn unwrap_from<R: Read>(
+    reopen: impl Fn() -> Result<R, UnboxError>,
+    out: &mut impl Write,
+    limit: u64,
+    pick: Pick,
+) -> Result<(), UnboxError> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    reopen()?.take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(UnboxError::Read)?;
     match sniff(&head) {
         Kind::Gzip => {
             let inner_head = {
-                let mut probe = Capped::new(MultiGzDecoder::new(open(path)?), limit);
+                let mut probe = Capped::new(MultiGzDecoder::new(reopen()?), limit);
                 let mut buf = Vec::with_capacity(SNIFF_LEN);
                 let result = (&mut probe).take(SNIFF_LEN as u64).read_to_end(&mut buf);
                 probe.check(result)?;
                 buf
             };
             match sniff(&inner_head) {
-                Kind::Tar => unwrap_tar(|| Ok(MultiGzDecoder::new(open(path)?)), out, limit, pick),
+                Kind::Tar => unwrap_tar(|| Ok(MultiGzDecoder::new(reopen()?)), out, limit, pick),
                 Kind::Gzip => Err(UnboxError::Archive("gzip inside gzip is not supported".into())),
-                _ => copy_capped(Capped::new(MultiGzDecoder::new(open(path)?), limit), out),
+                _ => copy_capped(Capped::new(MultiGzDecoder::new(reopen()?), limit), out),
             }
         }
-        Kind::Tar => unwrap_tar(|| open(path), out, limit, pick),
-        Kind::Wasm => copy_capped(Capped::new(open(path)?, limit), out),
+        Kind::Tar => unwrap_tar(&reopen, out, limit, pick),
+        Kind::Wasm => copy_capped(Capped::new(reopen()?, limit), out),
         Kind::Unknown => check_wasm(&head),
     }
-}
-
-fn open(path: &Path) -> Result<File, UnboxError> {
-    File::open(path).map_err(UnboxError::Read)
 }
 
 /// Two passes over the archive: choose the entry (`plugin.wasm`, else the only `*.wasm`), then copy it.
