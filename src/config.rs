@@ -60,6 +60,9 @@ pub struct Config {
     /// Also serve gRPC on TCP (no TLS: bind it to loopback or a trusted network).
     pub listen: Option<SocketAddr>,
     pub socket_mode: u32,
+    /// Group (name or number) given the socket, so proxies in that group may connect; `None` keeps the
+    /// daemon's own group.
+    pub socket_group: Option<String>,
     pub fetch: fetch::Settings,
     /// The file `fetch.oci.default_credentials` was read from; `config check` prints this path, never the
     /// file's contents.
@@ -184,6 +187,7 @@ const fn setting(flag: &'static str, file_key: &'static str, env: &'static str) 
 pub const SETTINGS: &[Setting] = &[
     setting("cache-dir", "cache-dir", "WASMCACHE_CACHE_DIR"),
     setting("socket", "socket", "WASMCACHE_SOCKET"),
+    setting("socket-group", "socket-group", "WASMCACHE_SOCKET_GROUP"),
     setting("listen", "listen", "WASMCACHE_LISTEN"),
     setting("admin-listen", "admin-listen", "WASMCACHE_ADMIN_LISTEN"),
     setting("file-root", "file-root", "WASMCACHE_FILE_ROOT"),
@@ -239,6 +243,7 @@ pub fn setting_for(flag: &str) -> &'static Setting {
 pub struct Overrides {
     pub cache_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
     pub listen: Option<SocketAddr>,
     /// `Some(None)`: the admin listener is off.
     pub admin_listen: Option<Option<SocketAddr>>,
@@ -293,6 +298,7 @@ macro_rules! layered {
 layered! {
     cache_dir => "cache-dir",
     socket => "socket",
+    socket_group => "socket-group",
     listen => "listen",
     admin_listen => "admin-listen",
     file_roots => "file-root",
@@ -342,6 +348,7 @@ impl Overrides {
         }
         set!(c.cache_dir, self.cache_dir);
         set!(c.socket, self.socket);
+        c.socket_group = self.socket_group.filter(|g| !g.trim().is_empty());
         c.listen = self.listen;
         set!(c.admin_listen, self.admin_listen);
         set!(fetch.file_roots, self.file_roots);
@@ -410,6 +417,7 @@ impl Default for Config {
             socket: default_socket(),
             listen: None,
             socket_mode: DEFAULT_SOCKET_MODE,
+            socket_group: None,
             fetch: fetch::Settings {
                 timeout: DEFAULT_FETCH_TIMEOUT,
                 backoff: Backoff {
@@ -491,6 +499,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.cache_dir.as_os_str().is_empty() {
             return Err(invalid("cache-dir", "must not be empty"));
+        }
+        if let Some(group) = &self.socket_group {
+            resolve_group(group).map_err(|reason| invalid("socket-group", reason))?;
         }
         if self.socket.as_os_str().is_empty() {
             return Err(invalid("socket", "must not be empty"));
@@ -606,6 +617,24 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
         _ => return Err(format!("{s:?} has an unknown size unit (use K, M or G)")),
     };
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// A group name (from `/etc/group`) or number, as its gid.
+pub fn resolve_group(group: &str) -> Result<u32, String> {
+    let group = group.trim();
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let table = std::fs::read_to_string("/etc/group").map_err(|e| format!("reading /etc/group: {e}"))?;
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            Some((fields.next()?, fields.nth(1)?))
+        })
+        .find(|(name, _)| *name == group)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("group {group:?} is not in /etc/group (give its number instead)"))
 }
 
 /// Parses a duration such as `500ms`, `15s`, `1m`.

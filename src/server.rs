@@ -62,8 +62,9 @@ pub struct Listeners {
     pub tcp: Option<TcpListener>,
 }
 
-/// Binds the Unix socket with `mode`, replacing a stale socket file but never a live one.
-pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
+/// Binds the Unix socket with `mode` (and `group`, when given), replacing a stale socket file but never a
+/// live one.
+pub fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, ServeError> {
     let bind_err = |source| ServeError::Bind {
         what: path.display().to_string(),
         source,
@@ -79,6 +80,9 @@ pub fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, ServeError> {
     }
     let listener = UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_err)?;
+    }
     Ok(listener)
 }
 
@@ -174,7 +178,13 @@ async fn serve_with_admin(
             (listener, None)
         }
         None => (
-            bind_unix(&config.socket, config.socket_mode)?,
+            bind_unix(
+                &config.socket,
+                config.socket_mode,
+                config.socket_group.as_deref().map(config::resolve_group).transpose().map_err(|reason| {
+                    ServeError::Config(config::ConfigError::Invalid { key: "socket-group", reason })
+                })?,
+            )?,
             Some(config.socket.clone()),
         ),
     };

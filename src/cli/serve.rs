@@ -30,6 +30,9 @@ pub struct Args {
     /// Unix socket to serve on [default: /run/wasmcache/wasmcache.sock for root, else under $XDG_RUNTIME_DIR]
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Group (name or number) the socket belongs to; members may connect (mode 0660) [default: the daemon's group]
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
     /// Also serve gRPC on this TCP address (plain text: keep it on loopback or a trusted network)
     #[arg(long, value_name = "HOST:PORT", value_parser = config::parse_addr)]
     pub listen: Option<SocketAddr>,
@@ -137,6 +140,7 @@ impl Args {
             cache_dir: args.cache_dir.clone(),
             socket: args.socket.clone(),
             listen: args.listen,
+            socket_group: args.socket_group.clone(),
             admin_listen: args.admin_listen.map(|a| a.0),
             file_roots: some_vec(args.file_roots.clone()),
             fetch_timeout: args.fetch_timeout,

@@ -13,6 +13,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
     Ok(Overrides {
         cache_dir: env.one("cache-dir", path)?,
         socket: env.one("socket", path)?,
+        socket_group: env.one("socket-group", text)?,
         listen: env.one("listen", parse_addr)?,
         admin_listen: env.one("admin-listen", parse_admin_listen)?,
         file_roots: env.list("file-root", path)?,

@@ -72,6 +72,7 @@ type Raw = Option<Spanned<Value>>;
 struct RawFile {
     cache_dir: Raw,
     socket: Raw,
+    socket_group: Raw,
     listen: Raw,
     admin_listen: Raw,
     file_root: Raw,
@@ -141,6 +142,7 @@ impl Reader<'_> {
         Ok(Overrides {
             cache_dir: self.one("cache-dir", raw.cache_dir, path)?,
             socket: self.one("socket", raw.socket, path)?,
+            socket_group: self.one("socket-group", raw.socket_group, text)?,
             listen: self.one("listen", raw.listen, with(parse_addr))?,
             admin_listen: self.one("admin-listen", raw.admin_listen, with(parse_admin_listen))?,
             file_roots: self.one("file-root", raw.file_root, list(path))?,
@@ -392,6 +394,7 @@ pub(super) fn to_toml(c: &Config) -> String {
     let out = OutFile {
         cache_dir: show(&c.cache_dir),
         socket: show(&c.socket),
+        socket_group: c.socket_group.clone(),
         listen: c.listen.map(|a| a.to_string()),
         admin_listen: c.admin_listen.map_or("off".into(), |a| a.to_string()),
         file_root: c.fetch.file_roots.iter().map(|p| show(p)).collect(),
@@ -435,6 +438,8 @@ pub(super) fn to_toml(c: &Config) -> String {
 struct OutFile {
     cache_dir: String,
     socket: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    socket_group: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     admin_listen: String,

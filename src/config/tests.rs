@@ -95,6 +95,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
     let samples = [
         ("cache-dir", "/c"),
         ("socket", "/s"),
+        ("socket-group", "proxies"),
         ("listen", "127.0.0.1:1"),
         ("admin-listen", "off"),
         ("file-root", "/r"),
@@ -519,4 +520,11 @@ fn readme_example_file_parses() {
         SETTINGS.len(),
         "the example shows every key"
     );
+}
+
+#[test]
+fn socket_group_by_number_or_name_resolves() {
+    assert_eq!(resolve_group("0"), Ok(0));
+    assert_eq!(resolve_group("root"), Ok(0));
+    assert!(resolve_group("no-such-group-here").unwrap_err().contains("no-such-group-here"));
 }
