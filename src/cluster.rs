@@ -162,23 +162,40 @@ pub enum Change {
 }
 
 /// Watches WasmPlugins: an initial list, then a watch from its resourceVersion; a `410 Gone` re-lists,
-/// and errors are retried with exponential backoff (kube-runtime's watcher).
+/// and errors are retried with exponential backoff (kube-runtime's watcher). kube-runtime answers a 410
+/// to the watch request itself (rather than in an event) by retrying the same stale resourceVersion
+/// forever, so that case starts a fresh watcher, which lists again.
 pub fn watch_wasmplugins(client: Client, scope: &Scope) -> impl Stream<Item = Change> + Send + 'static {
     let mut config = watcher::Config::default().page_size(PAGE_SIZE);
     if let Some(selector) = &scope.selector {
         config = config.labels(selector);
     }
-    watcher(scope.api(client), config)
-        .default_backoff()
-        .filter_map(|event| async move {
-            match event {
-                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => Some(Change::Applied(to_json(o))),
-                Ok(watcher::Event::Delete(o)) => Some(Change::Deleted(to_json(o))),
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Change::Error(crate::fetch::http::error_chain(&e))),
+    let api = scope.api(client);
+    let fresh = move || watcher(api.clone(), config.clone()).default_backoff().boxed();
+    futures_util::stream::unfold(None, move |current| {
+        let fresh = fresh.clone();
+        async move {
+            let mut events = current.unwrap_or_else(fresh);
+            loop {
+                match events.next().await? {
+                    Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                        return Some((Change::Applied(to_json(o)), Some(events)))
+                    }
+                    Ok(watcher::Event::Delete(o)) => return Some((Change::Deleted(to_json(o)), Some(events))),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => continue,
+                    Err(watcher::Error::WatchStartFailed(kube::Error::Api(status))) if status.code == 410 => {
+                        tokio::time::sleep(RELIST_PAUSE).await;
+                        return Some((Change::Error("watch answered 410 Gone; listing again".into()), None));
+                    }
+                    Err(e) => return Some((Change::Error(crate::fetch::http::error_chain(&e)), Some(events))),
+                }
             }
-        })
+        }
+    })
 }
+
+/// Pause before listing again after a `410 Gone`, so a server that keeps answering 410 is not hammered.
+const RELIST_PAUSE: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn to_json(object: DynamicObject) -> serde_json::Value {
     serde_json::to_value(object).unwrap_or(serde_json::Value::Null)

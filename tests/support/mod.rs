@@ -10,6 +10,7 @@
 // Every test file compiles this module and uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod kube;
 pub mod registry;
 
 use std::collections::{HashMap, VecDeque};

@@ -1,0 +1,820 @@
+//! WasmPlugins from the Kubernetes API: `wasmcache warm --from-cluster` (paginated lists, label selectors,
+//! namespaces, bearer-token auth, pull secrets read from Secrets) and `wasmcache serve --watch-wasmplugins` (an
+//! initial list, then a watch; plugins prefetched as they appear or change; a re-list after `410 Gone`).
+//!
+//! No Kubernetes API server can run on the test machines, so `support::kube::KubeStub`, a loopback HTTP stub,
+//! stands in for it: it serves the exact API paths and JSON the real server would (`WasmPluginList`, watch events,
+//! `v1` Secret, `v1` Status errors), checks the bearer token, and records every request with its query, so each
+//! test can assert what was asked and how often. The modules themselves come from a counting `Origin` and from
+//! the real HTTPS+auth registry.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::kube::*;
+use support::registry::*;
+use support::*;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+struct Warmed {
+    output: Output,
+}
+
+impl Warmed {
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    fn all(&self) -> String {
+        format!("{}{}", self.stdout(), self.stderr())
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    #[track_caller]
+    fn assert_success(&self) {
+        assert!(self.output.status.success(), "warm failed:\n{}", self.describe());
+    }
+
+    #[track_caller]
+    fn assert_failure(&self) {
+        assert!(
+            !self.output.status.success(),
+            "warm succeeded, expected a failure:\n{}",
+            self.describe()
+        );
+    }
+
+    #[track_caller]
+    fn row(&self, plugin: &str) -> String {
+        self.stdout()
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(plugin))
+            .unwrap_or_else(|| panic!("no summary row for {plugin}:\n{}", self.describe()))
+            .to_string()
+    }
+
+    #[track_caller]
+    fn outcome(&self, plugin: &str) -> String {
+        self.row(plugin)
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The first column of every summary row.
+    fn plugins(&self) -> Vec<String> {
+        self.stdout()
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next().map(String::from))
+            .collect()
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+/// `wasmcache warm --socket <daemon> --from-cluster --kubeconfig <kubeconfig> ARGS`.
+async fn warm_from_cluster(daemon: &Daemon, kubeconfig: &Path, args: &[&str]) -> Warmed {
+    let socket = path_str(&daemon.socket()).to_string();
+    let mut all = vec![
+        "warm",
+        "--socket",
+        &socket,
+        "--from-cluster",
+        "--kubeconfig",
+        path_str(kubeconfig),
+    ];
+    all.extend_from_slice(args);
+    Warmed {
+        output: run_cli(&all, &[]).await,
+    }
+}
+
+/// An origin serving one distinct module at each of `paths`.
+async fn origin_with(paths: &[&str]) -> Origin {
+    let origin = Origin::start().await;
+    for path in paths {
+        origin.serve(path, wasm_module(path));
+    }
+    origin
+}
+
+/// A WasmPlugin fetching `url`, without labels or extra spec fields.
+fn plugin(namespace: &str, name: &str, url: &str) -> Value {
+    wasmplugin(namespace, name, &[], url, json!({}))
+}
+
+/// Polls `check` every 20 ms until it holds, for at most `WAIT`; panics naming `what`.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !check() {
+        if Instant::now() > deadline {
+            panic!("waited {WAIT:?} for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls the daemon's List until `url` is cached, for at most `WAIT`.
+async fn wait_cached(daemon: &Daemon, url: &str) {
+    let mut client = daemon.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let cached: Vec<String> = list(&mut client).await.into_iter().flat_map(|m| m.urls).collect();
+        if cached.iter().any(|u| u == url) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("{url} was not cached within {WAIT:?}; cached: {cached:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn cached_urls(daemon: &Daemon) -> Vec<String> {
+    let mut client = daemon.client().await;
+    list(&mut client).await.into_iter().flat_map(|m| m.urls).collect()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// warm --from-cluster
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn from_cluster_follows_the_continue_token_and_warms_every_page() {
+    let origin = origin_with(&["/p1.wasm", "/p2.wasm", "/p3.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.set_page_cap(2);
+    for i in 1..=3 {
+        stub.put_plugin(plugin("team-a", &format!("p{i}"), &origin.url(&format!("/p{i}.wasm"))));
+    }
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_success();
+    for i in 1..=3 {
+        assert_eq!(run.outcome(&format!("team-a/p{i}")), "FETCHED", "{}", run.describe());
+        assert_eq!(origin.hits(&format!("/p{i}.wasm")), 1);
+    }
+    let lists = stub.plugin_lists();
+    assert_eq!(lists.len(), 2, "two pages, two list requests:\n{}", stub.describe());
+    assert!(
+        lists[0].param("limit").is_some(),
+        "the first request sets limit: {:?}",
+        lists[0]
+    );
+    assert_eq!(lists[0].param("continue"), None, "{:?}", lists[0]);
+    assert_eq!(
+        lists[1].param("continue"),
+        Some("stub-continue-2"),
+        "the second request carries the first page's continue token: {:?}",
+        lists[1]
+    );
+    assert!(lists.iter().all(|r| r.authorized), "{}", stub.describe());
+}
+
+#[tokio::test]
+async fn from_cluster_passes_the_label_selector_and_warms_only_matching_plugins() {
+    let origin = origin_with(&["/gw.wasm", "/other.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "gw",
+        &[("app", "gateway")],
+        &origin.url("/gw.wasm"),
+        json!({}),
+    ));
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "other",
+        &[("app", "backend")],
+        &origin.url("/other.wasm"),
+        json!({}),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &["--selector", "app=gateway"]).await;
+
+    run.assert_success();
+    assert_eq!(run.plugins(), ["team-a/gw"], "{}", run.describe());
+    let lists = stub.plugin_lists();
+    assert!(!lists.is_empty(), "{}", stub.describe());
+    assert!(
+        lists.iter().all(|r| r.param("labelSelector") == Some("app=gateway")),
+        "every list carries labelSelector=app=gateway:\n{}",
+        stub.describe()
+    );
+    assert_eq!(origin.hits("/gw.wasm"), 1);
+    assert_eq!(origin.hits("/other.wasm"), 0);
+}
+
+#[tokio::test]
+async fn from_cluster_lists_the_kubeconfig_context_namespace_by_default() {
+    let origin = origin_with(&["/mine.wasm", "/theirs.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "mine", &origin.url("/mine.wasm")));
+    stub.put_plugin(plugin("team-b", "theirs", &origin.url("/theirs.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_success();
+    assert_eq!(run.plugins(), ["team-a/mine"], "{}", run.describe());
+    let lists = stub.plugin_lists();
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.path == "/apis/extensions.istio.io/v1alpha1/namespaces/team-a/wasmplugins"),
+        "{}",
+        stub.describe()
+    );
+    assert_eq!(origin.hits("/theirs.wasm"), 0);
+}
+
+#[tokio::test]
+async fn namespace_flag_overrides_the_kubeconfig_namespace() {
+    let origin = origin_with(&["/mine.wasm", "/theirs.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "mine", &origin.url("/mine.wasm")));
+    stub.put_plugin(plugin("team-b", "theirs", &origin.url("/theirs.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &["--namespace", "team-b"]).await;
+
+    run.assert_success();
+    assert_eq!(run.plugins(), ["team-b/theirs"], "{}", run.describe());
+    assert!(
+        stub.plugin_lists()
+            .iter()
+            .all(|r| r.path == "/apis/extensions.istio.io/v1alpha1/namespaces/team-b/wasmplugins"),
+        "{}",
+        stub.describe()
+    );
+    assert_eq!(origin.hits("/mine.wasm"), 0);
+}
+
+#[tokio::test]
+async fn all_namespaces_lists_the_cluster_wide_path() {
+    let origin = origin_with(&["/a.wasm", "/b.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "a", &origin.url("/a.wasm")));
+    stub.put_plugin(plugin("team-b", "b", &origin.url("/b.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &["--all-namespaces"]).await;
+
+    run.assert_success();
+    assert_eq!(run.outcome("team-a/a"), "FETCHED", "{}", run.describe());
+    assert_eq!(run.outcome("team-b/b"), "FETCHED", "{}", run.describe());
+    let lists = stub.plugin_lists();
+    assert!(!lists.is_empty(), "{}", stub.describe());
+    assert!(
+        lists
+            .iter()
+            .all(|r| r.path == "/apis/extensions.istio.io/v1alpha1/wasmplugins"),
+        "--all-namespaces lists the cluster-wide path:\n{}",
+        stub.describe()
+    );
+}
+
+#[tokio::test]
+async fn from_cluster_without_a_token_fails_with_unauthorized_naming_wasmplugins() {
+    let origin = origin_with(&["/a.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "a", &origin.url("/a.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", None);
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_failure();
+    let all = run.all();
+    assert!(
+        all.contains("wasmplugins") && (all.contains("401") || all.contains("Unauthorized")),
+        "the error names wasmplugins and the refusal:\n{}",
+        run.describe()
+    );
+    assert_eq!(origin.total_hits(), 0);
+    assert!(!stub.plugin_lists().is_empty(), "{}", stub.describe());
+}
+
+#[tokio::test]
+async fn from_cluster_with_a_wrong_token_fails_with_unauthorized_naming_wasmplugins() {
+    let origin = origin_with(&["/a.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "a", &origin.url("/a.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some("not-the-token"));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_failure();
+    let all = run.all();
+    assert!(
+        all.contains("wasmplugins") && (all.contains("401") || all.contains("Unauthorized")),
+        "the error names wasmplugins and the refusal:\n{}",
+        run.describe()
+    );
+    assert!(
+        !all.contains("not-the-token"),
+        "the token is never printed:\n{}",
+        run.describe()
+    );
+    assert_eq!(origin.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn from_cluster_forbidden_fails_naming_wasmplugins() {
+    let origin = origin_with(&["/a.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "a", &origin.url("/a.wasm")));
+    stub.deny_wasmplugins(403);
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_failure();
+    let all = run.all();
+    assert!(
+        all.contains("wasmplugins") && (all.contains("403") || all.to_lowercase().contains("forbidden")),
+        "the error names wasmplugins and the refusal:\n{}",
+        run.describe()
+    );
+    assert_eq!(origin.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn from_cluster_reads_the_pull_secret_from_the_cluster_and_pulls_a_private_image() {
+    let repo = "cluster/private";
+    let registry = Registry::shared_tls_auth();
+    let proxy = registry.proxy().await;
+    let image = registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    let stub = KubeStub::start().await;
+    stub.put_secret(
+        "team-a",
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        &[(
+            ".dockerconfigjson",
+            &docker_config_json(&proxy.host(), USER_A.0, USER_A.1),
+        )],
+    );
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        &proxy.oci(&format!("{repo}:v1")),
+        json!({"imagePullSecret": "regcred"}),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let ca = path_str(registry.ca_file()).to_string();
+    let daemon = Daemon::start(&["--ca-file", &ca, "--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_success();
+    assert_eq!(run.outcome("team-a/private"), "FETCHED", "{}", run.describe());
+    assert!(
+        run.row("team-a/private").contains(&image.module_digest),
+        "{}",
+        run.describe()
+    );
+    let gets = stub.secret_gets("team-a", "regcred");
+    assert_eq!(gets.len(), 1, "{}", stub.describe());
+    assert!(gets[0].authorized && gets[0].status == 200, "{:?}", gets[0]);
+    assert_eq!(proxy.blob_gets_ok(repo), 1, "{}", proxy.describe());
+}
+
+/// The plugin's `namespace/name` and the cluster's `metadata.resourceVersion` are the request's resource identity: a
+/// proxy's agent asking for the same pair with `Always` afterwards gets a hit.
+#[tokio::test]
+async fn from_cluster_records_plugins_at_their_cluster_resource_version() {
+    let origin = origin_with(&["/always.wasm"]).await;
+    let stub = KubeStub::start().await;
+    let url = origin.url("/always.wasm");
+    let stored = stub.put_plugin(wasmplugin(
+        "team-a",
+        "always",
+        &[],
+        &url,
+        json!({"imagePullPolicy": "Always"}),
+    ));
+    let version = stored["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+    warm_from_cluster(&daemon, &kubeconfig, &[]).await.assert_success();
+    let mut client = daemon.client().await;
+
+    let (info, _) = fetch_ok(
+        &mut client,
+        req_policy(&url, PullPolicy::Always, "team-a/always", &version),
+    )
+    .await;
+
+    assert_eq!(info.outcome, Outcome::Hit as i32, "{info:?}");
+    assert_eq!(origin.hits("/always.wasm"), 1);
+}
+
+#[tokio::test]
+async fn from_cluster_missing_secret_fails_that_plugin_naming_the_secret() {
+    let origin = origin_with(&["/public.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "public", &origin.url("/public.wasm")));
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        "oci://127.0.0.1:1/never/pulled:v1",
+        json!({"imagePullSecret": "absent"}),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+
+    let run = warm_from_cluster(&daemon, &kubeconfig, &[]).await;
+
+    run.assert_failure();
+    assert_eq!(run.outcome("team-a/public"), "FETCHED", "{}", run.describe());
+    let row = run.row("team-a/private");
+    assert!(
+        row.contains("FAILED") && row.contains("team-a/absent"),
+        "the failed row names the secret: {row}"
+    );
+    assert_eq!(stub.secret_gets("team-a", "absent").len(), 1, "{}", stub.describe());
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// serve --watch-wasmplugins
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A daemon that watches the stub's WasmPlugins (all namespaces unless `extra` says otherwise).
+async fn watching_daemon(kubeconfig: &Path, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--watch-wasmplugins",
+        "--kubeconfig",
+        path_str(kubeconfig),
+        "--retry-backoff",
+        "10ms",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(&args).await
+}
+
+/// Waits until the daemon has `n` watch requests open (or made) at the stub.
+async fn wait_watches(stub: &KubeStub, n: usize) {
+    stub.wait_for(&format!("{n} watch request(s)"), |requests| {
+        requests
+            .iter()
+            .filter(|r| r.is_plugin_watch() && r.status == 200)
+            .count()
+            >= n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn watch_prefetches_a_plugin_present_at_list_time() {
+    let origin = origin_with(&["/listed.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "listed", &origin.url("/listed.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+
+    let counter = origin.counter("/listed.wasm");
+    eventually("the origin to see the prefetch", || {
+        counter.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
+    wait_cached(&daemon, &origin.url("/listed.wasm")).await;
+    let ls = run_cli(&["ls", "--socket", path_str(&daemon.socket())], &[]).await;
+    let ls_out = String::from_utf8_lossy(&ls.stdout);
+    assert!(
+        ls.status.success() && ls_out.contains(&origin.url("/listed.wasm")),
+        "wasmcache ls shows the prefetched module: {ls_out}"
+    );
+    assert_eq!(origin.hits("/listed.wasm"), 1);
+}
+
+#[tokio::test]
+async fn watch_lists_with_limit_then_watches_from_the_list_resource_version() {
+    let origin = origin_with(&["/a.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "a", &origin.url("/a.wasm")));
+    let list_version = stub.resource_version();
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+
+    let _daemon = watching_daemon(&kubeconfig, &[]).await;
+
+    wait_watches(&stub, 1).await;
+    let list = &stub.plugin_lists()[0];
+    assert!(list.authorized, "{list:?}");
+    assert!(list.param("limit").is_some(), "the initial list is paginated: {list:?}");
+    let watch = &stub.plugin_watches()[0];
+    assert!(watch.authorized, "{watch:?}");
+    assert_eq!(watch.param("resourceVersion"), Some(list_version.as_str()), "{watch:?}");
+    assert_eq!(watch.param("allowWatchBookmarks"), Some("true"), "{watch:?}");
+    assert!(watch.param("timeoutSeconds").is_some(), "{watch:?}");
+    assert_eq!(
+        watch.path, "/apis/extensions.istio.io/v1alpha1/wasmplugins",
+        "without --watch-namespace every namespace is watched"
+    );
+}
+
+#[tokio::test]
+async fn watch_initial_list_follows_continue_tokens() {
+    let origin = origin_with(&["/one.wasm", "/two.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.set_page_cap(1);
+    stub.put_plugin(plugin("team-a", "one", &origin.url("/one.wasm")));
+    stub.put_plugin(plugin("team-b", "two", &origin.url("/two.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+
+    wait_cached(&daemon, &origin.url("/one.wasm")).await;
+    wait_cached(&daemon, &origin.url("/two.wasm")).await;
+    let lists = stub.plugin_lists();
+    assert!(lists.len() >= 2, "{}", stub.describe());
+    assert_eq!(
+        lists[1].param("continue"),
+        Some("stub-continue-1"),
+        "{}",
+        stub.describe()
+    );
+}
+
+#[tokio::test]
+async fn watch_prefetches_an_added_plugin() {
+    let origin = origin_with(&["/added.wasm"]).await;
+    let stub = KubeStub::start().await;
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_watches(&stub, 1).await;
+
+    let added = stub.put_plugin(plugin("team-a", "added", &origin.url("/added.wasm")));
+    stub.send_event("ADDED", &added);
+
+    wait_cached(&daemon, &origin.url("/added.wasm")).await;
+    assert_eq!(origin.hits("/added.wasm"), 1);
+}
+
+#[tokio::test]
+async fn watch_modified_always_plugin_with_a_new_version_is_fetched_again() {
+    let origin = origin_with(&["/always.wasm"]).await;
+    let stub = KubeStub::start().await;
+    let spec = json!({"imagePullPolicy": "Always"});
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "always",
+        &[],
+        &origin.url("/always.wasm"),
+        spec.clone(),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_cached(&daemon, &origin.url("/always.wasm")).await;
+    wait_watches(&stub, 1).await;
+    assert_eq!(origin.hits("/always.wasm"), 1);
+
+    let modified = stub.put_plugin(wasmplugin("team-a", "always", &[], &origin.url("/always.wasm"), spec));
+    stub.send_event("MODIFIED", &modified);
+
+    let counter = origin.counter("/always.wasm");
+    eventually("a second fetch of /always.wasm", || {
+        counter.load(std::sync::atomic::Ordering::SeqCst) >= 2
+    })
+    .await;
+    // Settle, then check that it was exactly one more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.hits("/always.wasm"), 2);
+}
+
+#[tokio::test]
+async fn watch_modified_if_not_present_plugin_is_not_fetched_again() {
+    let origin = origin_with(&["/steady.wasm", "/marker.wasm"]).await;
+    let stub = KubeStub::start().await;
+    let spec = json!({"imagePullPolicy": "IfNotPresent"});
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "steady",
+        &[],
+        &origin.url("/steady.wasm"),
+        spec.clone(),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_cached(&daemon, &origin.url("/steady.wasm")).await;
+    wait_watches(&stub, 1).await;
+
+    let modified = stub.put_plugin(wasmplugin("team-a", "steady", &[], &origin.url("/steady.wasm"), spec));
+    stub.send_event("MODIFIED", &modified);
+    // A later event whose prefetch shows that the watch has handled the one before it.
+    let marker = stub.put_plugin(plugin("team-a", "marker", &origin.url("/marker.wasm")));
+    stub.send_event("ADDED", &marker);
+    wait_cached(&daemon, &origin.url("/marker.wasm")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert_eq!(origin.hits("/steady.wasm"), 1, "IfNotPresent is not fetched again");
+}
+
+#[tokio::test]
+async fn watch_relists_after_a_410_error_event_and_keeps_working() {
+    let origin = origin_with(&["/first.wasm", "/missed.wasm", "/after.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "first", &origin.url("/first.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_watches(&stub, 1).await;
+    // A change the watch never reports: only a re-list can find it.
+    stub.put_plugin(plugin("team-a", "missed", &origin.url("/missed.wasm")));
+
+    stub.send_error_event(410);
+
+    stub.wait_for("a second list after 410 Gone", |requests| {
+        requests.iter().filter(|r| r.is_plugin_list()).count() >= 2
+    })
+    .await;
+    wait_cached(&daemon, &origin.url("/missed.wasm")).await;
+    wait_watches(&stub, 2).await;
+    let after = stub.put_plugin(plugin("team-a", "after", &origin.url("/after.wasm")));
+    stub.send_event("ADDED", &after);
+    wait_cached(&daemon, &origin.url("/after.wasm")).await;
+    assert_eq!(
+        origin.hits("/first.wasm"),
+        1,
+        "the re-listed plugin is a cache hit, not a new fetch"
+    );
+}
+
+#[tokio::test]
+async fn watch_relists_after_an_http_410_response_to_the_watch() {
+    let origin = origin_with(&["/first.wasm", "/missed.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "first", &origin.url("/first.wasm")));
+    stub.gone_next_watches(1);
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    stub.wait_for("a watch answered 410", |requests| {
+        requests.iter().any(|r| r.is_plugin_watch() && r.status == 410)
+    })
+    .await;
+    stub.put_plugin(plugin("team-a", "missed", &origin.url("/missed.wasm")));
+
+    stub.wait_for("a second list after the 410", |requests| {
+        requests.iter().filter(|r| r.is_plugin_list()).count() >= 2
+    })
+    .await;
+
+    wait_cached(&daemon, &origin.url("/missed.wasm")).await;
+}
+
+#[tokio::test]
+async fn watch_namespace_and_selector_limit_what_is_prefetched() {
+    let origin = origin_with(&[
+        "/gw.wasm",
+        "/backend.wasm",
+        "/elsewhere.wasm",
+        "/later-gw.wasm",
+        "/later-other.wasm",
+    ])
+    .await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "gw",
+        &[("app", "gateway")],
+        &origin.url("/gw.wasm"),
+        json!({}),
+    ));
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "backend",
+        &[("app", "backend")],
+        &origin.url("/backend.wasm"),
+        json!({}),
+    ));
+    stub.put_plugin(wasmplugin(
+        "team-b",
+        "gw",
+        &[("app", "gateway")],
+        &origin.url("/elsewhere.wasm"),
+        json!({}),
+    ));
+    let kubeconfig = stub.kubeconfig("default", Some(TOKEN));
+    let daemon = watching_daemon(
+        &kubeconfig,
+        &["--watch-namespace", "team-a", "--watch-selector", "app=gateway"],
+    )
+    .await;
+    wait_cached(&daemon, &origin.url("/gw.wasm")).await;
+    wait_watches(&stub, 1).await;
+
+    let later_gw = stub.put_plugin(wasmplugin(
+        "team-a",
+        "later-gw",
+        &[("app", "gateway")],
+        &origin.url("/later-gw.wasm"),
+        json!({}),
+    ));
+    stub.send_event("ADDED", &later_gw);
+    wait_cached(&daemon, &origin.url("/later-gw.wasm")).await;
+
+    let path = "/apis/extensions.istio.io/v1alpha1/namespaces/team-a/wasmplugins";
+    for request in stub.requests().iter().filter(|r| r.path.contains("wasmplugins")) {
+        assert_eq!(request.path, path, "{}", stub.describe());
+        assert_eq!(
+            request.param("labelSelector"),
+            Some("app=gateway"),
+            "{}",
+            stub.describe()
+        );
+    }
+    assert_eq!(origin.hits("/backend.wasm"), 0);
+    assert_eq!(origin.hits("/elsewhere.wasm"), 0);
+    assert_eq!(cached_urls(&daemon).await.len(), 2);
+}
+
+#[tokio::test]
+async fn watch_prefetch_uses_the_pull_secret_from_the_cluster() {
+    let repo = "watch/private";
+    let registry = Registry::shared_tls_auth();
+    let proxy = registry.proxy().await;
+    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    let stub = KubeStub::start().await;
+    stub.put_secret(
+        "team-a",
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        &[(
+            ".dockerconfigjson",
+            &docker_config_json(&proxy.host(), USER_B.0, USER_B.1),
+        )],
+    );
+    let url = proxy.oci(&format!("{repo}:v1"));
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        &url,
+        json!({"imagePullSecret": "regcred"}),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let ca = path_str(registry.ca_file()).to_string();
+
+    let daemon = watching_daemon(&kubeconfig, &["--ca-file", &ca]).await;
+
+    wait_cached(&daemon, &url).await;
+    assert_eq!(stub.secret_gets("team-a", "regcred").len(), 1, "{}", stub.describe());
+    assert_eq!(proxy.blob_gets_ok(repo), 1, "{}", proxy.describe());
+}
+
+#[tokio::test]
+async fn watch_deleted_plugin_keeps_its_module_cached() {
+    let origin = origin_with(&["/doomed.wasm", "/marker.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "doomed", &origin.url("/doomed.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_cached(&daemon, &origin.url("/doomed.wasm")).await;
+    wait_watches(&stub, 1).await;
+
+    let deleted = stub.delete_plugin("team-a", "doomed").expect("plugin exists");
+    stub.send_event("DELETED", &deleted);
+    let marker = stub.put_plugin(plugin("team-a", "marker", &origin.url("/marker.wasm")));
+    stub.send_event("ADDED", &marker);
+    wait_cached(&daemon, &origin.url("/marker.wasm")).await;
+
+    assert!(
+        cached_urls(&daemon).await.contains(&origin.url("/doomed.wasm")),
+        "a deleted plugin's module stays: a proxy may still use it"
+    );
+}
