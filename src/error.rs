@@ -73,9 +73,11 @@ impl Error {
                 ..
             }) => "size_limit",
             Error::Fetch(FetchError::Unbox {
-                source: UnboxError::NotWasm(_),
+                source: UnboxError::NotWasm(_) | UnboxError::Archive(_),
                 ..
             }) => "invalid_module",
+            Error::Fetch(FetchError::DigestMismatch { .. }) => "checksum_mismatch",
+            Error::Fetch(FetchError::Format { .. }) => "manifest_failure",
             Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
             Error::Fetch(_) => "download_failure",
             Error::Store(_) => "store_failure",
@@ -158,6 +160,29 @@ mod tests {
         assert_eq!(status.code(), Code::DataLoss);
         assert!(status.message().contains(&Sha256::of(b"a").to_string()));
         assert!(status.message().contains(&Sha256::of(b"b").to_string()));
+    }
+
+    #[test]
+    fn every_failure_counts_one_documented_reason() {
+        let url = || "oci://r/x:v1".to_string();
+        let cases = [
+            (Error::Fetch(FetchError::Format { url: url(), reason: "no layout".into() }), "manifest_failure"),
+            (
+                Error::Fetch(FetchError::DigestMismatch {
+                    url: url(),
+                    what: "blob".into(),
+                    expected: Sha256::of(b"a"),
+                    actual: Sha256::of(b"b"),
+                }),
+                "checksum_mismatch",
+            ),
+            (Error::Fetch(FetchError::Unauthenticated { url: url(), status: 401 }), "unauthorized"),
+            (Error::Fetch(FetchError::TooLarge { url: url(), limit: 1 }), "size_limit"),
+            (Error::Fetch(FetchError::NotFound { url: url(), detail: "404".into() }), "download_failure"),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason, "{error}");
+        }
     }
 
     #[test]

@@ -122,6 +122,11 @@ fn log_result(wire: &proto::FetchRequest, started: Instant, result: Result<&cach
         ),
         Err(e) => tracing::warn!(
             url = %ModuleUrl::parse(wire.url.trim()).map(|u| u.to_string()).unwrap_or_else(|_| "<invalid>".into()),
+            // The digest asked for, when one was: nothing was served.
+            sha256 = %wire.sha256.trim(),
+            manifest_digest = "",
+            outcome = "FAILED",
+            bytes = 0u64,
             code = ?e.code(),
             reason = e.reason(),
             cause = %e,

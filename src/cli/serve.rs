@@ -185,10 +185,26 @@ impl Args {
 /// exit code: 0, 78 for a bad configuration, 1 for other failures, each reported on stderr (as a log event
 /// only when logs are JSON, so that every line stays JSON).
 pub async fn run(args: Args) -> u8 {
+    // Asked for JSON logs on the command line or in the environment: even a configuration error (which
+    // comes before logging is set up) is written as one JSON line.
+    let json_requested = args.log_format == Some(LogFormat::Json)
+        || std::env::var("WASMCACHE_LOG_FORMAT").is_ok_and(|v| v.trim().eq_ignore_ascii_case("json"));
     let config = match args.into_config() {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("wasmcache: {}", ServeError::Config(e));
+            let message = ServeError::Config(e).to_string();
+            if json_requested {
+                let line = serde_json::json!({
+                    "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+                    "level": "ERROR",
+                    "message": "wasmcache stopped",
+                    "cause": message,
+                    "target": "wasmcache::cli::serve",
+                });
+                eprintln!("{line}");
+            } else {
+                eprintln!("wasmcache: {message}");
+            }
             return config::EXIT_CONFIG;
         }
     };
