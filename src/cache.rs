@@ -816,7 +816,7 @@ fn finish_ingest(
         Kind::Gzip | Kind::Tar => {
             let mut out = store.ingest()?;
             unbox::unwrap(raw.path(), &mut out, max_bytes, pick).map_err(unbox_err)?;
-            out.flush().map_err(|e| Error::Fetch(FetchError::Sink(e)))?;
+            out.flush().map_err(|e| Error::Fetch(FetchError::sink(url)(e)))?;
             out
         }
         Kind::Unknown => {

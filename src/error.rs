@@ -78,6 +78,7 @@ impl Error {
             }) => "invalid_module",
             Error::Fetch(FetchError::DigestMismatch { .. }) => "checksum_mismatch",
             Error::Fetch(FetchError::Format { .. }) => "manifest_failure",
+            Error::Fetch(FetchError::Sink { .. }) => "store_failure",
             Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
             Error::Fetch(_) => "download_failure",
             Error::Store(_) => "store_failure",
@@ -109,7 +110,7 @@ fn fetch_code(e: &FetchError) -> Code {
             std::io::ErrorKind::PermissionDenied => Code::PermissionDenied,
             _ => io_code(source),
         },
-        FetchError::Sink(io) => io_code(io),
+        FetchError::Sink { source, .. } => io_code(source),
         FetchError::DigestMismatch { .. } => Code::DataLoss,
         FetchError::Format { .. } => Code::FailedPrecondition,
         FetchError::BadSecret(_) => Code::InvalidArgument,
@@ -187,7 +188,7 @@ mod tests {
 
     #[test]
     fn full_disk_is_resource_exhausted() {
-        let e = Error::Fetch(FetchError::Sink(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        let e = Error::Fetch(FetchError::sink("http://o/m.wasm")(std::io::Error::from_raw_os_error(libc::ENOSPC)));
         assert_eq!(e.code(), Code::ResourceExhausted);
     }
 }

@@ -2,6 +2,7 @@
 //! are resolved, so neither a crafted path nor a planted link reaches outside them.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
 use tokio::io::AsyncReadExt;
@@ -60,6 +61,13 @@ impl FileFetcher {
             url: shown.clone(),
             source: e,
         })?;
+        // A directory on the path may have been swapped for a symlink between the check above and the
+        // open: judge the file actually opened, by the path the kernel has for it.
+        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .map_err(|e| FetchError::Read { url: shown.clone(), source: e })?;
+        if !self.within_roots(&opened) {
+            return Err(FetchError::OutsideRoots { url: shown });
+        }
         let meta = file.metadata().await.map_err(|e| FetchError::Read {
             url: shown.clone(),
             source: e,
@@ -73,7 +81,7 @@ impl FileFetcher {
                 limit: self.max_bytes,
             });
         }
-        sink.reset().map_err(FetchError::Sink)?;
+        sink.reset().map_err(FetchError::sink(&shown))?;
         let mut buf = vec![0u8; 256 * 1024];
         let mut total = 0u64;
         loop {
@@ -92,7 +100,7 @@ impl FileFetcher {
                     limit: self.max_bytes,
                 });
             }
-            sink.write_chunk(&buf[..n]).map_err(FetchError::Sink)?;
+            sink.write_chunk(&buf[..n]).map_err(FetchError::sink(&shown))?;
         }
         Ok(Fetched::Complete(Meta::default()))
     }

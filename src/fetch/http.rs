@@ -128,7 +128,7 @@ impl HttpFetcher {
         let attempts = self.backoff.attempts.max(1);
         let mut last = (String::new(), false);
         for attempt in 1..=attempts {
-            sink.reset().map_err(FetchError::Sink)?;
+            sink.reset().map_err(FetchError::sink(&shown))?;
             match self.attempt(url, &shown, conditions, sink).await {
                 Ok(fetched) => return Ok(fetched),
                 Err(AttemptError::Fatal(e)) => return Err(e),
@@ -229,7 +229,7 @@ impl HttpFetcher {
                         });
                     }
                     sink.write_chunk(&chunk)
-                        .map_err(|e| AttemptError::Fatal(FetchError::Sink(e)))?;
+                        .map_err(|e| AttemptError::Fatal(FetchError::sink(shown)(e)))?;
                 }
                 Ok(None) => break,
                 Err(e) => return Err(classify(shown, e)),

@@ -77,6 +77,13 @@ pub struct Settings {
     pub oci: oci::OciSettings,
 }
 
+impl FetchError {
+    /// The cache could not take the bytes (a full disk, an I/O error), as opposed to upstream failing.
+    pub fn sink(url: &str) -> impl FnOnce(io::Error) -> FetchError + '_ {
+        move |source| FetchError::Sink { url: url.to_string(), source }
+    }
+}
+
 /// Errors of the fetch layer. `url` fields never carry credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -120,8 +127,12 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error("writing to the cache: {0}")]
-    Sink(#[source] io::Error),
+    #[error("{url}: writing to the cache: {source}")]
+    Sink {
+        url: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("{url}: {what} digest mismatch: expected sha256:{expected}, got sha256:{actual}; nothing was stored")]
     DigestMismatch {
         url: String,

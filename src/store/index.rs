@@ -81,9 +81,14 @@ impl Index {
         })
     }
 
-    /// Waits until every earlier write is on disk.
+    /// Waits until every earlier write is on disk. Runs sled's blocking flush on the blocking pool:
+    /// sled 0.34's `flush_async` can hang forever under concurrent callers (sled#1308), which wedged
+    /// every later fetch.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::IndexRecord(format!("index flush task failed: {e}")))??;
         Ok(())
     }
 

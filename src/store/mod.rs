@@ -98,12 +98,14 @@ pub struct Entry {
     pub refs: Vec<(String, RefRecord)>,
 }
 
-/// What a verified file looked like; a different stamp means it must be hashed again.
+/// What a verified file looked like; a different stamp means it must be hashed again. The change time is
+/// in it because a writer can put the modification time back, but not the change time.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp {
     len: u64,
     ino: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
 }
 
 impl Stamp {
@@ -112,6 +114,7 @@ impl Stamp {
             len: meta.len(),
             ino: meta.ino(),
             mtime_ns: meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128,
+            ctime_ns: meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128,
         }
     }
 }

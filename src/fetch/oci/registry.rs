@@ -227,7 +227,7 @@ impl RegistryClient {
         let sink = &tokio::sync::Mutex::new(sink);
         self.with_retries(s, move || async move {
             let mut sink = sink.lock().await;
-            sink.reset().map_err(|e| fatal(FetchError::Sink(e)))?;
+            sink.reset().map_err(|e| fatal(FetchError::sink(url)(e)))?;
             let mut response = self.send(s, Method::GET, path, None).await?;
             let too_large = || {
                 fatal(FetchError::TooLarge {
@@ -246,7 +246,7 @@ impl RegistryClient {
                     return Err(too_large());
                 }
                 hasher.update(&chunk);
-                sink.write_chunk(&chunk).map_err(|e| fatal(FetchError::Sink(e)))?;
+                sink.write_chunk(&chunk).map_err(|e| fatal(FetchError::sink(url)(e)))?;
             }
             let actual = Sha256::from_bytes(hasher.finalize().into());
             if actual != digest {

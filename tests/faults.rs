@@ -1,0 +1,1585 @@
+//! Fault injection: the daemon killed with SIGKILL mid-download, blobs altered on disk while it runs, a full
+//! cache disk, and upstreams that stop, hang, cut bodies short or send bytes that do not match their digest.
+//!
+//! What every test here checks besides its status code: nothing half-written becomes visible. `ingest/` is empty
+//! once a request has failed (or once the daemon is back after a crash), `List` shows only modules whose blob is
+//! on disk and hashes to its name, and whatever is served hashes to the digest the test expects.
+//!
+//! The upstream faults are made by servers of this file: `RawServer` (a TCP listener that answers by hand: never,
+//! or with half a body) and `FaultProxy` (an HTTP proxy in front of the real registry that throttles, corrupts or
+//! stops answering). `Tmpfs` mounts a small tmpfs as the cache dir (the tests run as root; a failed mount fails
+//! the test, it never skips it).
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::registry::*;
+use support::*;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tonic::{Code, Status};
+
+const FAST_RETRY: &[&str] = &["--retry-backoff", "10ms"];
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------------------------
+
+async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The size and sha256 of a file, hashed on a blocking thread; `Err` names what is wrong with it.
+async fn file_digest(path: PathBuf) -> Result<(u64, String), String> {
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((bytes.len() as u64, sha256_hex(&bytes)))
+    })
+    .await
+    .expect("hash task")
+}
+
+/// Every listed module: its blob is on disk at the listed path, has the listed size and hashes to the listed
+/// sha256. Returns the listed modules.
+async fn assert_list_consistent(client: &mut Client, when: &str) -> Vec<CachedModule> {
+    let modules = list(client).await;
+    for m in &modules {
+        let (size, hex) = file_digest(PathBuf::from(&m.path))
+            .await
+            .unwrap_or_else(|e| panic!("{when}: listed module sha256:{} has no readable blob: {e}", m.sha256));
+        assert_eq!(size, m.size, "{when}: listed size of sha256:{}", m.sha256);
+        assert_eq!(
+            hex, m.sha256,
+            "{when}: listed blob {} does not hash to its name",
+            m.path
+        );
+    }
+    modules
+}
+
+/// Every file under `blobs/` hashes to its own name: a crash or a failure never leaves a partial blob there.
+async fn assert_blob_files_whole(daemon: &Daemon, when: &str) {
+    for path in daemon.blob_files() {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let (_, hex) = file_digest(path.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{when}: {e}"));
+        assert_eq!(
+            hex,
+            name,
+            "{when}: blob file {} does not hash to its name",
+            path.display()
+        );
+    }
+}
+
+#[track_caller]
+fn assert_ingest_empty(daemon: &Daemon, when: &str) {
+    assert_eq!(
+        daemon.ingest_files(),
+        Vec::<PathBuf>::new(),
+        "{when}: files left in ingest/"
+    );
+}
+
+/// A valid Wasm module of exactly `size` bytes that is almost all zeros, so that it gzips to a few KiB.
+fn compressible_module(size: usize) -> Vec<u8> {
+    let name = b"zeros";
+    let overhead = 8 + 1 + 5 + 1 + name.len();
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.push(0);
+    let mut len = (1 + name.len() + size - overhead) as u32;
+    for i in 0..5 {
+        module.push((len & 0x7f) as u8 | if i < 4 { 0x80 } else { 0 });
+        len >>= 7;
+    }
+    module.push(name.len() as u8);
+    module.extend_from_slice(name);
+    module.resize(size, 0);
+    module
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RawServer: a TCP server that answers by hand
+// ---------------------------------------------------------------------------------------------------------------
+
+/// What the raw server does with one connection, once it has read the request head.
+#[derive(Clone)]
+enum Reply {
+    /// Nothing: the socket stays open and silent until the server is dropped.
+    Hang,
+    /// `200` with a `Content-Length` of the whole body, then half the body, then close.
+    Half(Bytes),
+    /// `200` with the whole body, then close.
+    Full(Bytes),
+}
+
+/// Accepts on 127.0.0.1:0 and answers connection `n` (counted from 0) as `plan(n)` says.
+struct RawServer {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl RawServer {
+    async fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> RawServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw server");
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let reply = plan(counter.fetch_add(1, Ordering::SeqCst));
+                connections.spawn(raw_connection(stream, reply));
+            }
+        });
+        RawServer { addr, accepted, task }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn raw_connection(mut stream: TcpStream, reply: Reply) {
+    // Read the request head (a TLS ClientHello never ends one: that client is left waiting too).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let (body, sent) = match reply {
+        Reply::Hang => return std::future::pending().await,
+        Reply::Half(body) => {
+            let half = body.len() / 2;
+            (body, half)
+        }
+        Reply::Full(body) => {
+            let len = body.len();
+            (body, len)
+        }
+    };
+    let header = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(header.as_bytes()).await;
+    let _ = stream.write_all(&body[..sent]).await;
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// FaultProxy: an HTTP proxy in front of the plain registry that injects faults into blob downloads
+// ---------------------------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum BlobFault {
+    Pass,
+    /// Blob bodies go out in 64 KiB frames with this pause between frames.
+    Throttle(Duration),
+    /// One byte in the middle of every blob body is flipped (same length, so only a digest check notices).
+    Corrupt,
+}
+
+struct FaultState {
+    upstream: SocketAddr,
+    fault: Mutex<BlobFault>,
+    /// Every request is accepted and never answered.
+    hang: AtomicBool,
+    blob_gets: AtomicUsize,
+    /// Blob body bytes sent to the client so far (throttled blobs only).
+    blob_bytes_sent: AtomicU64,
+}
+
+struct FaultProxy {
+    addr: SocketAddr,
+    state: Arc<FaultState>,
+    task: Option<JoinHandle<()>>,
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+impl FaultProxy {
+    async fn start(registry: &Registry) -> FaultProxy {
+        assert!(!registry.is_tls(), "the fault proxy speaks plain HTTP");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault proxy");
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(FaultState {
+            upstream: registry.addr(),
+            fault: Mutex::new(BlobFault::Pass),
+            hang: AtomicBool::new(false),
+            blob_gets: AtomicUsize::new(0),
+            blob_bytes_sent: AtomicU64::new(0),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut connections = JoinSet::new();
+            loop {
+                while connections.try_join_next().is_some() {}
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let state = shared.clone();
+                connections.spawn(async move {
+                    let service = hyper::service::service_fn(move |request| fault_handle(state.clone(), request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy {
+            addr,
+            state,
+            task: Some(task),
+        }
+    }
+
+    fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    fn oci(&self, reference: &str) -> String {
+        format!("oci://{}/{reference}", self.addr)
+    }
+
+    fn set_fault(&self, fault: BlobFault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    fn hang(&self) {
+        self.state.hang.store(true, Ordering::SeqCst);
+    }
+
+    fn blob_gets(&self) -> usize {
+        self.state.blob_gets.load(Ordering::SeqCst)
+    }
+
+    fn blob_bytes_sent(&self) -> u64 {
+        self.state.blob_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every open connection, mid-body or not: from now on connecting is refused.
+    async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn fault_handle(state: Arc<FaultState>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    if state.hang.load(Ordering::SeqCst) {
+        return std::future::pending().await;
+    }
+    let blob_get = request.method() == Method::GET && request.uri().path().contains("/blobs/sha256:");
+    if blob_get {
+        state.blob_gets.fetch_add(1, Ordering::SeqCst);
+    }
+    let response = match forward(state.upstream, request).await {
+        Ok(response) => response,
+        Err(e) => {
+            let body = Full::new(Bytes::from(format!("fault proxy: {e}\n")))
+                .map_err(|e| match e {})
+                .boxed();
+            return Ok(Response::builder().status(502).body(body).unwrap());
+        }
+    };
+    let fault = *state.fault.lock().unwrap();
+    if !blob_get || response.status() != 200 || fault == BlobFault::Pass {
+        return Ok(response.map(|b| b.boxed()));
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        return Ok(Response::builder()
+            .status(502)
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .unwrap());
+    };
+    let mut bytes = collected.to_bytes().to_vec();
+    let body = match fault {
+        BlobFault::Pass => unreachable!(),
+        BlobFault::Corrupt => {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed()
+        }
+        BlobFault::Throttle(pause) => {
+            let sent = state.clone();
+            let frames = futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| {
+                let sent = sent.clone();
+                async move {
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    if !first {
+                        tokio::time::sleep(pause).await;
+                    }
+                    let frame = rest.split_to(rest.len().min(64 * 1024));
+                    sent.blob_bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
+                    Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
+                }
+            });
+            StreamBody::new(frames).boxed()
+        }
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Sends `request` on a new HTTP/1.1 connection to `upstream`.
+async fn forward(upstream: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, String> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    parts.uri = path_and_query.parse().expect("origin-form uri");
+    parts.version = hyper::Version::HTTP_11;
+    let tcp = TcpStream::connect(upstream)
+        .await
+        .map_err(|e| format!("connect {upstream}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+        .send_request(Request::from_parts(parts, body))
+        .await
+        .map_err(|e| format!("send: {e}"))
+}
+
+/// A daemon that reaches `proxy` over plain HTTP, with `extra` flags.
+async fn daemon_for(proxy: &FaultProxy, extra: &[&str]) -> Daemon {
+    let host = proxy.host();
+    let mut args = vec!["--insecure-registry", &host, "--retry-backoff", "10ms"];
+    args.extend_from_slice(extra);
+    Daemon::start(&args).await
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 1. SIGKILL at random moments during concurrent large downloads
+// ---------------------------------------------------------------------------------------------------------------
+
+const KILL_ROUNDS: usize = 3;
+const KILL_FETCHES: usize = 20;
+/// Pause between the origin's 64 KiB frames, drawn per module: downloads finish at different times, so that a
+/// kill finds some committed, some streaming, and some in between.
+const KILL_THROTTLES_MS: [u64; 4] = [0, 2, 5, 10];
+
+/// The modules of the SIGKILL test by hex digest. Checks compare bytes with these rather than hashing again:
+/// SHA-256 in a debug build is slow enough to dominate the test otherwise.
+type Pool = Arc<HashMap<String, Bytes>>;
+
+/// `Err` unless the file at `path` holds exactly the pool's module `hex`.
+async fn check_blob_file(pool: &Pool, path: PathBuf, hex: &str) -> Result<(), String> {
+    let Some(module) = pool.get(hex).cloned() else {
+        return Err(format!("{}: sha256:{hex} is not a module of the test", path.display()));
+    };
+    tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+        Ok(bytes) if bytes == module => Ok(()),
+        Ok(bytes) => Err(format!(
+            "{}: {} bytes that are not the module it is named after ({} bytes)",
+            path.display(),
+            bytes.len(),
+            module.len()
+        )),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    })
+    .await
+    .expect("read task")
+}
+
+/// Starts the round's fetches (over four connections) and a task that checks `List` every 50 ms while they run:
+/// every listed blob holds its module, and every listed URL leads to the module it serves.
+async fn concurrent_fetches(
+    daemon: &Daemon,
+    urls: &[String],
+    expected: &HashMap<String, String>,
+    pool: &Pool,
+) -> (
+    JoinSet<(String, Result<(ModuleInfo, Vec<u8>), Status>)>,
+    Arc<AtomicBool>,
+    JoinHandle<Vec<String>>,
+) {
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(daemon.client().await);
+    }
+    let mut fetches = JoinSet::new();
+    for (i, url) in urls.iter().enumerate() {
+        let mut client = clients[i % clients.len()].clone();
+        let url = url.clone();
+        fetches.spawn(async move { (url.clone(), fetch_unchecked(&mut client, req(&url)).await) });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut client = daemon.client().await;
+    let (stop_listing, expected, pool) = (stop.clone(), expected.clone(), pool.clone());
+    let lister = tokio::spawn(async move {
+        let mut checked = HashSet::new();
+        let mut problems = Vec::new();
+        while !stop_listing.load(Ordering::SeqCst) {
+            // The daemon is killed at some point: a failed List ends the checks.
+            let Ok(response) = client.list(ListRequest {}).await else {
+                break;
+            };
+            for m in response.into_inner().modules {
+                for url in &m.urls {
+                    if expected.get(url) != Some(&m.sha256) {
+                        problems.push(format!("List maps {url} to sha256:{}", m.sha256));
+                    }
+                }
+                if checked.insert((m.sha256.clone(), m.path.clone())) {
+                    if let Err(e) = check_blob_file(&pool, PathBuf::from(&m.path), &m.sha256).await {
+                        problems.push(format!("listed sha256:{}: {e}", m.sha256));
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        problems
+    });
+    (fetches, stop, lister)
+}
+
+/// The checks after a restart: nothing in ingest/, every blob file holds the module it is named after, and every
+/// listed module is served from the cache with its own bytes. Returns how many modules are listed.
+async fn check_after_restart(daemon: &Daemon, expected: &HashMap<String, String>, pool: &Pool, when: &str) -> usize {
+    assert_ingest_empty(daemon, when);
+    for path in daemon.blob_files() {
+        let hex = path.file_name().unwrap().to_string_lossy().to_string();
+        check_blob_file(pool, path, &hex)
+            .await
+            .unwrap_or_else(|e| panic!("{when}: blob file: {e}"));
+    }
+    let mut client = daemon.client().await;
+    let listed = list(&mut client).await;
+    for m in &listed {
+        check_blob_file(pool, PathBuf::from(&m.path), &m.sha256)
+            .await
+            .unwrap_or_else(|e| panic!("{when}: listed module: {e}"));
+        assert_eq!(
+            m.size,
+            pool[&m.sha256].len() as u64,
+            "{when}: listed size of sha256:{}",
+            m.sha256
+        );
+        for url in &m.urls {
+            assert_eq!(
+                expected.get(url),
+                Some(&m.sha256),
+                "{when}: List maps {url} to another module"
+            );
+            let (info, bytes) = fetch_unchecked(&mut client, req(url))
+                .await
+                .unwrap_or_else(|s| panic!("{when}: listed {url} not served: {:?} {}", s.code(), s.message()));
+            assert_eq!(info.outcome(), Outcome::Hit, "{when}: {url}");
+            assert_eq!(info.sha256, expected[url], "{when}: {url}");
+            assert!(bytes == pool[&m.sha256], "{when}: {url} served other bytes");
+        }
+    }
+    listed.len()
+}
+
+/// 20 concurrent fetches of large modules (ten of 8-16 MiB, ten of 1-4 MiB, so that some complete before the
+/// kill) from a throttled origin; the daemon is killed with SIGKILL at a random moment and restarted, three
+/// times, each round on new URLs with the cache emptied first; then the last round's URLs are fetched again with
+/// nothing killing the daemon. Whatever is served is the expected module; after each restart ingest/ is empty,
+/// every blob holds the module it is named after, and every listed module is served. The seed is printed;
+/// `WASMCACHE_FAULT_SEED` replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_concurrent_large_fetches_leaves_only_whole_verified_modules() {
+    let seed = std::env::var("WASMCACHE_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("sigkill test seed: {seed} (WASMCACHE_FAULT_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let test_started = Instant::now();
+    let modules: Vec<Bytes> = tokio::task::spawn_blocking(move || {
+        let mut sizes = fastrand::Rng::with_seed(seed);
+        (0..KILL_FETCHES)
+            .map(|i| {
+                let size = if i % 2 == 0 {
+                    sizes.usize((8 << 20)..=(16 << 20))
+                } else {
+                    sizes.usize((1 << 20)..=(4 << 20))
+                };
+                Bytes::from(wasm_module_of_size(&format!("kill9-{seed}-{i}"), size))
+            })
+            .collect()
+    })
+    .await
+    .expect("module task");
+    let digests: Vec<String> = {
+        let modules = modules.clone();
+        tokio::task::spawn_blocking(move || modules.iter().map(|m| sha256_hex(m)).collect())
+            .await
+            .expect("hash task")
+    };
+    let pool: Pool = Arc::new(digests.iter().cloned().zip(modules.iter().cloned()).collect());
+    let origin = Origin::start().await;
+    let mut daemon = Daemon::start(FAST_RETRY).await;
+    // Every URL of the test, with the digest of its module.
+    let mut expected: HashMap<String, String> = HashMap::new();
+    let mut urls: Vec<String> = Vec::new();
+    let (mut completed_total, mut listed_total) = (0, 0);
+
+    for round in 0..KILL_ROUNDS {
+        // Each round commits afresh: the cache is emptied, and the old URLs answer 404.
+        let mut client = daemon.client().await;
+        for m in list(&mut client).await {
+            client
+                .remove(RemoveRequest {
+                    target: Some(Target::Sha256(m.sha256.clone())),
+                })
+                .await
+                .expect("remove");
+        }
+        for url in &urls {
+            origin.always(url.trim_start_matches(&origin.url("")), 404);
+        }
+        urls.clear();
+        for (i, module) in modules.iter().enumerate() {
+            let path = format!("/round{round}/m{i}.wasm");
+            expected.insert(origin.url(&path), digests[i].clone());
+            origin.serve(&path, module.clone());
+            origin.throttle(
+                &path,
+                Duration::from_millis(KILL_THROTTLES_MS[rng.usize(..KILL_THROTTLES_MS.len())]),
+            );
+            urls.push(origin.url(&path));
+        }
+        let (mut fetches, stop_listing, lister) = concurrent_fetches(&daemon, &urls, &expected, &pool).await;
+        let kill_after = Duration::from_millis(rng.u64(200..=3500));
+        tokio::time::sleep(kill_after).await;
+        daemon.kill();
+
+        let mut completed = 0;
+        while let Some(joined) = fetches.join_next().await {
+            let (url, result) = joined.expect("fetch task");
+            // Failures are what a killed daemon gives; whatever was served must be right.
+            if let Ok((info, bytes)) = result {
+                completed += 1;
+                assert_eq!(
+                    info.sha256, expected[&url],
+                    "round {round}: {url}: served another module"
+                );
+                assert!(
+                    bytes == pool[&expected[&url]],
+                    "round {round}: {url}: served other bytes"
+                );
+            }
+        }
+        stop_listing.store(true, Ordering::SeqCst);
+        let problems = lister.await.expect("lister task");
+        assert!(
+            problems.is_empty(),
+            "round {round}: List during the downloads: {problems:#?}"
+        );
+
+        daemon.start_again().await;
+        let when = format!("after the SIGKILL of round {round} ({kill_after:?} in)");
+        let listed = check_after_restart(&daemon, &expected, &pool, &when).await;
+        eprintln!(
+            "round {round}: SIGKILL {kill_after:?} in; {completed} of {KILL_FETCHES} fetches had completed; {listed} \
+             modules listed after the restart ({:.1?} into the test)",
+            test_started.elapsed()
+        );
+        completed_total += completed;
+        listed_total += listed;
+    }
+
+    // The last round's URLs, whole or interrupted, all come through once nothing kills the daemon.
+    for url in &urls {
+        origin.throttle(url.trim_start_matches(&origin.url("")), Duration::ZERO);
+    }
+    let (mut fetches, stop_listing, lister) = concurrent_fetches(&daemon, &urls, &expected, &pool).await;
+    while let Some(joined) = fetches.join_next().await {
+        let (url, result) = joined.expect("fetch task");
+        let (info, bytes) = result.unwrap_or_else(|s| panic!("after the kills: {url}: {:?} {}", s.code(), s.message()));
+        assert_eq!(info.sha256, expected[&url], "after the kills: {url}");
+        assert!(
+            bytes == pool[&expected[&url]],
+            "after the kills: {url} served other bytes"
+        );
+    }
+    stop_listing.store(true, Ordering::SeqCst);
+    let problems = lister.await.expect("lister task");
+    assert!(problems.is_empty(), "List after the kills: {problems:#?}");
+    daemon.restart().await;
+    let listed = check_after_restart(&daemon, &expected, &pool, "after the final restart").await;
+    assert_eq!(listed, KILL_FETCHES, "every module of the last round is listed");
+    eprintln!(
+        "{completed_total} fetches completed and {listed_total} modules were listed across the kills; the test \
+         took {:.1?}",
+        test_started.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 2. A blob altered on disk while the daemon runs
+// ---------------------------------------------------------------------------------------------------------------
+
+/// How a test alters a committed blob.
+#[derive(Clone, Copy, Debug)]
+enum Alteration {
+    /// One byte flipped in place: same size, same inode.
+    SameSizeInPlace,
+    /// Cut to half its size in place.
+    Truncated,
+    /// Bytes appended in place.
+    Extended,
+    /// Replaced by another file of the same size (a new inode) with a rename.
+    ReplacedSameSize,
+    /// One byte flipped in place, then the modification time set back, as bit rot (or a careless restore) leaves
+    /// it: same size, same inode, same mtime.
+    SameSizeMtimeRestored,
+}
+
+fn alter(path: &Path, how: Alteration) {
+    use std::io::{Seek as _, SeekFrom, Write as _};
+    let original = std::fs::read(path).expect("read blob");
+    let mtime = std::fs::metadata(path).and_then(|m| m.modified()).expect("blob mtime");
+    let open = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .expect("open blob for writing (the tests run as root)")
+    };
+    match how {
+        Alteration::SameSizeInPlace | Alteration::SameSizeMtimeRestored => {
+            let mut file = open();
+            let at = original.len() - 1;
+            file.seek(SeekFrom::Start(at as u64)).unwrap();
+            file.write_all(&[original[at] ^ 0xff]).unwrap();
+            file.sync_all().unwrap();
+            if matches!(how, Alteration::SameSizeMtimeRestored) {
+                file.set_modified(mtime).expect("restore mtime");
+            }
+        }
+        Alteration::Truncated => {
+            let file = open();
+            file.set_len(original.len() as u64 / 2).unwrap();
+            file.sync_all().unwrap();
+        }
+        Alteration::Extended => {
+            let mut file = open();
+            file.seek(SeekFrom::End(0)).unwrap();
+            file.write_all(b"appended").unwrap();
+            file.sync_all().unwrap();
+        }
+        Alteration::ReplacedSameSize => {
+            let mut bytes = original.clone();
+            let at = bytes.len() - 1;
+            bytes[at] ^= 0xff;
+            let tmp = path.with_extension("replacement");
+            std::fs::write(&tmp, bytes).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+    }
+    assert_ne!(std::fs::read(path).unwrap(), original, "the blob was altered");
+}
+
+/// Which request comes first after the alteration: the one that finds it.
+#[derive(Clone, Copy, Debug)]
+enum First {
+    Fetch,
+    Resolve,
+    FetchBySha,
+}
+
+/// What one request after the alteration got: the module (bytes, or the file at the resolved path) or a status.
+async fn ask(client: &mut Client, kind: First, url: &str, hex: &str) -> Result<(ModuleInfo, Vec<u8>), Status> {
+    match kind {
+        First::Fetch => fetch_unchecked(client, req(url)).await,
+        First::FetchBySha => fetch_unchecked(client, req_sha(url, hex)).await,
+        First::Resolve => {
+            let info = client.resolve(req(url)).await?.into_inner();
+            let bytes = std::fs::read(&info.path).unwrap_or_default();
+            Ok((info, bytes))
+        }
+    }
+}
+
+/// A cached module is served (so this daemon has verified its blob), then its blob is altered. With the origin
+/// up, the next request gets the true module, fetched again; with it down, the request that finds the
+/// alteration gets DATA_LOSS. No request ever gets the altered bytes (or the path of an altered blob).
+async fn altered_blob_while_running(how: Alteration, origin_up: bool, first: First) {
+    let mut origin = Origin::start().await;
+    let module = wasm_module_of_size(&format!("altered-{how:?}-{origin_up}-{first:?}"), 256 * 1024);
+    let hex = sha256_hex(&module);
+    origin.serve("/m.wasm", module.clone());
+    let daemon = Daemon::start(FAST_RETRY).await;
+    let mut client = daemon.client().await;
+    let url = origin.url("/m.wasm");
+    fetch_ok(&mut client, req(&url)).await;
+    let (info, _) = fetch_ok(&mut client, req(&url)).await;
+    assert_eq!(
+        info.outcome(),
+        Outcome::Hit,
+        "served from the cache before the alteration"
+    );
+
+    alter(&daemon.blob_path(&hex), how);
+    if !origin_up {
+        origin.stop().await;
+    }
+
+    let mut order = vec![first];
+    order.extend(
+        [First::Fetch, First::Resolve, First::FetchBySha]
+            .into_iter()
+            .filter(|k| std::mem::discriminant(k) != std::mem::discriminant(&first)),
+    );
+    for (n, kind) in order.into_iter().enumerate() {
+        let what = format!(
+            "{how:?}, origin {}: request {n} ({kind:?})",
+            if origin_up { "up" } else { "down" }
+        );
+        match ask(&mut client, kind, &url, &hex).await {
+            Ok((info, bytes)) => {
+                assert!(
+                    bytes == module,
+                    "{what}: served altered bytes ({} bytes, {:?})",
+                    bytes.len(),
+                    info.outcome()
+                );
+                assert!(origin_up, "{what}: served {:?} with the origin down", info.outcome());
+                assert_eq!(info.sha256, hex, "{what}");
+            }
+            Err(status) if n == 0 => {
+                assert!(!origin_up, "{what}: failed with the origin up: {status:?}");
+                assert_code(&status, Code::DataLoss);
+            }
+            // Once quarantined, the module is simply not cached: a miss with the origin down.
+            Err(status) => {
+                assert!(!origin_up, "{what}: failed with the origin up: {status:?}");
+                assert!(
+                    matches!(status.code(), Code::DataLoss | Code::Unavailable),
+                    "{what}: unexpected status {status:?}"
+                );
+            }
+        }
+    }
+    if origin_up {
+        assert_eq!(origin.hits("/m.wasm"), 2, "{how:?}: fetched again once");
+        assert!(
+            std::fs::read(daemon.blob_path(&hex)).unwrap() == module,
+            "blob repaired on disk"
+        );
+    } else {
+        assert!(
+            !daemon.blob_path(&hex).exists(),
+            "{how:?}: the altered blob is not left under its name"
+        );
+    }
+    assert!(
+        !files_under(&daemon.cache_dir().join("quarantine")).is_empty(),
+        "{how:?}: the altered blob is kept in quarantine/"
+    );
+    assert_list_consistent(&mut client, &format!("{how:?}")).await;
+    assert_ingest_empty(&daemon, &format!("{how:?}"));
+}
+
+#[tokio::test]
+async fn blob_altered_in_place_same_size_while_running_is_fetched_again() {
+    altered_blob_while_running(Alteration::SameSizeInPlace, true, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_altered_in_place_same_size_while_running_with_origin_down_is_data_loss() {
+    altered_blob_while_running(Alteration::SameSizeInPlace, false, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_altered_while_running_with_origin_down_is_not_resolved() {
+    altered_blob_while_running(Alteration::SameSizeInPlace, false, First::Resolve).await;
+}
+
+#[tokio::test]
+async fn blob_altered_while_running_is_fetched_again_for_a_request_by_sha256() {
+    altered_blob_while_running(Alteration::SameSizeInPlace, true, First::FetchBySha).await;
+}
+
+#[tokio::test]
+async fn blob_altered_while_running_with_origin_down_is_data_loss_for_a_request_by_sha256() {
+    altered_blob_while_running(Alteration::SameSizeInPlace, false, First::FetchBySha).await;
+}
+
+#[tokio::test]
+async fn blob_truncated_while_running_is_fetched_again() {
+    altered_blob_while_running(Alteration::Truncated, true, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_truncated_while_running_with_origin_down_is_data_loss() {
+    altered_blob_while_running(Alteration::Truncated, false, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_extended_while_running_with_origin_down_is_data_loss() {
+    altered_blob_while_running(Alteration::Extended, false, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_replaced_by_rename_while_running_is_fetched_again() {
+    altered_blob_while_running(Alteration::ReplacedSameSize, true, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_replaced_by_rename_while_running_with_origin_down_is_data_loss() {
+    altered_blob_while_running(Alteration::ReplacedSameSize, false, First::Fetch).await;
+}
+
+/// Bit rot keeps size, inode and mtime: the bytes changed, nothing else did.
+#[tokio::test]
+async fn blob_altered_with_mtime_restored_while_running_is_fetched_again() {
+    altered_blob_while_running(Alteration::SameSizeMtimeRestored, true, First::Fetch).await;
+}
+
+#[tokio::test]
+async fn blob_altered_with_mtime_restored_while_running_with_origin_down_is_data_loss() {
+    altered_blob_while_running(Alteration::SameSizeMtimeRestored, false, First::Fetch).await;
+}
+
+/// A second URL naming the altered module's digest is not served the altered bytes either.
+#[tokio::test]
+async fn blob_altered_while_running_is_not_served_to_another_url_by_digest() {
+    let mut origin = Origin::start().await;
+    let module = wasm_module_of_size("altered-by-digest", 128 * 1024);
+    let hex = sha256_hex(&module);
+    origin.serve("/a.wasm", module.clone());
+    let daemon = Daemon::start(FAST_RETRY).await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&origin.url("/a.wasm"))).await;
+    fetch_ok(&mut client, req(&origin.url("/a.wasm"))).await;
+
+    alter(&daemon.blob_path(&hex), Alteration::SameSizeInPlace);
+    origin.stop().await;
+    let result = fetch_unchecked(&mut client, req_sha(&origin.url("/b.wasm"), &hex)).await;
+
+    match result {
+        Ok((info, bytes)) => panic!(
+            "served {} bytes ({:?}) for a corrupt digest with the origin down; altered: {}",
+            bytes.len(),
+            info.outcome(),
+            bytes != module
+        ),
+        Err(status) => assert!(
+            matches!(status.code(), Code::DataLoss | Code::Unavailable),
+            "unexpected status {status:?}"
+        ),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 3. Full disk: the cache dir on an 8 MiB tmpfs
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A tmpfs mounted on a directory; unmounted on drop.
+struct Tmpfs {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        let output = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(path)
+            .output();
+        match output {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!(
+                "mount -t tmpfs -o size={size} on {} failed ({}): {}\nThe full-disk tests need root and mount(8); \
+                 they fail rather than skip.",
+                path.display(),
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!("running mount(8) for the full-disk tests: {e}"),
+        }
+        Tmpfs {
+            path: path.to_path_buf(),
+            mounted: true,
+        }
+    }
+
+    fn unmount(&mut self) {
+        if std::mem::take(&mut self.mounted) {
+            let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: umount2(2) with a valid NUL-terminated path; MNT_DETACH never blocks on busy files.
+            unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+
+    /// Bytes an unprivileged writer may still use.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statvfs is plain data, for which all zeros is valid.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid path and a pointer to a statvfs that outlives the call.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        assert_eq!(rc, 0, "statvfs: {}", std::io::Error::last_os_error());
+        stat.f_bavail as u64 * stat.f_frsize as u64
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+/// A daemon whose cache dir is an 8 MiB tmpfs. Dropping it kills the daemon before unmounting, so that the
+/// daemon's temp dir can be removed whole.
+struct FullDisk {
+    daemon: Daemon,
+    tmpfs: Tmpfs,
+}
+
+impl FullDisk {
+    async fn start(args: &[&str]) -> FullDisk {
+        let mut tmpfs = None;
+        let daemon = Daemon::start_prepared(args, |cache| tmpfs = Some(Tmpfs::mount(cache, "8m"))).await;
+        FullDisk {
+            daemon,
+            tmpfs: tmpfs.expect("mounted"),
+        }
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        self.daemon.kill();
+        self.tmpfs.unmount();
+    }
+}
+
+/// After a failure for lack of space: nothing in ingest/, List shows exactly `cached` (each blob whole), and each
+/// of them is still served from the cache.
+async fn assert_cache_intact(disk: &FullDisk, client: &mut Client, cached: &[(&str, &[u8])], when: &str) {
+    assert_ingest_empty(&disk.daemon, when);
+    assert_blob_files_whole(&disk.daemon, when).await;
+    let listed = assert_list_consistent(client, when).await;
+    let mut listed: Vec<String> = listed.into_iter().map(|m| m.sha256).collect();
+    listed.sort();
+    let mut wanted: Vec<String> = cached.iter().map(|(_, m)| sha256_hex(m)).collect();
+    wanted.sort();
+    assert_eq!(listed, wanted, "{when}: List shows exactly the complete modules");
+    for (url, module) in cached {
+        let (info, bytes) = fetch_unchecked(client, req(url))
+            .await
+            .unwrap_or_else(|s| panic!("{when}: cached {url} not served: {:?} {}", s.code(), s.message()));
+        assert_eq!(info.outcome(), Outcome::Hit, "{when}: {url}");
+        assert!(bytes == *module, "{when}: bytes of {url}");
+    }
+}
+
+#[tokio::test]
+async fn module_larger_than_free_space_is_resource_exhausted_and_the_cache_stays_consistent() {
+    let origin = Origin::start().await;
+    let disk = FullDisk::start(FAST_RETRY).await;
+    let mut client = disk.daemon.client().await;
+    let small = wasm_module_of_size("disk-small", 64 * 1024);
+    let medium = wasm_module_of_size("disk-medium", 2 << 20);
+    origin.serve("/small.wasm", small.clone());
+    origin.serve("/medium.wasm", medium.clone());
+    fetch_ok(&mut client, req(&origin.url("/small.wasm"))).await;
+    fetch_ok(&mut client, req(&origin.url("/medium.wasm"))).await;
+    let free = disk.tmpfs.free();
+    // Larger than what is left, smaller than the whole disk: it would fit in an empty cache.
+    let large = wasm_module_of_size("disk-large", free as usize + (512 << 10));
+    origin.serve("/large.wasm", large);
+
+    let status = fetch_err(&mut client, req(&origin.url("/large.wasm"))).await;
+
+    assert_code(&status, Code::ResourceExhausted);
+    let cached: [(&str, &[u8]); 2] = [
+        (&origin.url("/small.wasm"), &small),
+        (&origin.url("/medium.wasm"), &medium),
+    ];
+    assert_cache_intact(&disk, &mut client, &cached, "after the full-disk failure").await;
+    let later = wasm_module("disk-later");
+    origin.serve("/later.wasm", later.clone());
+    let (info, bytes) = fetch_ok(&mut client, req(&origin.url("/later.wasm"))).await;
+    assert_eq!(info.outcome(), Outcome::Fetched);
+    assert!(bytes == later, "a small module fetched after the failure");
+    // README, Errors: "Messages name the URL (without credentials) and the cause."
+    assert!(
+        status.message().contains(&origin.url("/large.wasm")),
+        "the message names the URL: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn module_larger_than_the_whole_disk_is_resource_exhausted_and_the_index_survives_a_restart() {
+    let origin = Origin::start().await;
+    let mut disk = FullDisk::start(FAST_RETRY).await;
+    let mut client = disk.daemon.client().await;
+    let small = wasm_module_of_size("whole-disk-small", 32 * 1024);
+    origin.serve("/small.wasm", small.clone());
+    fetch_ok(&mut client, req(&origin.url("/small.wasm"))).await;
+    origin.serve("/huge.wasm", wasm_module_of_size("whole-disk-huge", 12 << 20));
+
+    let status = fetch_err(&mut client, req(&origin.url("/huge.wasm"))).await;
+
+    assert_code(&status, Code::ResourceExhausted);
+    let small_url = origin.url("/small.wasm");
+    assert_cache_intact(&disk, &mut client, &[(&small_url, &small)], "after the failure").await;
+    disk.daemon.restart().await;
+    let mut client = disk.daemon.client().await;
+    assert_cache_intact(&disk, &mut client, &[(&small_url, &small)], "after a restart").await;
+    let later = wasm_module("whole-disk-later");
+    origin.serve("/later.wasm", later.clone());
+    let (_, bytes) = fetch_ok(&mut client, req(&origin.url("/later.wasm"))).await;
+    assert!(bytes == later);
+}
+
+/// A small download that unwraps (gzip) to more than the free space fails while unwrapping.
+#[tokio::test]
+async fn gzip_unwrapping_past_free_space_is_resource_exhausted_and_leaves_no_temp_file() {
+    let origin = Origin::start().await;
+    let disk = FullDisk::start(FAST_RETRY).await;
+    let mut client = disk.daemon.client().await;
+    let small = wasm_module("unwrap-small");
+    origin.serve("/small.wasm", small.clone());
+    fetch_ok(&mut client, req(&origin.url("/small.wasm"))).await;
+    let bomb = gzip(&compressible_module(12 << 20));
+    assert!(bomb.len() < 256 * 1024, "the download itself fits easily");
+    origin.serve("/zeros.wasm.gz", bomb);
+
+    let status = fetch_err(&mut client, req(&origin.url("/zeros.wasm.gz"))).await;
+
+    assert_code(&status, Code::ResourceExhausted);
+    let small_url = origin.url("/small.wasm");
+    assert_cache_intact(&disk, &mut client, &[(&small_url, &small)], "after the unwrap failure").await;
+}
+
+/// A refresh that fails for lack of space serves the cached copy (STALE) and leaves nothing behind.
+#[tokio::test]
+async fn refresh_failing_on_a_full_disk_serves_the_cached_copy() {
+    let origin = Origin::start().await;
+    let disk = FullDisk::start(FAST_RETRY).await;
+    let mut client = disk.daemon.client().await;
+    let v1 = wasm_module_of_size("stale-disk-v1", 64 * 1024);
+    origin.serve("/m.wasm", v1.clone());
+    let url = origin.url("/m.wasm");
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    origin.serve("/m.wasm", wasm_module_of_size("stale-disk-v2", 12 << 20));
+
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1, "the cached copy is served");
+    assert_cache_intact(&disk, &mut client, &[(&url, &v1)], "after the stale refresh").await;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4a. Upstream stopped mid-download
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Waits until the daemon's ingest file of a running download holds at least `bytes` bytes.
+async fn wait_for_partial_download(daemon: &Daemon, bytes: u64) {
+    wait_for(
+        || {
+            daemon
+                .ingest_files()
+                .iter()
+                .any(|f| std::fs::metadata(f).map(|m| m.len() >= bytes).unwrap_or(false))
+        },
+        "part of the body is in ingest/",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_stopped_mid_download_is_unavailable_after_retries() {
+    let mut origin = Origin::start().await;
+    origin.serve("/m.wasm", wasm_module_of_size("stopped-mid-download", 4 << 20));
+    origin.throttle("/m.wasm", Duration::from_millis(20));
+    let daemon = Daemon::start(&[
+        "--fetch-attempts",
+        "3",
+        "--retry-backoff",
+        "10ms",
+        "--fetch-timeout",
+        "2s",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+    let url = origin.url("/m.wasm");
+    let started = Instant::now();
+    let running = tokio::spawn(async move { fetch_unchecked(&mut client, req(&url)).await });
+    wait_for_partial_download(&daemon, 256 * 1024).await;
+
+    origin.stop().await;
+    let result = running.await.expect("fetch task");
+
+    let Err(status) = result else {
+        panic!("a download cut off by a stopped origin succeeded");
+    };
+    assert_code(&status, Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.hits("/m.wasm"), 1, "the retries found the origin gone");
+    assert_ingest_empty(&daemon, "after the failure");
+    assert!(list(&mut daemon.client().await).await.is_empty(), "nothing listed");
+    assert!(daemon.blob_files().is_empty(), "nothing stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_stopped_mid_refresh_serves_the_cached_copy() {
+    let mut origin = Origin::start().await;
+    let v1 = wasm_module("stopped-refresh-v1");
+    origin.serve("/m.wasm", v1.clone());
+    let daemon = Daemon::start(&[
+        "--fetch-attempts",
+        "3",
+        "--retry-backoff",
+        "10ms",
+        "--fetch-timeout",
+        "2s",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+    let url = origin.url("/m.wasm");
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    origin.serve("/m.wasm", wasm_module_of_size("stopped-refresh-v2", 4 << 20));
+    origin.throttle("/m.wasm", Duration::from_millis(20));
+    let mut refresher = client.clone();
+    let refresh_url = url.clone();
+    let running = tokio::spawn(async move {
+        fetch_unchecked(
+            &mut refresher,
+            req_policy(&refresh_url, PullPolicy::Always, "ns/p", "2"),
+        )
+        .await
+    });
+    wait_for_partial_download(&daemon, 256 * 1024).await;
+
+    origin.stop().await;
+    let (info, bytes) = running
+        .await
+        .expect("task")
+        .expect("a failed refresh serves the cached copy");
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1, "the cached copy is served");
+    // The failed refresh did not record version 2: asking again re-checks, fails, and is STALE again.
+    let (again, _) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+    assert_eq!(again.outcome(), Outcome::Stale);
+    assert_ingest_empty(&daemon, "after the stale refresh");
+    let listed = assert_list_consistent(&mut client, "after the stale refresh").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, sha256_hex(&v1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_stopped_mid_blob_download_is_unavailable_after_retries() {
+    let registry = Registry::shared_plain();
+    let image = registry
+        .push(
+            "faults/stopped",
+            Some("v1"),
+            cncf_image(&wasm_module_of_size("registry-stopped", 4 << 20)),
+        )
+        .await;
+    let mut proxy = FaultProxy::start(registry).await;
+    proxy.set_fault(BlobFault::Throttle(Duration::from_millis(20)));
+    let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
+    let mut client = daemon.client().await;
+    let url = proxy.oci("faults/stopped:v1");
+    let started = Instant::now();
+    let running = tokio::spawn(async move { fetch_unchecked(&mut client, req(&url)).await });
+    wait_for(|| proxy.blob_bytes_sent() >= 256 * 1024, "part of the blob is sent").await;
+
+    proxy.stop().await;
+    let result = running.await.expect("fetch task");
+
+    let Err(status) = result else {
+        panic!("a blob download cut off by a stopped registry succeeded");
+    };
+    assert_code(&status, Code::Unavailable);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(proxy.blob_gets(), 1);
+    assert_ingest_empty(&daemon, "after the failure");
+    assert!(list(&mut daemon.client().await).await.is_empty(), "nothing listed");
+    assert!(
+        !daemon.blob_path(&image.module_digest).exists(),
+        "the module is not stored"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_stopped_mid_blob_download_on_refresh_serves_the_cached_copy() {
+    let registry = Registry::shared_plain();
+    let repo = "faults/stopped-refresh";
+    let v1 = registry
+        .push(repo, Some("v1"), cncf_image(&wasm_module("registry-refresh-v1")))
+        .await;
+    let mut proxy = FaultProxy::start(registry).await;
+    let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
+    let mut client = daemon.client().await;
+    let url = proxy.oci(&format!("{repo}:v1"));
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    registry
+        .push(
+            repo,
+            Some("v1"),
+            cncf_image(&wasm_module_of_size("registry-refresh-v2", 4 << 20)),
+        )
+        .await;
+    proxy.set_fault(BlobFault::Throttle(Duration::from_millis(20)));
+    let mut refresher = client.clone();
+    let refresh_url = url.clone();
+    let running = tokio::spawn(async move {
+        fetch_unchecked(
+            &mut refresher,
+            req_policy(&refresh_url, PullPolicy::Always, "ns/p", "2"),
+        )
+        .await
+    });
+    wait_for(|| proxy.blob_bytes_sent() >= 256 * 1024, "part of the new blob is sent").await;
+
+    proxy.stop().await;
+    let (info, bytes) = running
+        .await
+        .expect("task")
+        .expect("a failed refresh serves the cached copy");
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1.module, "the cached copy is served");
+    assert_eq!(info.sha256, v1.module_digest);
+    assert_ingest_empty(&daemon, "after the stale refresh");
+    let listed = assert_list_consistent(&mut client, "after the stale refresh").await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4b. A server that accepts and never answers
+// ---------------------------------------------------------------------------------------------------------------
+
+const HANG_FLAGS: &[&str] = &[
+    "--fetch-timeout",
+    "300ms",
+    "--fetch-attempts",
+    "2",
+    "--retry-backoff",
+    "10ms",
+];
+/// attempts x --fetch-timeout.
+const HANG_BUDGET: Duration = Duration::from_millis(600);
+/// What the daemon may take beyond the budget: backoff, connection set-up, a loaded CI machine.
+const HANG_SLACK: Duration = Duration::from_millis(1500);
+
+#[track_caller]
+fn assert_hang_bounded(elapsed: Duration) {
+    assert!(
+        elapsed >= HANG_BUDGET.mul_f64(0.9),
+        "gave up after {elapsed:?}, before attempts x --fetch-timeout ({HANG_BUDGET:?})"
+    );
+    assert!(
+        elapsed <= HANG_BUDGET + HANG_SLACK,
+        "took {elapsed:?}; attempts x --fetch-timeout is {HANG_BUDGET:?}"
+    );
+}
+
+#[tokio::test]
+async fn origin_that_never_answers_is_deadline_exceeded_within_attempts_times_timeout() {
+    let server = RawServer::start(|_| Reply::Hang).await;
+    let daemon = Daemon::start(HANG_FLAGS).await;
+    let mut client = daemon.client().await;
+
+    let started = Instant::now();
+    let status = fetch_err(&mut client, req(&server.url("/m.wasm"))).await;
+    let elapsed = started.elapsed();
+
+    assert_code(&status, Code::DeadlineExceeded);
+    assert_hang_bounded(elapsed);
+    assert_eq!(server.accepted(), 2, "one connection per attempt");
+    assert_ingest_empty(&daemon, "after the timeout");
+    assert!(list(&mut client).await.is_empty());
+}
+
+#[tokio::test]
+async fn registry_that_never_answers_is_deadline_exceeded_within_attempts_times_timeout() {
+    let server = RawServer::start(|_| Reply::Hang).await;
+    let daemon = Daemon::start(HANG_FLAGS).await;
+    let mut client = daemon.client().await;
+
+    let started = Instant::now();
+    let status = fetch_err(&mut client, req(&format!("oci://{}/faults/hang:v1", server.addr))).await;
+    let elapsed = started.elapsed();
+
+    assert_code(&status, Code::DeadlineExceeded);
+    assert_hang_bounded(elapsed);
+    assert_eq!(server.accepted(), 2, "one connection per attempt");
+    assert!(list(&mut client).await.is_empty());
+}
+
+#[tokio::test]
+async fn origin_that_stops_answering_on_refresh_serves_the_cached_copy_within_the_bound() {
+    let origin = Origin::start().await;
+    let v1 = wasm_module("hang-refresh-v1");
+    origin.serve("/m.wasm", v1.clone());
+    let daemon = Daemon::start(HANG_FLAGS).await;
+    let mut client = daemon.client().await;
+    let url = origin.url("/m.wasm");
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    origin.delay("/m.wasm", Duration::from_secs(60));
+
+    let started = Instant::now();
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1);
+    assert_hang_bounded(elapsed);
+    assert_eq!(
+        origin.hits("/m.wasm"),
+        1 + 2,
+        "the first fetch, then one request per attempt"
+    );
+}
+
+#[tokio::test]
+async fn registry_that_stops_answering_on_refresh_serves_the_cached_copy_within_the_bound() {
+    let registry = Registry::shared_plain();
+    let repo = "faults/hang-refresh";
+    let v1 = registry
+        .push(repo, Some("v1"), cncf_image(&wasm_module("registry-hang-v1")))
+        .await;
+    let proxy = FaultProxy::start(registry).await;
+    let daemon = daemon_for(&proxy, &HANG_FLAGS[..4]).await;
+    let mut client = daemon.client().await;
+    let url = proxy.oci(&format!("{repo}:v1"));
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    proxy.hang();
+
+    let started = Instant::now();
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1.module);
+    assert_hang_bounded(elapsed);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4c. A connection dropped halfway through the body
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn body_cut_off_halfway_is_retried_then_unavailable() {
+    let module = Bytes::from(wasm_module_of_size("half-body", 512 * 1024));
+    let server = RawServer::start(move |_| Reply::Half(module.clone())).await;
+    let daemon = Daemon::start(&[
+        "--fetch-attempts",
+        "3",
+        "--retry-backoff",
+        "10ms",
+        "--fetch-timeout",
+        "5s",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+
+    let started = Instant::now();
+    let status = fetch_err(&mut client, req(&server.url("/m.wasm"))).await;
+
+    assert_code(&status, Code::Unavailable);
+    assert_eq!(server.accepted(), 3, "every attempt was made");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_ingest_empty(&daemon, "after the failure");
+    assert!(list(&mut client).await.is_empty(), "nothing listed");
+    assert!(daemon.blob_files().is_empty(), "nothing stored");
+}
+
+/// The retry starts from an empty file: half a body followed by a whole one gives exactly the module.
+#[tokio::test]
+async fn body_cut_off_halfway_then_whole_is_fetched_exactly_once_whole() {
+    let module = wasm_module_of_size("half-then-whole", 512 * 1024);
+    let body = Bytes::from(module.clone());
+    let server = RawServer::start(move |n| {
+        if n == 0 {
+            Reply::Half(body.clone())
+        } else {
+            Reply::Full(body.clone())
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&["--fetch-attempts", "3", "--retry-backoff", "10ms"]).await;
+    let mut client = daemon.client().await;
+
+    let (info, bytes) = fetch_ok(&mut client, req(&server.url("/m.wasm"))).await;
+
+    assert_eq!(info.outcome(), Outcome::Fetched);
+    assert!(bytes == module, "the module, not half of it twice");
+    assert_eq!(server.accepted(), 2);
+    assert_ingest_empty(&daemon, "after the retry");
+}
+
+#[tokio::test]
+async fn body_cut_off_halfway_on_refresh_is_retried_then_serves_the_cached_copy() {
+    let v1 = wasm_module("half-refresh-v1");
+    let v2 = Bytes::from(wasm_module_of_size("half-refresh-v2", 512 * 1024));
+    let first = Bytes::from(v1.clone());
+    let server = RawServer::start(move |n| {
+        if n == 0 {
+            Reply::Full(first.clone())
+        } else {
+            Reply::Half(v2.clone())
+        }
+    })
+    .await;
+    let daemon = Daemon::start(&["--fetch-attempts", "3", "--retry-backoff", "10ms"]).await;
+    let mut client = daemon.client().await;
+    let url = server.url("/m.wasm");
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1);
+    assert_eq!(
+        server.accepted(),
+        1 + 3,
+        "the first fetch, then every attempt of the refresh"
+    );
+    assert_ingest_empty(&daemon, "after the stale refresh");
+    let listed = assert_list_consistent(&mut client, "after the stale refresh").await;
+    assert_eq!(listed.len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4d. A registry sending a blob that does not match its digest
+// ---------------------------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn registry_blob_corrupted_in_transit_is_data_loss_and_nothing_is_stored() {
+    let registry = Registry::shared_plain();
+    let image = registry
+        .push(
+            "faults/corrupt",
+            Some("v1"),
+            cncf_image(&wasm_module_of_size("corrupt-in-transit", 256 * 1024)),
+        )
+        .await;
+    let proxy = FaultProxy::start(registry).await;
+    proxy.set_fault(BlobFault::Corrupt);
+    let daemon = daemon_for(&proxy, &[]).await;
+    let mut client = daemon.client().await;
+
+    let status = fetch_err(&mut client, req(&proxy.oci("faults/corrupt:v1"))).await;
+
+    assert_code(&status, Code::DataLoss);
+    assert!(
+        status
+            .message()
+            .contains(image.module_blob_digest.trim_start_matches("sha256:")),
+        "the message names the blob digest: {}",
+        status.message()
+    );
+    assert!(list(&mut client).await.is_empty(), "nothing listed");
+    assert!(
+        daemon.blob_files().is_empty(),
+        "nothing stored: {:?}",
+        daemon.blob_files()
+    );
+    assert_ingest_empty(&daemon, "after the mismatch");
+    // The registry itself is fine: without the fault the module comes through whole.
+    proxy.set_fault(BlobFault::Pass);
+    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("faults/corrupt:v1"))).await;
+    assert!(bytes == image.module);
+    assert_eq!(info.sha256, image.module_digest);
+}
+
+#[tokio::test]
+async fn registry_blob_corrupted_in_transit_on_refresh_serves_the_cached_copy() {
+    let registry = Registry::shared_plain();
+    let repo = "faults/corrupt-refresh";
+    let v1 = registry
+        .push(repo, Some("v1"), cncf_image(&wasm_module("corrupt-refresh-v1")))
+        .await;
+    let proxy = FaultProxy::start(registry).await;
+    let daemon = daemon_for(&proxy, &[]).await;
+    let mut client = daemon.client().await;
+    let url = proxy.oci(&format!("{repo}:v1"));
+    fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
+    let v2 = registry
+        .push(repo, Some("v1"), cncf_image(&wasm_module("corrupt-refresh-v2")))
+        .await;
+    proxy.set_fault(BlobFault::Corrupt);
+
+    let (info, bytes) = fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "2")).await;
+
+    assert_eq!(info.outcome(), Outcome::Stale);
+    assert!(bytes == v1.module, "the cached copy is served");
+    assert!(
+        !daemon.blob_path(&v2.module_digest).exists(),
+        "the corrupted new module is not stored"
+    );
+    let listed = assert_list_consistent(&mut client, "after the corrupt refresh").await;
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, v1.module_digest);
+    assert_ingest_empty(&daemon, "after the corrupt refresh");
+}
