@@ -76,7 +76,7 @@ impl Error {
                 source: UnboxError::NotWasm(_) | UnboxError::Archive(_),
                 ..
             }) => "invalid_module",
-            Error::Fetch(FetchError::DigestMismatch { .. }) => "checksum_mismatch",
+            Error::Fetch(FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. }) => "checksum_mismatch",
             Error::Fetch(FetchError::Format { .. }) => "manifest_failure",
             Error::Fetch(FetchError::Sink { .. }) => "store_failure",
             Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
@@ -111,7 +111,7 @@ fn fetch_code(e: &FetchError) -> Code {
             _ => io_code(source),
         },
         FetchError::Sink { source, .. } => io_code(source),
-        FetchError::DigestMismatch { .. } => Code::DataLoss,
+        FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. } => Code::DataLoss,
         FetchError::Format { .. } => Code::FailedPrecondition,
         FetchError::BadSecret(_) => Code::InvalidArgument,
         FetchError::Config(_) => Code::Internal,

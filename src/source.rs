@@ -35,10 +35,35 @@ impl ImageRef {
     /// Parses a reference without the `oci://` prefix.
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let bad = |reason: String| UrlError::BadReference {
-            reference: raw.chars().take(256).collect(),
+            reference: redact_reference(raw),
             reason,
         };
+        // The reference parser only says "invalid reference format" for a digest too short for its pattern
+        // (`@sha256:abc`); the digest is checked first so that the message names the problem.
+        let last_component = &raw[raw.rfind('/').map_or(0, |i| i + 1)..];
+        if let Some((_, digest)) = last_component.rsplit_once('@') {
+            if let Some((algorithm, _)) = digest.split_once(':').filter(|(a, _)| *a != "sha256") {
+                // Named only when it looks like one: in a mistyped reference it may be anything.
+                let plausible = algorithm.len() <= 32
+                    && algorithm
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c));
+                let named = if plausible {
+                    format!(" {algorithm:?}")
+                } else {
+                    String::new()
+                };
+                return Err(bad(format!("digest algorithm{named} is not supported (only sha256)")));
+            }
+            digest.parse::<Sha256>().map_err(|e| bad(e.to_string()))?;
+        }
         let inner = oci_client::Reference::try_from(raw).map_err(|e| bad(e.to_string()))?;
+        // The parser lets an uppercase first component through when it is not a registry
+        // (`Team/filter` is `docker.io/Team/filter`), though repository names are lowercase: such a reference
+        // would display as one that no longer parses.
+        if inner.repository().chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(bad("repository name must be lowercase".into()));
+        }
         let digest = match inner.digest() {
             None => None,
             Some(d) if d.starts_with("sha256:") => {
@@ -122,6 +147,16 @@ pub enum UrlError {
 
 impl ModuleUrl {
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
+        let parsed = Self::parse_raw(raw)?;
+        // Percent-encoding and the Docker Hub defaults can make the display form, which is the index key and
+        // what clients are shown, longer than the input; it must be a URL this function accepts too.
+        if parsed.to_string().len() > MAX_URL_LEN {
+            return Err(UrlError::TooLong);
+        }
+        Ok(parsed)
+    }
+
+    fn parse_raw(raw: &str) -> Result<Self, UrlError> {
         if raw.is_empty() {
             return Err(UrlError::Empty);
         }
@@ -135,7 +170,7 @@ impl ModuleUrl {
         match scheme.as_deref() {
             Some("oci") => return ImageRef::parse(&raw[raw.find("://").map_or(0, |i| i + 3)..]).map(ModuleUrl::Oci),
             Some("http") | Some("https") | Some("file") => {}
-            Some(other) if !other.is_empty() => {
+            Some(other) if is_scheme(other) => {
                 return Err(UrlError::UnsupportedScheme(other.chars().take(32).collect()))
             }
             _ => {
@@ -159,6 +194,14 @@ impl ModuleUrl {
             "file" => {
                 let local = matches!(url.host_str(), None | Some("") | Some("localhost"));
                 match url.to_file_path() {
+                    // URL parsing removes `..` segments, but an encoded `/` (`..%2F`) decodes into one here: such
+                    // a path would display as a URL that parses to another path.
+                    Ok(path) if path.components().any(|c| c == std::path::Component::ParentDir) => {
+                        Err(UrlError::Malformed {
+                            url: display_url(&url),
+                            reason: "file path holds an encoded \"/\" that makes a \"..\" segment".into(),
+                        })
+                    }
                     Ok(path) if local && path.is_absolute() => Ok(ModuleUrl::File(path)),
                     _ => Err(UrlError::FileNotLocal(display_url(&url))),
                 }
@@ -210,19 +253,66 @@ pub fn display_url(url: &Url) -> String {
     clean.to_string()
 }
 
-/// Best-effort credential removal from a string that did not parse as a URL, for error messages.
+/// Longest part of a refused URL that an error message repeats.
+const MAX_URL_SHOWN: usize = 256;
+
+/// An RFC 3986 scheme: a letter, then letters, digits, `+`, `-` or `.`. Anything else before `://` is not
+/// a scheme and may be user info (`user:password@host://...`), so it is never echoed as one.
+fn is_scheme(s: &str) -> bool {
+    s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+}
+
+/// Best-effort credential removal from a string that did not parse as a URL, for error messages: user info
+/// is redacted in the whole string before it is shortened, so that a long password is not half shown. Each
+/// authority (the start of the string, and what follows each `://`, up to a `/`, `?` or `#`) loses what comes
+/// before its last `@`, so user info around a mistyped scheme (`h@tps://user:pw@host/`, `user:pw@evil://x`)
+/// is found too.
 fn redact_raw(raw: &str) -> String {
-    let shortened: String = raw.chars().take(256).collect();
-    match shortened.split_once("://") {
-        Some((scheme, rest)) => {
-            let authority_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..authority_end].rfind('@') {
-                Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
-                None => shortened.clone(),
+    let pieces: Vec<String> = raw
+        .split("://")
+        .map(|piece| {
+            let authority_end = piece.find(['/', '?', '#']).unwrap_or(piece.len());
+            match piece[..authority_end].rfind('@') {
+                Some(at) => format!("<redacted>{}", &piece[at..]),
+                None => piece.to_string(),
             }
-        }
-        None => shortened,
+        })
+        .collect();
+    shorten(&pieces.join("://"))
+}
+
+/// An OCI reference for error messages. References have no user info, but `oci://user:password@host/repo`
+/// is still a way to write one. An `@` is a digest separator only after the repository's first `/` or, in a
+/// reference without one, when a single `@` is followed by `algorithm:hex`; up to the last other `@`,
+/// everything is redacted.
+fn redact_reference(raw: &str) -> String {
+    let user_info_end = match raw.find('/') {
+        Some(slash) => raw[..slash].rfind('@'),
+        None => raw
+            .rfind('@')
+            .filter(|&at| raw.matches('@').count() > 1 || !looks_like_digest(&raw[at + 1..])),
+    };
+    match user_info_end {
+        Some(at) => shorten(&format!("<redacted>{}", &raw[at..])),
+        None => shorten(raw),
     }
+}
+
+/// `algorithm:hex`, the shape of an OCI digest (whether or not the algorithm is supported).
+fn looks_like_digest(text: &str) -> bool {
+    text.split_once(':').is_some_and(|(algorithm, hex)| {
+        !algorithm.is_empty()
+            && algorithm
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c))
+            && !hex.is_empty()
+            && hex.chars().all(|c| c.is_ascii_hexdigit())
+    })
+}
+
+fn shorten(text: &str) -> String {
+    text.chars().take(MAX_URL_SHOWN).collect()
 }
 
 #[cfg(test)]
@@ -247,6 +337,33 @@ mod tests {
             ModuleUrl::parse("file://other/opt/m.wasm"),
             Err(UrlError::FileNotLocal(_))
         ));
+    }
+
+    /// Regression (issue 6, fuzz/regressions/url/display-over-the-limit): a URL under the limit whose
+    /// percent-encoded display is over it was accepted, and its display was then refused.
+    #[test]
+    fn url_whose_display_is_over_the_limit_is_too_long() {
+        let raw = format!("http://example.com/{}", "é".repeat(1000));
+        assert!(raw.len() <= MAX_URL_LEN);
+        assert_eq!(ModuleUrl::parse(&raw), Err(UrlError::TooLong));
+        let raw = format!("oci://{}.example.com/r", "a".repeat(MAX_URL_LEN - 25));
+        assert!(raw.len() <= MAX_URL_LEN);
+        assert_eq!(ModuleUrl::parse(&raw), Err(UrlError::TooLong));
+    }
+
+    /// Regression (issue 6, fuzz/regressions/url/file-encoded-slash-dotdot): `..%2F` decoded into a `..`
+    /// segment, so the display form parsed to another path.
+    #[test]
+    fn file_path_with_an_encoded_dotdot_segment_is_refused() {
+        for raw in ["file:///srv/wasm/..%2F..%2Fetc/passwd", "file:///a/%2E%2E%2Fb"] {
+            assert!(
+                matches!(ModuleUrl::parse(raw), Err(UrlError::Malformed { .. })),
+                "{raw}"
+            );
+        }
+        let u = ModuleUrl::parse("file:///srv/a%2Fb/../c.wasm").unwrap();
+        assert_eq!(u.to_string(), "file:///srv/c.wasm");
+        assert_eq!(ModuleUrl::parse(&u.to_string()).unwrap(), u);
     }
 
     #[test]
@@ -311,9 +428,96 @@ mod tests {
         }
     }
 
+    /// Issue 6: a short digest was only "invalid reference format".
+    #[test]
+    fn malformed_digest_in_a_reference_is_named() {
+        let err = ModuleUrl::parse("oci://127.0.0.1:5000/a/b@sha256:abc").unwrap_err();
+        assert!(err.to_string().contains("64 hex characters, got 3"), "{err}");
+        let err = ModuleUrl::parse(&format!("oci://a/b:v1@sha512:{}", "a".repeat(128))).unwrap_err();
+        assert!(
+            err.to_string().contains("\"sha512\" is not supported (only sha256)"),
+            "{err}"
+        );
+        let err = ModuleUrl::parse(&format!("oci://a/b@sha256:{}", "g".repeat(64))).unwrap_err();
+        assert!(err.to_string().contains("non-hex"), "{err}");
+        // Regression (fuzz/regressions/url/oci-at-signs): what precedes the last `@` is never taken for a
+        // digest, and an implausible algorithm is not echoed.
+        let err = ModuleUrl::parse("oci://@@@@:hunter2-secret)@@@@9.2").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = ModuleUrl::parse("oci://a/b@x(y):0").unwrap_err();
+        assert!(err.to_string().contains("digest algorithm is not supported"), "{err}");
+    }
+
+    /// Regression (issue 6, fuzz/regressions/url/uppercase-docker-hub-repository): an uppercase first
+    /// component without a dot was accepted as a Docker Hub repository, and its display did not parse.
+    #[test]
+    fn uppercase_repository_is_refused_whatever_its_position() {
+        for raw in [
+            "oci://Team/filter",
+            "oci://ghcr0Xample/a:v1",
+            "oci://docker.io/Team/filter",
+        ] {
+            let err = ModuleUrl::parse(raw).unwrap_err();
+            assert!(
+                err.to_string().contains("lowercase") || err.to_string().contains("format"),
+                "{raw}: {err}"
+            );
+        }
+        assert!(ModuleUrl::parse("oci://Registry.Example.com:5000/team/filter").is_ok());
+    }
+
     #[test]
     fn malformed_url_error_hides_credentials() {
         let err = ModuleUrl::parse("http://user:pw@[bad/x").unwrap_err();
         assert!(!err.to_string().contains("pw"), "{err}");
+    }
+
+    /// Regression (issue 6, hostile input): the reference was echoed whole, user info included.
+    #[test]
+    fn oci_reference_error_hides_user_info() {
+        let err = ModuleUrl::parse("oci://alice:hunter2-secret@127.0.0.1:5000/repo:v1").unwrap_err();
+        assert!(matches!(err, UrlError::BadReference { .. }), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("127.0.0.1:5000/repo:v1"), "{err}");
+        // A digest separator is not user info, and the reference is still shown.
+        let err = ModuleUrl::parse("oci://Repo@sha256:abc").unwrap_err();
+        assert!(err.to_string().contains("Repo@sha256:abc"), "{err}");
+        // Without a repository path (fuzz/regressions/url/oci-userinfo-without-path).
+        for raw in [
+            "oci://alice:hunter2-secret@registry",
+            "oci://a:v1@sha256:hunter2-secret@x:1.a;b",
+        ] {
+            let err = ModuleUrl::parse(raw).unwrap_err();
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+    }
+
+    /// Regression (issue 6, hostile input): a password longer than the shown part was cut, not redacted.
+    #[test]
+    fn long_password_is_redacted_not_shortened() {
+        let password = "p".repeat(300);
+        let err = ModuleUrl::parse(&format!("http://user:{password}@[bad/x")).unwrap_err();
+        assert!(!err.to_string().contains("pppppppp"), "{err}");
+    }
+
+    /// Regression (issue 6, hostile input): text before `://` that is not a scheme was echoed as one, and
+    /// user info behind a mistyped scheme was not found (fuzz/regressions/url/mistyped-scheme-userinfo).
+    #[test]
+    fn user_info_around_a_fake_scheme_is_not_echoed() {
+        let err = ModuleUrl::parse("user:hunter2-secret@evil://x/y").unwrap_err();
+        assert!(matches!(err, UrlError::Malformed { .. }), "{err}");
+        assert!(!err.to_string().to_lowercase().contains("hunter2"), "{err}");
+        let err = ModuleUrl::parse("h@tps://user:hunter2-secret@_example.com/a.wasm").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("<redacted>@_example.com/a.wasm"), "{err}");
+        let err = ModuleUrl::parse("http://user:hunter2-secret@[bad/x").unwrap_err();
+        assert!(err.to_string().contains("http://<redacted>@[bad/x"), "{err}");
+        // A `/` before the fake scheme (fuzz/regressions/url/slash-before-fake-scheme).
+        let err = ModuleUrl::parse("e/a:v1@x!tps://user:hunter2-secret@host/f").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert_eq!(
+            ModuleUrl::parse("ftp+ssh://x/y"),
+            Err(UrlError::UnsupportedScheme("ftp+ssh".into()))
+        );
     }
 }

@@ -142,6 +142,8 @@ pub enum FetchError {
     },
     #[error("{url}: {reason}")]
     Format { url: String, reason: String },
+    #[error("{url}: {what} is {actual} bytes, its descriptor says {expected}; nothing was stored")]
+    SizeMismatch { url: String, what: String, expected: u64, actual: u64 },
     #[error("pull secret: {0}")]
     BadSecret(#[from] oci::auth::SecretError),
     #[error("fetcher configuration: {0}")]

@@ -64,8 +64,8 @@ pub enum FormatError {
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Document, FormatError> {
     let declared = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     let malformed = |media_type: &str, e: serde_json::Error| FormatError::Malformed {
-        media_type: media_type.to_string(),
-        reason: e.to_string(),
+        media_type: shown(media_type),
+        reason: shortened(&e.to_string()),
     };
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| malformed(declared.as_deref().unwrap_or("unknown"), e))?;
@@ -137,13 +137,48 @@ pub fn select_layer(manifest: &OciImageManifest) -> Result<Selected, FormatError
             pick: Pick::PluginOnly,
         });
     }
-    let layers: Vec<&str> = manifest.layers.iter().map(|l| l.media_type.as_str()).collect();
+    let layers = listed(manifest.layers.iter().map(|l| l.media_type.as_str()));
     Err(FormatError::NoModule(format!(
-        "config {}, layers [{}]; tried a {CNCF_LAYER} layer (CNCF), a {WASM_TO_OCI_LAYER} layer (wasm-to-oci), \
+        "config {}, layers [{layers}]; tried a {CNCF_LAYER} layer (CNCF), a {WASM_TO_OCI_LAYER} layer (wasm-to-oci), \
          a {SOLO_LAYER} layer (Solo), and a tar or tar+gzip image layer holding plugin.wasm",
-        manifest.config.media_type,
-        layers.join(", ")
+        shown(&manifest.config.media_type),
     )))
+}
+
+/// Most items of a manifest (layer types, platforms) that an error message lists.
+const MAX_LISTED: usize = 10;
+/// Longest string from a manifest (a media type, a platform) that an error message repeats.
+const MAX_SHOWN: usize = 128;
+
+/// Error messages repeat what the registry sent, and a manifest can be megabytes: each string is cut to
+/// [`MAX_SHOWN`] characters.
+fn shown(text: &str) -> String {
+    match text.char_indices().nth(MAX_SHOWN) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// A parser's message, which may quote a whole string value of the manifest: its start and its end (where
+/// serde_json puts the line and column), without the middle.
+fn shortened(text: &str) -> String {
+    let chars = text.chars().count();
+    if chars <= 4 * MAX_SHOWN {
+        return text.to_string();
+    }
+    let head: String = text.chars().take(2 * MAX_SHOWN).collect();
+    let tail: String = text.chars().skip(chars - MAX_SHOWN).collect();
+    format!("{head}…{tail}")
+}
+
+/// The first [`MAX_LISTED`] items, each [`shown`], and how many more there are.
+fn listed<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
+    let total = items.len();
+    let mut out: Vec<String> = items.take(MAX_LISTED).map(shown).collect();
+    if total > MAX_LISTED {
+        out.push(format!("and {} more", total - MAX_LISTED));
+    }
+    out.join(", ")
 }
 
 /// Chooses an index entry: a Wasm platform (arch `wasm`, os `wasip1`, `wasip2` or `wasi`) first, then
@@ -186,7 +221,7 @@ pub fn select_platform<'a>(index: &'a OciImageIndex, fallback: &str) -> Result<&
         available: if available.is_empty() {
             "no manifests".into()
         } else {
-            available.join(", ")
+            listed(available.iter().map(String::as_str))
         },
     })
 }
@@ -286,6 +321,41 @@ mod tests {
     fn index_without_a_match_lists_platforms() {
         let err = select_platform(&index(&[("linux", "arm64"), ("windows", "amd64")]), "linux/amd64").unwrap_err();
         assert!(err.to_string().contains("linux/arm64, windows/amd64"), "{err}");
+    }
+
+    /// Regression (issue 6, hostile input): the message listed every layer type, so a manifest with
+    /// thousands of layers (or megabyte-long types) gave a message too large for a gRPC status.
+    #[test]
+    fn unknown_layout_message_is_bounded() {
+        let long = "x".repeat(100_000);
+        let mut types = vec!["text/plain"; 5000];
+        types.push(&long);
+        let msg = select_layer(&manifest(&long, &types)).unwrap_err().to_string();
+        assert!(msg.len() < 2048, "{} bytes", msg.len());
+        assert!(msg.contains("text/plain") && msg.contains("and 4991 more"), "{msg}");
+    }
+
+    /// Regression (issue 6, hostile input): the platforms of an index were all listed.
+    #[test]
+    fn no_platform_message_is_bounded() {
+        let long = "y".repeat(100_000);
+        let mut platforms = vec![("plan9", "mips"); 3000];
+        platforms.push(("linux", &long));
+        let msg = select_platform(&index(&platforms), "linux/amd64")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.len() < 2048, "{} bytes", msg.len());
+        assert!(msg.contains("plan9/mips") && msg.contains("and 2991 more"), "{msg}");
+    }
+
+    /// Regression (issue 6, hostile input): serde_json's message quotes a wrongly typed string whole, so a
+    /// 3 MB string in a manifest made a 3 MB status message.
+    #[test]
+    fn malformed_message_is_bounded() {
+        let body = serde_json::to_vec(&serde_json::json!({"schemaVersion": "s".repeat(3 << 20)})).unwrap();
+        let msg = parse(Some(OCI_MANIFEST), &body).unwrap_err().to_string();
+        assert!(msg.len() < 2048, "{} bytes", msg.len());
+        assert!(msg.contains("invalid type") && msg.contains("expected u8"), "{msg}");
     }
 
     #[test]

@@ -258,12 +258,11 @@ impl RegistryClient {
                 }));
             }
             if let Some(size) = size.filter(|&n| n != received) {
-                return Err(fatal(FetchError::Format {
+                return Err(fatal(FetchError::SizeMismatch {
                     url: url.to_string(),
-                    reason: format!(
-                        "blob {} is {received} bytes, its descriptor says {size}",
-                        digest.prefixed()
-                    ),
+                    what: format!("blob {}", digest.prefixed()),
+                    expected: size,
+                    actual: received,
                 }));
             }
             Ok(())
