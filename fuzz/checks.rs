@@ -27,8 +27,11 @@ const MIN_SECRET_LEN: usize = 6;
 /// trailers and log lines.
 pub const MAX_MESSAGE_LEN: usize = 8 * 1024;
 
+/// A target's check on its raw input.
+pub type Check = fn(&[u8]);
+
 /// Every `target -> check` pair, for the replay test.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Check)] = &[
     ("url", url_bytes),
     ("pull_secret", pull_secret),
     ("unwrap", unwrap),

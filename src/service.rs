@@ -4,8 +4,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use tokio_util::io::ReaderStream;
 use tonic::{Request, Response, Status};
 
 use crate::cache::{self, Cache, Outcome, PinTarget};
@@ -17,8 +17,10 @@ use crate::proto::{self, module_cache_server::ModuleCache};
 use crate::source::ModuleUrl;
 use crate::store::Evicted;
 
-/// Largest module chunk in a Fetch stream: well under gRPC's default 4 MiB receive limit.
-pub const CHUNK_SIZE: usize = 1 << 20;
+/// Largest module chunk in a Fetch stream. Every open stream holds a chunk or two in memory, so the
+/// chunk size sets what many concurrent streams cost; HTTP/2 sends 16 KiB frames anyway, so 64 KiB
+/// chunks serve as fast as 1 MiB ones did (docs/benchmarks.md, targets 2 and 5).
+pub const CHUNK_SIZE: usize = 64 << 10;
 
 pub struct Service {
     cache: Arc<Cache>,
@@ -140,6 +142,46 @@ fn log_result(wire: &proto::FetchRequest, started: Instant, result: Result<&cach
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
 
+/// The bytes of an opened blob as chunks of at most [`CHUNK_SIZE`], each read at its offset into a buffer
+/// of its exact size, up to the size the store verified (so no read is spent on finding the end).
+///
+/// The reads run on the runtime's worker rather than on the blocking pool: a blob is served only after
+/// the store verified it by hashing it, so its pages are normally in the page cache and a chunk read is a
+/// memory copy of a few microseconds, about what a hand-off to the blocking pool costs by itself.
+struct BlobChunks {
+    file: std::fs::File,
+    offset: u64,
+    size: u64,
+}
+
+impl BlobChunks {
+    fn new(file: std::fs::File, size: u64) -> Self {
+        BlobChunks { file, offset: 0, size }
+    }
+}
+
+impl Stream for BlobChunks {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::os::unix::fs::FileExt;
+        let this = self.get_mut();
+        if this.offset >= this.size {
+            return std::task::Poll::Ready(None);
+        }
+        let len = (this.size - this.offset).min(CHUNK_SIZE as u64) as usize;
+        let mut chunk = vec![0u8; len];
+        let read = this.file.read_exact_at(&mut chunk, this.offset);
+        // A failed read ends the stream after its error.
+        this.offset = if read.is_ok() {
+            this.offset + len as u64
+        } else {
+            this.size
+        };
+        std::task::Poll::Ready(Some(read.map(|()| Bytes::from(chunk))))
+    }
+}
+
 #[tonic::async_trait]
 impl ModuleCache for Service {
     type FetchStream = FetchStream;
@@ -160,7 +202,7 @@ impl ModuleCache for Service {
         // The hold travels with the stream: the module is not evicted while it is being sent.
         let hold = blob.hold;
         let metrics = self.cache.metrics().clone();
-        let chunks = ReaderStream::with_capacity(tokio::fs::File::from_std(blob.file), CHUNK_SIZE).map(move |chunk| {
+        let chunks = BlobChunks::new(blob.file, blob.size).map(move |chunk| {
             let _ = &hold;
             chunk
                 .map(|bytes| {

@@ -187,7 +187,7 @@ impl ModuleUrl {
         match url.scheme() {
             "http" | "https" => {
                 if url.host_str().is_none_or(str::is_empty) {
-                    return Err(UrlError::NoHost(display_url(&url)));
+                    return Err(UrlError::NoHost(shorten(&display_url(&url))));
                 }
                 Ok(ModuleUrl::Http(url))
             }
@@ -198,12 +198,12 @@ impl ModuleUrl {
                     // a path would display as a URL that parses to another path.
                     Ok(path) if path.components().any(|c| c == std::path::Component::ParentDir) => {
                         Err(UrlError::Malformed {
-                            url: display_url(&url),
+                            url: shorten(&display_url(&url)),
                             reason: "file path holds an encoded \"/\" that makes a \"..\" segment".into(),
                         })
                     }
                     Ok(path) if local && path.is_absolute() => Ok(ModuleUrl::File(path)),
-                    _ => Err(UrlError::FileNotLocal(display_url(&url))),
+                    _ => Err(UrlError::FileNotLocal(shorten(&display_url(&url)))),
                 }
             }
             other => Err(UrlError::UnsupportedScheme(other.to_string())),
@@ -349,6 +349,15 @@ mod tests {
         let raw = format!("oci://{}.example.com/r", "a".repeat(MAX_URL_LEN - 25));
         assert!(raw.len() <= MAX_URL_LEN);
         assert_eq!(ModuleUrl::parse(&raw), Err(UrlError::TooLong));
+    }
+
+    /// Regression (issue 6, fuzz/regressions/url/long-file-url-error): the URL in a `file` error was shown
+    /// whole, and percent-encoding made it three times as long as the input.
+    #[test]
+    fn url_in_an_error_is_shortened() {
+        let err = ModuleUrl::parse(&format!("file://remote/{}", "é".repeat(2000))).unwrap_err();
+        assert!(matches!(err, UrlError::FileNotLocal(_)), "{err}");
+        assert!(err.to_string().len() < 400, "{} bytes", err.to_string().len());
     }
 
     /// Regression (issue 6, fuzz/regressions/url/file-encoded-slash-dotdot): `..%2F` decoded into a `..`

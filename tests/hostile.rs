@@ -233,6 +233,25 @@ async fn malformed_urls_are_invalid_argument_naming_the_cause() {
             &["not found", "/missing.wasm"],
         ),
         case(
+            "long non-local file url",
+            req(&format!("file://remote/{}", "é".repeat(2000))),
+            Code::InvalidArgument,
+            &["local absolute path"],
+        ),
+        case(
+            "display over the limit",
+            req(&format!("http://{host}/{}", "é".repeat(1000))),
+            Code::InvalidArgument,
+            &["longer than 4096"],
+        ),
+        // Just under the limit once percent-encoded: fetched, and the 404 names the whole URL.
+        case(
+            "long url, upstream 404",
+            req(&format!("http://{host}/{}", "é".repeat(670))),
+            Code::NotFound,
+            &["not found", "%c3%a9%c3%a9"],
+        ),
+        case(
             "file on another host",
             req("file://remote/m.wasm"),
             Code::InvalidArgument,
