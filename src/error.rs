@@ -167,7 +167,13 @@ mod tests {
     fn every_failure_counts_one_documented_reason() {
         let url = || "oci://r/x:v1".to_string();
         let cases = [
-            (Error::Fetch(FetchError::Format { url: url(), reason: "no layout".into() }), "manifest_failure"),
+            (
+                Error::Fetch(FetchError::Format {
+                    url: url(),
+                    reason: "no layout".into(),
+                }),
+                "manifest_failure",
+            ),
             (
                 Error::Fetch(FetchError::DigestMismatch {
                     url: url(),
@@ -177,9 +183,24 @@ mod tests {
                 }),
                 "checksum_mismatch",
             ),
-            (Error::Fetch(FetchError::Unauthenticated { url: url(), status: 401 }), "unauthorized"),
-            (Error::Fetch(FetchError::TooLarge { url: url(), limit: 1 }), "size_limit"),
-            (Error::Fetch(FetchError::NotFound { url: url(), detail: "404".into() }), "download_failure"),
+            (
+                Error::Fetch(FetchError::Unauthenticated {
+                    url: url(),
+                    status: 401,
+                }),
+                "unauthorized",
+            ),
+            (
+                Error::Fetch(FetchError::TooLarge { url: url(), limit: 1 }),
+                "size_limit",
+            ),
+            (
+                Error::Fetch(FetchError::NotFound {
+                    url: url(),
+                    detail: "404".into(),
+                }),
+                "download_failure",
+            ),
         ];
         for (error, reason) in cases {
             assert_eq!(error.reason(), reason, "{error}");
@@ -188,7 +209,9 @@ mod tests {
 
     #[test]
     fn full_disk_is_resource_exhausted() {
-        let e = Error::Fetch(FetchError::sink("http://o/m.wasm")(std::io::Error::from_raw_os_error(libc::ENOSPC)));
+        let e = Error::Fetch(FetchError::sink("http://o/m.wasm")(std::io::Error::from_raw_os_error(
+            libc::ENOSPC,
+        )));
         assert_eq!(e.code(), Code::ResourceExhausted);
     }
 }

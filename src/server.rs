@@ -181,9 +181,17 @@ async fn serve_with_admin(
             bind_unix(
                 &config.socket,
                 config.socket_mode,
-                config.socket_group.as_deref().map(config::resolve_group).transpose().map_err(|reason| {
-                    ServeError::Config(config::ConfigError::Invalid { key: "socket-group", reason })
-                })?,
+                config
+                    .socket_group
+                    .as_deref()
+                    .map(config::resolve_group)
+                    .transpose()
+                    .map_err(|reason| {
+                        ServeError::Config(config::ConfigError::Invalid {
+                            key: "socket-group",
+                            reason,
+                        })
+                    })?,
             )?,
             Some(config.socket.clone()),
         ),

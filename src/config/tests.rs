@@ -526,5 +526,7 @@ fn readme_example_file_parses() {
 fn socket_group_by_number_or_name_resolves() {
     assert_eq!(resolve_group("0"), Ok(0));
     assert_eq!(resolve_group("root"), Ok(0));
-    assert!(resolve_group("no-such-group-here").unwrap_err().contains("no-such-group-here"));
+    assert!(resolve_group("no-such-group-here")
+        .unwrap_err()
+        .contains("no-such-group-here"));
 }

@@ -63,8 +63,11 @@ impl FileFetcher {
         })?;
         // A directory on the path may have been swapped for a symlink between the check above and the
         // open: judge the file actually opened, by the path the kernel has for it.
-        let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
-            .map_err(|e| FetchError::Read { url: shown.clone(), source: e })?;
+        let opened =
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).map_err(|e| FetchError::Read {
+                url: shown.clone(),
+                source: e,
+            })?;
         if !self.within_roots(&opened) {
             return Err(FetchError::OutsideRoots { url: shown });
         }

@@ -80,7 +80,10 @@ pub struct Settings {
 impl FetchError {
     /// The cache could not take the bytes (a full disk, an I/O error), as opposed to upstream failing.
     pub fn sink(url: &str) -> impl FnOnce(io::Error) -> FetchError + '_ {
-        move |source| FetchError::Sink { url: url.to_string(), source }
+        move |source| FetchError::Sink {
+            url: url.to_string(),
+            source,
+        }
     }
 }
 
@@ -143,7 +146,12 @@ pub enum FetchError {
     #[error("{url}: {reason}")]
     Format { url: String, reason: String },
     #[error("{url}: {what} is {actual} bytes, its descriptor says {expected}; nothing was stored")]
-    SizeMismatch { url: String, what: String, expected: u64, actual: u64 },
+    SizeMismatch {
+        url: String,
+        what: String,
+        expected: u64,
+        actual: u64,
+    },
     #[error("pull secret: {0}")]
     BadSecret(#[from] oci::auth::SecretError),
     #[error("fetcher configuration: {0}")]

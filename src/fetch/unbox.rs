@@ -112,7 +112,10 @@ fn unwrap_from<R: Read>(
     pick: Pick,
 ) -> Result<(), UnboxError> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
-    reopen()?.take(SNIFF_LEN as u64).read_to_end(&mut head).map_err(UnboxError::Read)?;
+    reopen()?
+        .take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(UnboxError::Read)?;
     match sniff(&head) {
         Kind::Gzip => {
             let inner_head = {
