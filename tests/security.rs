@@ -752,6 +752,8 @@ async fn file_escapes_are_refused_under_load() {
                     match fetch_unchecked(&mut client, req_policy(url, PullPolicy::Always, "attacker", &version)).await
                     {
                         Err(status) if status.code() == Code::PermissionDenied => {}
+                        // An encoded "/" that would make a ".." segment is refused earlier, as a malformed URL.
+                        Err(status) if url.contains("%2f") && status.code() == Code::InvalidArgument => {}
                         Err(status) => violations.push(format!("{url}: {:?} {}", status.code(), status.message())),
                         Ok((info, bytes)) => {
                             violations.push(format!("{url}: served {} bytes ({:?})", bytes.len(), info.outcome()))
