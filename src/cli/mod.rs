@@ -73,7 +73,7 @@ impl SocketArg {
                 source_text(&e)
             ))
         })?;
-        Ok(ModuleCacheClient::new(channel).max_decoding_message_size(crate::service::CHUNK_SIZE * 4))
+        Ok(ModuleCacheClient::new(channel).max_decoding_message_size(4 << 20))
     }
 }
 
