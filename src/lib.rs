@@ -14,6 +14,7 @@
 //! - [`digest`]: the sha256 type and a hashing writer.
 //! - [`config`]: `Config` and every default; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
+//! - [`transport`]: HTTP/2 on each accepted connection, with a bounded send buffer per stream.
 //! - [`admin`]: the admin HTTP listener: metrics, health, readiness, modules by digest.
 //! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
 //! - [`systemd`]: readiness and watchdog notifications, and socket activation.
@@ -44,6 +45,7 @@ pub mod signal;
 pub mod source;
 pub mod store;
 pub mod systemd;
+pub mod transport;
 pub mod warm;
 pub mod wasmplugin;
 pub mod watch;

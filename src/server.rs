@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::AdminState;
@@ -36,8 +37,6 @@ pub enum ServeError {
     },
     #[error("another wasmcache is already serving on {0}")]
     AlreadyRunning(PathBuf),
-    #[error("serving gRPC: {0}")]
-    Transport(#[from] tonic::transport::Error),
     #[error("opening the cache: {0}")]
     Cache(crate::error::Error),
     #[error("{0}")]
@@ -264,29 +263,30 @@ pub async fn run(
             what: "gRPC reflection".into(),
             source: std::io::Error::other(e),
         })?;
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(Service::new(cache.clone()).into_server());
-    let unix = router
-        .clone()
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listeners.unix), stop.clone().cancelled_owned());
+    let unix = crate::transport::serve(UnixListenerStream::new(listeners.unix), routes.clone(), stop.clone());
     let tcp = async {
-        match listeners.tcp {
-            Some(tcp) => {
-                router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(tcp), stop.clone().cancelled_owned())
-                    .await
-            }
-            None => Ok(()),
+        if let Some(tcp) = listeners.tcp {
+            let connections = TcpListenerStream::new(tcp).map(|accepted| {
+                accepted.inspect(|stream| {
+                    // Chunks are written whole; Nagle would only hold the last segment of each back.
+                    let _ = stream.set_nodelay(true);
+                })
+            });
+            crate::transport::serve(connections, routes, stop.clone()).await;
         }
     };
-    let servers = async { tokio::try_join!(unix, tcp).map(|_| ()) };
+    let servers = async {
+        tokio::join!(unix, tcp);
+        Ok::<(), ServeError>(())
+    };
     tokio::pin!(servers);
     // One deadline for the whole drain: in-flight streams first, then running fetches.
     let mut deadline = None;
     let result = tokio::select! {
-        result = &mut servers => result.map_err(ServeError::from),
+        result = &mut servers => result,
         () = shutdown => {
             crate::systemd::notify_or_log("STOPPING=1");
             health.set_not_serving::<ModuleCacheServer<Service>>().await;
@@ -297,7 +297,7 @@ pub async fn run(
             match tokio::time::timeout_at(drain_by, &mut servers).await {
                 Ok(result) => {
                     tracing::info!("in-flight requests finished");
-                    result.map_err(ServeError::from)
+                    result
                 }
                 Err(_) => {
                     tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing open streams");

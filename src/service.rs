@@ -17,10 +17,11 @@ use crate::proto::{self, module_cache_server::ModuleCache};
 use crate::source::ModuleUrl;
 use crate::store::Evicted;
 
-/// Largest module chunk in a Fetch stream. Every open stream holds a chunk or two in memory, so the
-/// chunk size sets what many concurrent streams cost; HTTP/2 sends 16 KiB frames anyway, so 64 KiB
-/// chunks serve as fast as 1 MiB ones did (docs/benchmarks.md, targets 2 and 5).
-pub const CHUNK_SIZE: usize = 64 << 10;
+/// Largest module chunk in a Fetch stream. Every open stream holds a few chunks in memory (one being
+/// read, [`crate::transport::SEND_BUFFER`] queued), so the chunk size sets what many concurrent streams
+/// cost; HTTP/2 sends 16 KiB frames anyway, and 32 KiB chunks served as fast as 64 KiB and 1 MiB ones
+/// (docs/benchmarks.md, targets 2 and 5).
+pub const CHUNK_SIZE: usize = 32 << 10;
 
 pub struct Service {
     cache: Arc<Cache>,

@@ -274,10 +274,11 @@ fn throughput(
         let _ = writeln!(
             body,
             "\nWith the default window the same 256 streams ran at {:.0} MB/s (median; {}). The server may queue \
-             up to the client's window, and at most hyper's HTTP/2 send buffer (400 KiB per stream, which \
-             tonic's `Server::builder()` does not expose), of encoded chunks per stream.",
+             up to the client's window, and at most its HTTP/2 send buffer ({} KiB per stream, \
+             `wasmcache::transport::SEND_BUFFER`), of encoded chunks per stream.",
             median(&small_window_rates),
-            list(&small_window_rates, 0)
+            list(&small_window_rates, 0),
+            wasmcache::transport::SEND_BUFFER >> 10
         );
     }
     let rss = Section {
