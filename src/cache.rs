@@ -859,4 +859,8 @@ impl Sink for Counted<'_> {
         self.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         Ok(())
     }
+
+    fn sha256(&self) -> Option<Sha256> {
+        Some(self.ingest.sha256())
+    }
 }

@@ -105,6 +105,11 @@ impl<W: Write> HashingWriter<W> {
         &mut self.inner
     }
 
+    /// The digest of everything written so far.
+    pub fn sha256(&self) -> Sha256 {
+        Sha256(self.hasher.clone().finalize().into())
+    }
+
     /// Returns the inner writer and the digest of everything written.
     pub fn finish(self) -> (W, Sha256) {
         (self.inner, Sha256(self.hasher.finalize().into()))

@@ -26,6 +26,11 @@ pub trait Sink: Send {
     /// Drops everything written so far (before a retry).
     fn reset(&mut self) -> io::Result<()>;
     fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
+    /// The sha256 of what was written since the last reset, from sinks that hash as they write (the
+    /// store's ingest does), so that a fetcher checking a digest does not hash every byte a second time.
+    fn sha256(&self) -> Option<Sha256> {
+        None
+    }
 }
 
 /// What the caller already has, for a conditional re-check upstream.

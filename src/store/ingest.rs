@@ -7,11 +7,16 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{HashingWriter, Sha256};
 
+/// Bytes written between two requests to start writing them back to disk.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
 /// A temp file being written. Dropping it without committing deletes the file.
 pub struct Ingest {
     path: PathBuf,
     /// `None` only after `finish` handed the file over.
     writer: Option<HashingWriter<File>>,
+    /// Bytes already handed to the kernel's writeback (see [`super::sync_unix::start_writeback`]).
+    writeback_from: u64,
 }
 
 impl Ingest {
@@ -20,6 +25,7 @@ impl Ingest {
         Ok(Ingest {
             path,
             writer: Some(HashingWriter::new(file)),
+            writeback_from: 0,
         })
     }
 
@@ -36,12 +42,18 @@ impl Ingest {
         self.writer.as_ref().map_or(0, HashingWriter::written)
     }
 
+    /// The sha256 of everything written since the last reset.
+    pub fn sha256(&self) -> Sha256 {
+        self.writer.as_ref().expect("ingest used after finish").sha256()
+    }
+
     /// Throws away everything written so far, so that a retried download starts from an empty file.
     pub fn reset(&mut self) -> io::Result<()> {
         let mut file = self.writer.take().expect("ingest used after finish").finish().0;
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         self.writer = Some(HashingWriter::new(file));
+        self.writeback_from = 0;
         Ok(())
     }
 
@@ -59,7 +71,15 @@ impl Ingest {
 
 impl Write for Ingest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.writer().write(buf)
+        let n = self.writer().write(buf)?;
+        let written = self.written();
+        if written - self.writeback_from >= WRITEBACK_STEP {
+            // Overlaps the disk writes with the rest of the download; the commit's fsync waits for less.
+            let from = self.writeback_from;
+            let _ = super::sync_unix::start_writeback(self.writer().get_mut(), from, written - from);
+            self.writeback_from = written;
+        }
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -110,6 +110,33 @@ fn reset_ingest_starts_from_empty() {
 }
 
 #[test]
+fn ingest_digest_covers_what_was_written_since_the_last_reset() {
+    on_fresh_and_reopened(|store| {
+        let mut ingest = store.ingest().unwrap();
+        ingest.write_all(b"garbage from a failed attempt").unwrap();
+        ingest.reset().unwrap();
+        assert_eq!(ingest.sha256(), Sha256::of(b""));
+        ingest.write_all(b"go").unwrap();
+        ingest.write_all(b"od").unwrap();
+        assert_eq!(ingest.sha256(), Sha256::of(b"good"));
+    });
+}
+
+#[test]
+fn large_ingest_commits_whole_after_early_writeback() {
+    on_fresh_and_reopened(|store| {
+        // Several writeback steps plus a ragged tail.
+        let bytes: Vec<u8> = (0..(9 << 20) + 123).map(|i| (i % 251) as u8).collect();
+        let mut ingest = store.ingest().unwrap();
+        for chunk in bytes.chunks(100_000) {
+            ingest.write_all(chunk).unwrap();
+        }
+        let c = store.commit(ingest, Some(Sha256::of(&bytes))).unwrap();
+        assert_eq!(std::fs::read(store.blob_path(&c.digest)).unwrap(), bytes);
+    });
+}
+
+#[test]
 fn blobs_and_refs_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let digest = {

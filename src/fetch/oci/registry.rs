@@ -238,17 +238,23 @@ impl RegistryClient {
             if response.content_length().is_some_and(|l| l > max_bytes) {
                 return Err(too_large());
             }
-            let mut hasher = Hasher::new();
+            // Hash here only when the sink does not already.
+            let mut hasher = sink.sha256().is_none().then(Hasher::new);
             let mut received = 0u64;
             while let Some(chunk) = response.chunk().await.map_err(transport)? {
                 received += chunk.len() as u64;
                 if received > max_bytes {
                     return Err(too_large());
                 }
-                hasher.update(&chunk);
+                if let Some(hasher) = hasher.as_mut() {
+                    hasher.update(&chunk);
+                }
                 sink.write_chunk(&chunk).map_err(|e| fatal(FetchError::sink(url)(e)))?;
             }
-            let actual = Sha256::from_bytes(hasher.finalize().into());
+            let actual = match hasher {
+                Some(hasher) => Sha256::from_bytes(hasher.finalize().into()),
+                None => sink.sha256().expect("the sink hashes what it is written"),
+            };
             if actual != digest {
                 return Err(fatal(FetchError::DigestMismatch {
                     url: url.to_string(),
