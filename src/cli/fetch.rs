@@ -68,6 +68,9 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Bytes written to `--output` between two requests to start writing them back to disk.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
 /// Streams the module into a temp file next to `path`, then renames it, so `path` is never half-written.
 async fn download(
     client: &mut crate::proto::module_cache_client::ModuleCacheClient<tonic::transport::Channel>,
@@ -84,10 +87,19 @@ async fn download(
     let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
     let mut info = None;
     let result = async {
+        let (mut written, mut writeback_from) = (0u64, 0u64);
         while let Some(message) = stream.message().await? {
             match message.msg {
                 Some(Msg::Info(i)) => info = Some(i),
-                Some(Msg::Chunk(bytes)) => file.write_all(&bytes).map_err(write_err)?,
+                Some(Msg::Chunk(bytes)) => {
+                    file.write_all(&bytes).map_err(write_err)?;
+                    written += bytes.len() as u64;
+                    if written - writeback_from >= WRITEBACK_STEP {
+                        // Disk writes overlap the stream, so the final fsync has little left to wait for.
+                        let _ = crate::store::start_writeback(&file, writeback_from, written - writeback_from);
+                        writeback_from = written;
+                    }
+                }
                 None => {}
             }
         }

@@ -20,6 +20,7 @@ mod layout;
 mod sync_unix;
 
 pub use gc::{Evicted, SweepPolicy, SweepReport};
+pub use sync_unix::start_writeback;
 
 use std::collections::HashMap;
 use std::fs::File;
