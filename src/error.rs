@@ -191,7 +191,11 @@ mod tests {
                 "unauthorized",
             ),
             (
-                Error::Fetch(FetchError::TooLarge { url: url(), limit: 1 }),
+                Error::Fetch(FetchError::TooLarge {
+                    url: url(),
+                    what: "module",
+                    limit: 1,
+                }),
                 "size_limit",
             ),
             (

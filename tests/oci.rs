@@ -763,6 +763,11 @@ async fn manifest_over_max_manifest_bytes_is_resource_exhausted() {
     let status = fetch_err(&mut client, req(&proxy.oci("errors/big-manifest:v1"))).await;
 
     assert_code(&status, Code::ResourceExhausted);
+    assert!(
+        status.message().contains("manifest is larger than the 4096-byte limit"),
+        "the message names the manifest and its limit: {}",
+        status.message()
+    );
     assert_eq!(
         proxy.blob_gets("errors/big-manifest"),
         0,

@@ -81,6 +81,7 @@ impl FileFetcher {
         if meta.len() > self.max_bytes {
             return Err(FetchError::TooLarge {
                 url: shown,
+                what: "module",
                 limit: self.max_bytes,
             });
         }
@@ -100,6 +101,7 @@ impl FileFetcher {
             if total > self.max_bytes {
                 return Err(FetchError::TooLarge {
                     url: shown,
+                    what: "module",
                     limit: self.max_bytes,
                 });
             }

@@ -208,6 +208,7 @@ impl HttpFetcher {
         if response.content_length().is_some_and(|len| len > self.max_bytes) {
             return fatal(FetchError::TooLarge {
                 url,
+                what: "module",
                 limit: self.max_bytes,
             });
         }
@@ -225,6 +226,7 @@ impl HttpFetcher {
                     if received > self.max_bytes {
                         return fatal(FetchError::TooLarge {
                             url,
+                            what: "module",
                             limit: self.max_bytes,
                         });
                     }

@@ -115,8 +115,13 @@ pub enum FetchError {
     OutsideRoots { url: String },
     #[error("{url}: not a regular file")]
     NotAFile { url: String },
-    #[error("{url}: module is larger than the {limit}-byte limit")]
-    TooLarge { url: String, limit: u64 },
+    /// `what`: the module, or the manifest (which has its own, smaller limit).
+    #[error("{url}: {what} is larger than the {limit}-byte limit")]
+    TooLarge {
+        url: String,
+        what: &'static str,
+        limit: u64,
+    },
     #[error("{url}: {source}")]
     Unbox {
         url: String,

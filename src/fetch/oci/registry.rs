@@ -181,6 +181,7 @@ impl RegistryClient {
             let too_large = || {
                 Failure::Fatal(FetchError::TooLarge {
                     url: s.url.to_string(),
+                    what: "manifest",
                     limit: max_bytes,
                 })
             };
@@ -220,6 +221,7 @@ impl RegistryClient {
         if size.is_some_and(|n| n > max_bytes) {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
+                what: "module",
                 limit: max_bytes,
             });
         }
@@ -232,6 +234,7 @@ impl RegistryClient {
             let too_large = || {
                 fatal(FetchError::TooLarge {
                     url: url.to_string(),
+                    what: "module",
                     limit: max_bytes,
                 })
             };
