@@ -11,85 +11,17 @@
 mod support;
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::kube::*;
 use support::registry::*;
+use support::warm::Warmed;
 use support::*;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------------
-
-struct Warmed {
-    output: Output,
-}
-
-impl Warmed {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    fn all(&self) -> String {
-        format!("{}{}", self.stdout(), self.stderr())
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.output.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    #[track_caller]
-    fn assert_success(&self) {
-        assert!(self.output.status.success(), "warm failed:\n{}", self.describe());
-    }
-
-    #[track_caller]
-    fn assert_failure(&self) {
-        assert!(
-            !self.output.status.success(),
-            "warm succeeded, expected a failure:\n{}",
-            self.describe()
-        );
-    }
-
-    #[track_caller]
-    fn row(&self, plugin: &str) -> String {
-        self.stdout()
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(plugin))
-            .unwrap_or_else(|| panic!("no summary row for {plugin}:\n{}", self.describe()))
-            .to_string()
-    }
-
-    #[track_caller]
-    fn outcome(&self, plugin: &str) -> String {
-        self.row(plugin)
-            .split_whitespace()
-            .last()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    /// The first column of every summary row.
-    fn plugins(&self) -> Vec<String> {
-        self.stdout()
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_whitespace().next().map(String::from))
-            .collect()
-    }
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("utf-8 path")

@@ -10,10 +10,11 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::registry::*;
+use support::warm::Warmed;
 use support::*;
 use tempfile::TempDir;
 use tonic::Code;
@@ -23,85 +24,6 @@ use wasmcache::proto::{WarmEvent, WarmItem, WarmRequest};
 // ---------------------------------------------------------------------------------------------------------------
 // Running the CLI and reading its summary
 // ---------------------------------------------------------------------------------------------------------------
-
-/// What one `wasmcache warm` run printed and how it exited.
-struct Warmed {
-    output: Output,
-}
-
-impl Warmed {
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.output.stdout).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.output.stderr).into_owned()
-    }
-
-    fn describe(&self) -> String {
-        format!(
-            "exit {}\n--- stdout ---\n{}--- stderr ---\n{}",
-            self.output.status,
-            self.stdout(),
-            self.stderr()
-        )
-    }
-
-    #[track_caller]
-    fn assert_success(&self) {
-        assert!(self.output.status.success(), "warm failed:\n{}", self.describe());
-    }
-
-    #[track_caller]
-    fn assert_failure(&self) {
-        assert!(
-            !self.output.status.success(),
-            "warm succeeded, expected a failure:\n{}",
-            self.describe()
-        );
-    }
-
-    /// The summary row whose first column is `plugin`.
-    #[track_caller]
-    fn row(&self, plugin: &str) -> String {
-        let stdout = self.stdout();
-        stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(plugin))
-            .unwrap_or_else(|| panic!("no summary row for {plugin}:\n{}", self.describe()))
-            .to_string()
-    }
-
-    /// The OUTCOME column of a successful row (its last column).
-    #[track_caller]
-    fn outcome(&self, plugin: &str) -> String {
-        let row = self.row(plugin);
-        row.split_whitespace().last().unwrap_or_default().to_string()
-    }
-
-    /// The data rows of the summary (every line of stdout after the header).
-    fn rows(&self) -> Vec<String> {
-        self.stdout()
-            .lines()
-            .skip(1)
-            .filter(|l| !l.trim().is_empty())
-            .map(String::from)
-            .collect()
-    }
-
-    /// The summary's header names the columns PLUGIN URL SHA256 TIME OUTCOME, in that order.
-    #[track_caller]
-    fn assert_header(&self) {
-        let stdout = self.stdout();
-        let header: Vec<&str> = stdout.lines().next().unwrap_or_default().split_whitespace().collect();
-        assert_eq!(
-            header,
-            ["PLUGIN", "URL", "SHA256", "TIME", "OUTCOME"],
-            "summary header:\n{}",
-            self.describe()
-        );
-    }
-}
 
 fn socket_arg(daemon: &Daemon) -> String {
     daemon.socket().to_str().unwrap().to_string()

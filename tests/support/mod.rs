@@ -12,6 +12,7 @@
 
 pub mod kube;
 pub mod registry;
+pub mod warm;
 
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
@@ -541,27 +542,11 @@ impl Origin {
     /// An HTTPS origin whose certificate (for IP 127.0.0.1 only, not `localhost`) is signed by a fresh test CA that no
     /// system trust store knows; `ca_file()` holds that CA.
     pub async fn start_tls() -> Origin {
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "wasmcache test CA");
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
-        leaf_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "127.0.0.1");
-        leaf_params.use_authority_key_identifier_extension = true;
-        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+        let TestPki {
+            ca_cert,
+            leaf_cert,
+            leaf_key,
+        } = TestPki::new("wasmcache test CA");
 
         let dir = tempfile::tempdir().expect("tls temp dir");
         let ca_file = dir.path().join("ca.pem");
@@ -1157,4 +1142,40 @@ pub fn event_field<'a>(event: &'a serde_json::Value, name: &str) -> Option<&'a s
     event
         .get(name)
         .or_else(|| event.get("fields").and_then(|f| f.get(name)))
+}
+
+/// A fresh CA that no trust store knows, and a server certificate for IP 127.0.0.1 (not `localhost`) signed by it.
+pub struct TestPki {
+    pub ca_cert: rcgen::Certificate,
+    pub leaf_cert: rcgen::Certificate,
+    pub leaf_key: rcgen::KeyPair,
+}
+
+impl TestPki {
+    pub fn new(ca_name: &str) -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+        let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "127.0.0.1");
+        leaf_params.use_authority_key_identifier_extension = true;
+        leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+        TestPki {
+            ca_cert,
+            leaf_cert,
+            leaf_key,
+        }
+    }
 }

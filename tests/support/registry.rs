@@ -502,27 +502,11 @@ fn client_tls_config(ca_der: &CertificateDer<'static>) -> Arc<rustls::ClientConf
 
 /// A fresh CA and a leaf for IP 127.0.0.1 signed by it, written as `ca.pem`, `cert.pem` and `key.pem` in `dir`.
 fn write_tls_files(dir: &Path) -> RegistryTls {
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "wasmcache test registry CA");
-    ca_params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-
-    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
-    let mut leaf_params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
-    leaf_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "127.0.0.1");
-    leaf_params.use_authority_key_identifier_extension = true;
-    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    let leaf_cert = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+    let super::TestPki {
+        ca_cert,
+        leaf_cert,
+        leaf_key,
+    } = super::TestPki::new("wasmcache test registry CA");
 
     let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca_cert.pem()).expect("write ca.pem");
