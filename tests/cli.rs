@@ -63,6 +63,68 @@ async fn fetch_with_output_file_writes_module_and_exits_zero() {
     assert_eq!(origin.hits("/m.wasm"), 1);
 }
 
+/// On the daemon's host, with its cache directory readable, `-o` copies the cached file: nothing is streamed.
+#[tokio::test]
+async fn fetch_with_output_copies_the_cached_file_when_it_is_visible() {
+    let origin = Origin::start().await;
+    let module = wasm_module("cli-copy");
+    origin.serve("/m.wasm", module.clone());
+    let (daemon, admin) = start_with_admin(&[]).await;
+    let out = daemon.dir().join("out.wasm");
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &sock(&daemon),
+            "-o",
+            out.to_str().unwrap(),
+            &origin.url("/m.wasm"),
+        ],
+        &[],
+    )
+    .await;
+
+    assert_success(&output);
+    assert_eq!(std::fs::read(&out).expect("output file"), module);
+    assert_eq!(scrape(admin).await.value("wasmcache_served_bytes_total", &[]), 0.0);
+}
+
+/// Where the cache directory is not visible (here: hidden under an empty tmpfs in the CLI's own mount
+/// namespace, as in a container that shares only the socket), `-o` streams the module over the socket.
+#[tokio::test]
+async fn fetch_with_output_streams_when_the_cache_is_not_visible() {
+    let origin = Origin::start().await;
+    let module = wasm_module("cli-stream");
+    origin.serve("/m.wasm", module.clone());
+    let (daemon, admin) = start_with_admin(&[]).await;
+    let out = daemon.dir().join("out.wasm");
+    let script = format!(
+        "mount -t tmpfs tmpfs '{}' && exec '{}' fetch --socket '{}' -o '{}' '{}'",
+        daemon.cache_dir().display(),
+        env!("CARGO_BIN_EXE_wasmcache"),
+        sock(&daemon),
+        out.display(),
+        origin.url("/m.wasm")
+    );
+
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .expect("run unshare (util-linux)")
+    })
+    .await
+    .expect("cli thread");
+
+    assert_success(&output);
+    assert_eq!(std::fs::read(&out).expect("output file"), module);
+    assert_eq!(
+        scrape(admin).await.value("wasmcache_served_bytes_total", &[]),
+        module.len() as f64
+    );
+}
+
 #[tokio::test]
 async fn fetch_prints_module_digest() {
     let (_origin, daemon, url, module) = setup().await;

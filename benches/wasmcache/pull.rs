@@ -61,8 +61,9 @@ pub fn run(rt: &Runtime, work: &Path, opts: &Opts) -> Section {
          (untimed). One untimed warm-up of each, then {reps} repetitions alternating which goes first. \
          \"The daemon's fetch\" is the `duration_ms` of the daemon's own `module served` log line: from the \
          request's arrival to the module being committed and opened (download, hashing, fsync, rename); \
-         the rest of wasmcache's time is the CLI's start, the stream over the socket and its write and fsync \
-         of FILE.\n"
+         the rest of wasmcache's time is the CLI's start and its copy of the cached file to FILE (the CLI runs \
+         on the daemon's host and can read its cache, so it copies the file the daemon names instead of \
+         streaming it over the socket), with an fsync of FILE.\n"
     );
     let _ = writeln!(
         body,

@@ -1,7 +1,7 @@
 //! `wasmcache fetch`: asks the daemon for a module, prints its info, optionally saves its bytes.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{rfc3339, CliError, SocketArg};
 use crate::proto::{fetch_response::Msg, FetchRequest, ModuleInfo, Outcome, PullPolicy};
@@ -62,10 +62,63 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     let mut client = args.socket.connect().await?;
     let info = match &args.output {
         None => client.resolve(request).await?.into_inner(),
-        Some(path) => download(&mut client, request, path).await?,
+        Some(path) => save(&mut client, request, path).await?,
     };
     print_info(&info, args.json);
     Ok(())
+}
+
+/// Writes the module to `path`: copied from the daemon's cached file when this process can read it (the
+/// daemon is on this host, behind a Unix socket, and the cache directory is visible and readable), which
+/// spares the stream and lets the kernel copy (or reflink) it; streamed over the socket otherwise.
+async fn save(
+    client: &mut crate::proto::module_cache_client::ModuleCacheClient<tonic::transport::Channel>,
+    request: FetchRequest,
+    path: &Path,
+) -> Result<ModuleInfo, CliError> {
+    let info = client.resolve(request.clone()).await?.into_inner();
+    let cached = match std::fs::File::open(&info.path) {
+        Ok(file) if file.metadata().is_ok_and(|m| m.is_file() && m.len() == info.size) => file,
+        // Not visible from here (another mount namespace, permissions, evicted since): stream it.
+        _ => return download(client, request, path).await,
+    };
+    write_atomically(path, |out| {
+        let copied = std::io::copy(&mut &cached, out)?;
+        if copied != info.size {
+            return Err(std::io::Error::other(format!(
+                "cached file ended after {copied} of {} bytes",
+                info.size
+            )));
+        }
+        Ok(())
+    })?;
+    Ok(info)
+}
+
+/// Writes a temp file next to `path` with `fill`, syncs it, and renames it over `path`, so `path` is never
+/// half-written; the temp file is removed on any failure.
+fn write_atomically(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), CliError> {
+    let tmp = temp_path(path);
+    let write_err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
+    let result = std::fs::File::create(&tmp).and_then(|mut file| {
+        fill(&mut file)?;
+        file.sync_all()
+    });
+    match result.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(write_err(e))
+        }
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    path.with_file_name(format!(
+        ".{}.part{}",
+        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+        std::process::id()
+    ))
 }
 
 /// Bytes written to `--output` between two requests to start writing them back to disk.
@@ -78,11 +131,7 @@ async fn download(
     path: &std::path::Path,
 ) -> Result<ModuleInfo, CliError> {
     let mut stream = client.fetch(request).await?.into_inner();
-    let tmp = path.with_file_name(format!(
-        ".{}.part{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    ));
+    let tmp = temp_path(path);
     let write_err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
     let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
     let mut info = None;
