@@ -3,10 +3,14 @@
 //! tonic's own server does not expose hyper's per-stream send buffer, which defaults to 400 KiB: with 256
 //! clients each reading a 4 MiB module the daemon held about 100 MiB of queued chunks. Driving hyper here
 //! bounds it to [`SEND_BUFFER`] per stream and otherwise keeps tonic's behaviour: HTTP/2 only, no limit on
-//! concurrent streams, GOAWAY to every connection on stop, and the listener closed as soon as accepting
-//! stops. Deadlines stay with the clients, whose reset of a late stream cancels its handler.
+//! concurrent streams, a call's `grpc-timeout` enforced ([`Deadlines`]), GOAWAY to every connection on stop,
+//! and the listener closed as soon as accepting stops.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http2;
@@ -54,7 +58,8 @@ where
                     None => break,
                 },
             };
-            let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes.clone()));
+            let service = TowerToHyperService::new(Deadlines(routes.clone()));
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             let connection = graceful.watch(connection);
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -64,4 +69,91 @@ where
         }
     }
     graceful.shutdown().await;
+}
+
+/// Ends a call whose `grpc-timeout` passes before its response starts with DEADLINE_EXCEEDED, and drops
+/// its handler. A fetch the handler was waiting on goes on for other callers (the cache owns it).
+#[derive(Clone)]
+pub struct Deadlines<S>(pub S);
+
+type Reply = hyper::Response<tonic::body::Body>;
+
+impl<S, B> tower::Service<hyper::Request<B>> for Deadlines<S>
+where
+    S: tower::Service<hyper::Request<B>, Response = Reply, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Reply;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Reply, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: hyper::Request<B>) -> Self::Future {
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        let response = self.0.call(request);
+        Box::pin(async move {
+            let Some(timeout) = timeout else {
+                return response.await;
+            };
+            match tokio::time::timeout(timeout, response).await {
+                Ok(response) => response,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "the call's deadline ({}) passed before the module was ready",
+                    humantime::format_duration(timeout)
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// A `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n), per the gRPC HTTP/2 protocol.
+/// `None` for anything else, which leaves the call without a server-side deadline.
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if !value.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_grpc_timeout("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse_grpc_timeout("15S"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
+    }
+
+    #[test]
+    fn malformed_grpc_timeout_is_ignored() {
+        for bad in ["", "m", "S5", "123456789S", "10s", "-1S", "1.5S", "1 S", "１S", "1é"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+    }
 }

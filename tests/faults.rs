@@ -1356,6 +1356,73 @@ async fn origin_that_never_answers_is_deadline_exceeded_within_attempts_times_ti
     assert!(list(&mut client).await.is_empty());
 }
 
+/// The caller's own deadline (its `grpc-timeout`) ends its call at that deadline, well before the daemon's fetch
+/// budget. The call is made by hand over HTTP/2: a tonic client would start its own timer for that header and
+/// answer first, proving nothing about the daemon.
+#[tokio::test]
+async fn call_deadline_ends_a_call_waiting_on_a_silent_origin() {
+    let server = RawServer::start(|_| Reply::Hang).await;
+    let daemon = Daemon::start(&["--fetch-timeout", "5s", "--fetch-attempts", "1"]).await;
+
+    let started = Instant::now();
+    let (status, message) = raw_grpc_call(
+        &daemon.socket(),
+        "/wasmcache.v1.ModuleCache/Resolve",
+        &req(&server.url("/m.wasm")),
+        "300m",
+    )
+    .await;
+    let elapsed = started.elapsed();
+
+    assert_eq!(
+        status,
+        Code::DeadlineExceeded as i32,
+        "grpc-status; message {message:?}"
+    );
+    assert!(message.contains("deadline"), "{message}");
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "answered after {elapsed:?}; the call's deadline was 300 ms and the fetch's 5 s"
+    );
+}
+
+/// One unary gRPC call over the daemon's socket with a `grpc-timeout` header: its `grpc-status` and `grpc-message`
+/// (from the trailers, or from the headers of a trailers-only answer).
+async fn raw_grpc_call(socket: &Path, path: &str, message: &impl prost::Message, timeout: &str) -> (i32, String) {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .expect("connect to the daemon");
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(connection);
+    let payload = message.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    body.extend_from_slice(&payload);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://wasmcache{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let response = sender.send_request(request).await.expect("send the call");
+    let (parts, body) = response.into_parts();
+    let trailers = body.collect().await.expect("read the answer").trailers().cloned();
+    let field = |name: &str| {
+        trailers
+            .as_ref()
+            .and_then(|t| t.get(name))
+            .or_else(|| parts.headers.get(name))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let status = field("grpc-status").expect("a grpc-status").parse().unwrap();
+    let message = field("grpc-message").unwrap_or_default();
+    (status, message)
+}
+
 #[tokio::test]
 async fn registry_that_never_answers_is_deadline_exceeded_within_attempts_times_timeout() {
     let server = RawServer::start(|_| Reply::Hang).await;
