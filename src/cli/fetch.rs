@@ -70,7 +70,9 @@ pub async fn run(args: Args) -> Result<(), CliError> {
 
 /// Writes the module to `path`: copied from the daemon's cached file when this process can read it (the
 /// daemon is on this host, behind a Unix socket, and the cache directory is visible and readable), which
-/// spares the stream and lets the kernel copy (or reflink) it; streamed over the socket otherwise.
+/// spares the stream and lets the kernel copy (or reflink) it; streamed over the socket otherwise. Either
+/// way the bytes are the ones the daemon has just checked: answering Resolve, it opened the blob and re-hashed
+/// it unless this process had verified it and it is unchanged since (same size, mtime and ctime).
 async fn save(
     client: &mut crate::proto::module_cache_client::ModuleCacheClient<tonic::transport::Channel>,
     request: FetchRequest,
