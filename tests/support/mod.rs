@@ -12,6 +12,7 @@
 
 pub mod kube;
 pub mod registry;
+pub mod token;
 pub mod warm;
 
 use std::collections::{HashMap, VecDeque};

@@ -75,6 +75,15 @@ pub struct Registry {
     guard: Mutex<Option<(Child, ChildStdin)>>,
 }
 
+/// Where a token-auth registry sends clients for tokens, and what it checks in them: the `aud` claim (`service`),
+/// the `iss` claim, and the signature against the certificates in `root_cert_pem`.
+pub struct TokenAuth {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    pub root_cert_pem: String,
+}
+
 /// The TLS material of an HTTPS registry: a fresh test CA (unknown to every trust store) and a leaf for the IP
 /// 127.0.0.1, which the counting proxy presents too.
 struct RegistryTls {
@@ -106,6 +115,16 @@ impl Registry {
     /// Starts a registry of its own: plain HTTP without auth, or (`tls_auth`) HTTPS with htpasswd basic auth.
     /// Fails the test, never skips it, when the binary is missing.
     pub fn start(tls_auth: bool) -> Registry {
+        Registry::start_with(tls_auth, None)
+    }
+
+    /// Starts a plain-HTTP registry that serves `storage` (another registry's storage root, where the fixtures
+    /// were pushed without auth) and takes only bearer tokens from `token` (distribution's `auth.token`).
+    pub fn start_token_auth(storage: &Path, token: &TokenAuth) -> Registry {
+        Registry::start_with(false, Some((storage, token)))
+    }
+
+    fn start_with(tls_auth: bool, token: Option<(&Path, &TokenAuth)>) -> Registry {
         assert!(
             Path::new(REGISTRY_BIN).is_file(),
             "{REGISTRY_BIN} is missing: the OCI tests drive the real registry; install the Debian package \
@@ -120,7 +139,7 @@ impl Registry {
         std::fs::create_dir(&root).expect("registry storage root");
 
         let tls = tls_auth.then(|| write_tls_files(&dir));
-        let users: Vec<(String, String)> = if tls_auth {
+        let users: Vec<(String, String)> = if tls_auth || token.is_some() {
             [USER_A, USER_B]
                 .iter()
                 .map(|(u, p)| (u.to_string(), p.to_string()))
@@ -140,14 +159,25 @@ impl Registry {
 
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let served_root = token.map_or(root.clone(), |(storage, _)| storage.to_path_buf());
         let mut config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\n  \
              maintenance:\n    uploadpurging:\n      enabled: false\n\
              http:\n  addr: {addr}\n  secret: wasmcache-test-secret\n",
-            root = root.display(),
+            root = served_root.display(),
         );
+        if let Some((_, token)) = token {
+            std::fs::write(dir.join("token-root.pem"), &token.root_cert_pem).expect("write token-root.pem");
+            config.push_str(&format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}/token-root.pem\n",
+                token.realm,
+                token.service,
+                token.issuer,
+                dir.display()
+            ));
+        }
         if tls_auth {
             config.push_str(&format!(
                 "  tls:\n    certificate: {dir}/cert.pem\n    key: {dir}/key.pem\n\
