@@ -91,7 +91,9 @@ async fn fetch_with_output_copies_the_cached_file_when_it_is_visible() {
 }
 
 /// Where the cache directory is not visible (here: hidden under an empty tmpfs in the CLI's own mount
-/// namespace, as in a container that shares only the socket), `-o` streams the module over the socket.
+/// namespace, as in a container that shares only the socket), `-o` streams the module over the socket: the
+/// bytes Resolve named, without asking upstream a second time even under `--pull-policy always`, and the
+/// info printed is Resolve's.
 #[tokio::test]
 async fn fetch_with_output_streams_when_the_cache_is_not_visible() {
     let origin = Origin::start().await;
@@ -100,7 +102,7 @@ async fn fetch_with_output_streams_when_the_cache_is_not_visible() {
     let (daemon, admin) = start_with_admin(&[]).await;
     let out = daemon.dir().join("out.wasm");
     let script = format!(
-        "mount -t tmpfs tmpfs '{}' && exec '{}' fetch --socket '{}' -o '{}' '{}'",
+        "mount -t tmpfs tmpfs '{}' && exec '{}' fetch --socket '{}' --pull-policy always --json -o '{}' '{}'",
         daemon.cache_dir().display(),
         env!("CARGO_BIN_EXE_wasmcache"),
         sock(&daemon),
@@ -123,6 +125,9 @@ async fn fetch_with_output_streams_when_the_cache_is_not_visible() {
         scrape(admin).await.value("wasmcache_served_bytes_total", &[]),
         module.len() as f64
     );
+    let info: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("one JSON object");
+    assert_eq!(info["outcome"], "FETCHED");
+    assert_eq!(origin.hits("/m.wasm"), 1, "upstream was asked again for the stream");
 }
 
 #[tokio::test]

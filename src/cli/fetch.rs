@@ -81,8 +81,18 @@ async fn save(
     let info = client.resolve(request.clone()).await?.into_inner();
     let cached = match std::fs::File::open(&info.path) {
         Ok(file) if file.metadata().is_ok_and(|m| m.is_file() && m.len() == info.size) => file,
-        // Not visible from here (another mount namespace, permissions, evicted since): stream it.
-        _ => return download(client, request, path).await,
+        // Not visible from here (another mount namespace, permissions, evicted since): stream it. Pinned
+        // to the digest Resolve answered and IfNotPresent, so upstream is not asked a second time and the
+        // info printed is Resolve's, with its outcome.
+        _ => {
+            let pinned = FetchRequest {
+                sha256: info.sha256.clone(),
+                pull_policy: PullPolicy::IfNotPresent as i32,
+                ..request
+            };
+            download(client, pinned, path).await?;
+            return Ok(info);
+        }
     };
     write_atomically(path, |out| {
         let copied = std::io::copy(&mut &cached, out)?;
