@@ -90,16 +90,12 @@ impl Store {
         let digests: Vec<Sha256> = self.sizes.lock().unwrap().keys().copied().collect();
         let mut bad = Vec::new();
         for d in &digests {
-            let path = self.layout.blob(d);
-            let file = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::Io { path, source: e }),
+            let (file, _, path) = match self.open_file(d) {
+                Ok(opened) => opened,
+                Err(StoreError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
             };
-            let (actual, _) = digest::hash_reader(file).map_err(|e| StoreError::Io {
-                path: path.clone(),
-                source: e,
-            })?;
+            let (actual, _) = digest::hash_reader(file).map_err(StoreError::io(&path))?;
             if actual != *d {
                 self.quarantine(d);
                 bad.push(*d);

@@ -277,21 +277,8 @@ impl Store {
         if let Ok(meta) = std::fs::metadata(&target) {
             self.verified.lock().unwrap().insert(digest, Stamp::of(&meta));
         }
-        let now = now_ms();
         self.sizes.lock().unwrap().insert(digest, size);
-        self.last_used.lock().unwrap().insert(digest, now);
-        let record = match self.index.get_blob(&digest) {
-            Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
-            _ => BlobRecord {
-                size,
-                created_ms: now,
-                last_used_ms: now,
-                pinned: false,
-            },
-        };
-        if let Err(e) = self.index.put_blob(&digest, &record) {
-            tracing::warn!(%digest, cause = %e, "could not record blob in the index");
-        }
+        self.record_use(&digest, size, 0);
         Ok(Committed { digest, size })
     }
 
@@ -308,40 +295,21 @@ impl Store {
     /// and ctime), without hashing; `Ok(None)` when it needs [`Store::open_blob`]'s check first. Only an
     /// open and an fstat, so a cache hit can run it on an async worker instead of a blocking thread.
     pub fn open_verified_blob(&self, digest: &Sha256) -> Result<Option<OpenBlob>, StoreError> {
-        let path = self.layout.blob(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
-        let meta = file.metadata().map_err(StoreError::io(&path))?;
-        if self.verified.lock().unwrap().get(digest) != Some(&Stamp::of(&meta)) {
+        let (file, stamp, path) = self.open_file(digest)?;
+        if !self.is_verified(digest, &stamp) {
             return Ok(None);
         }
-        self.touch(digest, meta.len());
-        Ok(Some(OpenBlob {
-            file,
-            size: meta.len(),
-            path,
-            hold: self.hold(*digest),
-        }))
+        Ok(Some(self.hand_out(digest, file, stamp.len, path)))
     }
 
     /// Opens a blob for reading after making sure its bytes still hash to its name. A corrupt blob is
     /// quarantined, its index entries are dropped, and [`StoreError::Corrupt`] is returned.
     pub fn open_blob(&self, digest: &Sha256) -> Result<OpenBlob, StoreError> {
-        let path = self.layout.blob(digest);
-        let mut file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
-            Err(e) => return Err(StoreError::Io { path, source: e }),
-        };
-        let meta = file.metadata().map_err(StoreError::io(&path))?;
-        let stamp = Stamp::of(&meta);
-        if self.verified.lock().unwrap().get(digest) != Some(&stamp) {
+        let (mut file, stamp, path) = self.open_file(digest)?;
+        if !self.is_verified(digest, &stamp) {
             let _serial = self.verify_locks[digest_stripe(digest)].lock().unwrap();
             // Another reader may have verified it while this one waited.
-            if self.verified.lock().unwrap().get(digest) != Some(&stamp) {
+            if !self.is_verified(digest, &stamp) {
                 let (actual, _) = digest::hash_reader(&file).map_err(StoreError::io(&path))?;
                 if actual != *digest {
                     self.quarantine(digest);
@@ -354,21 +322,44 @@ impl Store {
             }
             file.seek(SeekFrom::Start(0)).map_err(StoreError::io(&path))?;
         }
-        self.touch(digest, meta.len());
-        Ok(OpenBlob {
-            file,
-            size: meta.len(),
-            path,
-            hold: self.hold(*digest),
-        })
+        Ok(self.hand_out(digest, file, stamp.len, path))
     }
 
-    /// Records a read of the blob: exactly in memory, and in the index at most every few seconds.
-    fn touch(&self, digest: &Sha256, size: u64) {
+    /// Opens a blob's file, with the stamp it has now.
+    fn open_file(&self, digest: &Sha256) -> Result<(File, Stamp, PathBuf), StoreError> {
+        let path = self.layout.blob(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*digest)),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let meta = file.metadata().map_err(StoreError::io(&path))?;
+        Ok((file, Stamp::of(&meta), path))
+    }
+
+    /// This process hashed the blob when it looked exactly like `stamp`.
+    fn is_verified(&self, digest: &Sha256, stamp: &Stamp) -> bool {
+        self.verified.lock().unwrap().get(digest) == Some(stamp)
+    }
+
+    /// An opened, verified blob for a reader: the read is recorded and the blob held against eviction.
+    fn hand_out(&self, digest: &Sha256, file: File, size: u64, path: PathBuf) -> OpenBlob {
+        self.record_use(digest, size, LAST_USED_GRANULARITY_MS);
+        OpenBlob {
+            file,
+            size,
+            path,
+            hold: self.hold(*digest),
+        }
+    }
+
+    /// Records a use of the blob now: exactly in memory, and in the index unless its record there is
+    /// younger than `lag_ms` (so hits do not write the index each time).
+    fn record_use(&self, digest: &Sha256, size: u64, lag_ms: u64) {
         let now = now_ms();
         self.last_used.lock().unwrap().insert(*digest, now);
         let record = match self.index.get_blob(digest) {
-            Ok(Some(r)) if now.saturating_sub(r.last_used_ms) < LAST_USED_GRANULARITY_MS => return,
+            Ok(Some(r)) if now.saturating_sub(r.last_used_ms) < lag_ms => return,
             Ok(Some(r)) => BlobRecord { last_used_ms: now, ..r },
             _ => BlobRecord {
                 size,
@@ -378,7 +369,7 @@ impl Store {
             },
         };
         if let Err(e) = self.index.put_blob(digest, &record) {
-            tracing::warn!(%digest, cause = %e, "could not update last use of blob");
+            tracing::warn!(%digest, cause = %e, "could not record the use of a blob in the index");
         }
     }
 
