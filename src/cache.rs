@@ -21,9 +21,7 @@ use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Sink};
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
-use crate::store::{
-    now_ms, AccessRecord, Evicted, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
-};
+use crate::store::{now_ms, AccessRecord, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport};
 
 /// A request for a module, as the core sees it.
 #[derive(Clone, Debug)]
@@ -610,11 +608,7 @@ async fn evict(store: Arc<Store>, metrics: Arc<Metrics>, policy: SweepPolicy) ->
         .await
         .map_err(|e| Error::Internal(format!("sweep task failed: {e}")))??;
     for (digest, size, why, refs) in &report.removed {
-        let reason = match why {
-            Evicted::Expired => Eviction::Expired,
-            Evicted::SizeLimit => Eviction::SizeLimit,
-        };
-        metrics.evicted(reason);
+        metrics.evicted(Eviction::from(*why));
         tracing::info!(%digest, bytes = size, reason = ?why, urls = ?refs, "evicted module");
     }
     if report.over_limit {

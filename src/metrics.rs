@@ -51,8 +51,18 @@ pub enum Eviction {
     Removed,
 }
 
+impl From<crate::store::Evicted> for Eviction {
+    fn from(why: crate::store::Evicted) -> Self {
+        match why {
+            crate::store::Evicted::Expired => Eviction::Expired,
+            crate::store::Evicted::SizeLimit => Eviction::SizeLimit,
+        }
+    }
+}
+
 impl Eviction {
-    fn label(self) -> &'static str {
+    /// The `reason` label, also the reason `wasmcache gc` reports.
+    pub fn label(self) -> &'static str {
         match self {
             Eviction::SizeLimit => "size_limit",
             Eviction::Expired => "expired",

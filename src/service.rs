@@ -12,10 +12,10 @@ use crate::cache::{self, Cache, Outcome, PinTarget};
 use crate::digest::Sha256;
 use crate::error::Error;
 use crate::fetch::oci::auth::DockerConfig;
+use crate::metrics::Eviction;
 use crate::policy::PullPolicy;
 use crate::proto::{self, module_cache_server::ModuleCache};
 use crate::source::ModuleUrl;
-use crate::store::Evicted;
 
 /// Largest module chunk in a Fetch stream. Every open stream holds a few chunks in memory (one being
 /// read, [`crate::transport::SEND_BUFFER`] queued), so the chunk size sets what many concurrent streams
@@ -292,11 +292,7 @@ impl ModuleCache for Service {
             .map(|(digest, size, why, urls)| proto::EvictedModule {
                 sha256: digest.to_string(),
                 size,
-                reason: match why {
-                    Evicted::Expired => "expired",
-                    Evicted::SizeLimit => "size_limit",
-                }
-                .to_string(),
+                reason: Eviction::from(why).label().to_string(),
                 urls,
             })
             .collect();
