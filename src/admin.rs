@@ -3,7 +3,6 @@
 //! source on the node. It never fetches: an uncached digest is 404.
 
 use std::convert::Infallible;
-use std::io::SeekFrom;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,14 +13,15 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cache::Cache;
 use crate::digest::Sha256;
+use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::service::BlobChunks;
 use crate::store::StoreError;
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -130,14 +130,11 @@ async fn module(state: &AdminState, cache: &Cache, hex: &str, req: &Request<Inco
         // does not exist.
         return text(StatusCode::NOT_FOUND, "not cached\n".into());
     }
-    let store = cache.store().clone();
-    let opened = tokio::task::spawn_blocking(move || store.open_blob(&digest)).await;
-    let blob = match opened {
-        Ok(Ok(blob)) => blob,
-        Ok(Err(StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
+    let blob = match cache.open(digest).await {
+        Ok(blob) => blob,
+        Err(Error::Store(StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
             return text(StatusCode::NOT_FOUND, "not cached\n".into())
         }
-        Ok(Err(e)) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
     };
     let size = blob.size;
@@ -177,21 +174,16 @@ async fn module(state: &AdminState, cache: &Cache, hex: &str, req: &Request<Inco
     if req.method() == Method::HEAD {
         return builder.body(empty()).expect("valid response");
     }
-    let mut file = tokio::fs::File::from_std(blob.file);
-    if let Err(e) = file.seek(SeekFrom::Start(start)).await {
-        return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"));
-    }
     // The hold keeps the blob from eviction until the body is sent.
     let hold = blob.hold;
     let metrics = state.metrics.clone();
-    let chunks =
-        tokio_util::io::ReaderStream::with_capacity(file.take(len), crate::service::CHUNK_SIZE).map(move |chunk| {
-            let _ = &hold;
-            chunk.map(|bytes| {
-                metrics.served(bytes.len() as u64);
-                Frame::data(bytes)
-            })
-        });
+    let chunks = BlobChunks::new(blob.file, start, start + len).map(move |chunk| {
+        let _ = &hold;
+        chunk.map(|bytes| {
+            metrics.served(bytes.len() as u64);
+            Frame::data(bytes)
+        })
+    });
     builder
         .body(BodyExt::boxed(StreamBody::new(chunks)))
         .expect("valid response")

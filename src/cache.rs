@@ -436,7 +436,8 @@ impl Cache {
         }
     }
 
-    async fn open(&self, digest: Sha256) -> Result<OpenBlob, Error> {
+    /// Opens a cached blob for reading, hashing it first unless this process verified it unchanged.
+    pub(crate) async fn open(&self, digest: Sha256) -> Result<OpenBlob, Error> {
         // A hit on a blob already verified is served without a hop to the blocking pool: that hop
         // dominated the tail latency of small hits.
         if let Some(blob) = self.store.open_verified_blob(&digest)? {

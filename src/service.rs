@@ -143,21 +143,27 @@ fn log_result(wire: &proto::FetchRequest, started: Instant, result: Result<&cach
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<proto::FetchResponse, Status>> + Send>>;
 
-/// The bytes of an opened blob as chunks of at most [`CHUNK_SIZE`], each read at its offset into a buffer
-/// of its exact size, up to the size the store verified (so no read is spent on finding the end).
+/// A byte range of an opened blob as chunks of at most [`CHUNK_SIZE`], each read at its offset into a
+/// buffer of its exact size, up to an end within the size the store verified (so no read is spent on
+/// finding the end). The gRPC stream sends the whole blob, the admin listener a requested range.
 ///
 /// The reads run on the runtime's worker rather than on the blocking pool: a blob is served only after
 /// the store verified it by hashing it, so its pages are normally in the page cache and a chunk read is a
 /// memory copy of a few microseconds, about what a hand-off to the blocking pool costs by itself.
-struct BlobChunks {
+pub(crate) struct BlobChunks {
     file: std::fs::File,
     offset: u64,
-    size: u64,
+    end: u64,
 }
 
 impl BlobChunks {
-    fn new(file: std::fs::File, size: u64) -> Self {
-        BlobChunks { file, offset: 0, size }
+    /// Bytes `start..end` of `file`.
+    pub(crate) fn new(file: std::fs::File, start: u64, end: u64) -> Self {
+        BlobChunks {
+            file,
+            offset: start,
+            end,
+        }
     }
 }
 
@@ -167,17 +173,17 @@ impl Stream for BlobChunks {
     fn poll_next(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
         use std::os::unix::fs::FileExt;
         let this = self.get_mut();
-        if this.offset >= this.size {
+        if this.offset >= this.end {
             return std::task::Poll::Ready(None);
         }
-        let len = (this.size - this.offset).min(CHUNK_SIZE as u64) as usize;
+        let len = (this.end - this.offset).min(CHUNK_SIZE as u64) as usize;
         let mut chunk = vec![0u8; len];
         let read = this.file.read_exact_at(&mut chunk, this.offset);
         // A failed read ends the stream after its error.
         this.offset = if read.is_ok() {
             this.offset + len as u64
         } else {
-            this.size
+            this.end
         };
         std::task::Poll::Ready(Some(read.map(|()| Bytes::from(chunk))))
     }
@@ -203,7 +209,7 @@ impl ModuleCache for Service {
         // The hold travels with the stream: the module is not evicted while it is being sent.
         let hold = blob.hold;
         let metrics = self.cache.metrics().clone();
-        let chunks = BlobChunks::new(blob.file, blob.size).map(move |chunk| {
+        let chunks = BlobChunks::new(blob.file, 0, blob.size).map(move |chunk| {
             let _ = &hold;
             chunk
                 .map(|bytes| {
