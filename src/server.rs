@@ -280,13 +280,12 @@ pub async fn run(
     };
     let servers = async {
         tokio::join!(unix, tcp);
-        Ok::<(), ServeError>(())
     };
     tokio::pin!(servers);
     // One deadline for the whole drain: in-flight streams first, then running fetches.
     let mut deadline = None;
-    let result = tokio::select! {
-        result = &mut servers => result,
+    tokio::select! {
+        () = &mut servers => {}
         () = shutdown => {
             crate::systemd::notify_or_log("STOPPING=1");
             health.set_not_serving::<ModuleCacheServer<Service>>().await;
@@ -295,13 +294,9 @@ pub async fn run(
             let drain_by = tokio::time::Instant::now() + grace;
             deadline = Some(drain_by);
             match tokio::time::timeout_at(drain_by, &mut servers).await {
-                Ok(result) => {
-                    tracing::info!("in-flight requests finished");
-                    result
-                }
+                Ok(()) => tracing::info!("in-flight requests finished"),
                 Err(_) => {
-                    tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing open streams");
-                    Ok(())
+                    tracing::warn!(grace = %humantime::format_duration(grace), "grace period over; closing open streams")
                 }
             }
         }
@@ -317,7 +312,7 @@ pub async fn run(
     if tokio::time::timeout_at(deadline, cache.close()).await.is_err() {
         tracing::warn!("fetches still running at exit were abandoned");
     }
-    result
+    Ok(())
 }
 
 /// Sweeps the cache every purge interval (the first sweep one interval after start).
