@@ -94,98 +94,78 @@ async fn save(
             return Ok(info);
         }
     };
-    write_atomically(path, |out| {
-        let copied = std::io::copy(&mut &cached, out)?;
+    write_atomically(path, async |out| {
+        let copied = std::io::copy(&mut &cached, out).map_err(write_err(path))?;
         if copied != info.size {
-            return Err(std::io::Error::other(format!(
+            return Err(write_err(path)(std::io::Error::other(format!(
                 "cached file ended after {copied} of {} bytes",
                 info.size
-            )));
+            ))));
         }
         Ok(())
-    })?;
+    })
+    .await?;
     Ok(info)
 }
 
 /// Writes a temp file next to `path` with `fill`, syncs it, and renames it over `path`, so `path` is never
 /// half-written; the temp file is removed on any failure.
-fn write_atomically(path: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), CliError> {
-    let tmp = temp_path(path);
-    let write_err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
-    let result = std::fs::File::create(&tmp).and_then(|mut file| {
-        fill(&mut file)?;
-        file.sync_all()
-    });
-    match result.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(write_err(e))
-        }
-    }
-}
-
-fn temp_path(path: &Path) -> PathBuf {
-    path.with_file_name(format!(
+async fn write_atomically(
+    path: &Path,
+    fill: impl AsyncFnOnce(&mut std::fs::File) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let tmp = path.with_file_name(format!(
         ".{}.part{}",
         path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
         std::process::id()
-    ))
+    ));
+    let result = async {
+        let mut file = std::fs::File::create(&tmp).map_err(write_err(path))?;
+        fill(&mut file).await?;
+        file.sync_all().map_err(write_err(path))?;
+        std::fs::rename(&tmp, path).map_err(write_err(path))
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
-/// Bytes written to `--output` between two requests to start writing them back to disk.
-const WRITEBACK_STEP: u64 = 4 << 20;
+fn write_err(path: &Path) -> impl Fn(std::io::Error) -> CliError + '_ {
+    move |e| CliError(format!("writing {}: {e}", path.display()))
+}
 
-/// Streams the module into a temp file next to `path`, then renames it, so `path` is never half-written.
+/// Streams the module into `path` (see [`write_atomically`]).
 async fn download(
     client: &mut crate::proto::module_cache_client::ModuleCacheClient<tonic::transport::Channel>,
     request: FetchRequest,
-    path: &std::path::Path,
-) -> Result<ModuleInfo, CliError> {
+    path: &Path,
+) -> Result<(), CliError> {
     let mut stream = client.fetch(request).await?.into_inner();
-    let tmp = temp_path(path);
-    let write_err = |e: std::io::Error| CliError(format!("writing {}: {e}", path.display()));
-    let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
-    let mut info = None;
-    let result = async {
-        let (mut written, mut writeback_from) = (0u64, 0u64);
+    write_atomically(path, async |file| {
+        let mut info = None;
+        let mut written = 0u64;
+        // Disk writes overlap the stream, so the final fsync has little left to wait for.
+        let mut writeback = crate::store::Writeback::default();
         while let Some(message) = stream.message().await? {
             match message.msg {
                 Some(Msg::Info(i)) => info = Some(i),
                 Some(Msg::Chunk(bytes)) => {
-                    file.write_all(&bytes).map_err(write_err)?;
+                    file.write_all(&bytes).map_err(write_err(path))?;
                     written += bytes.len() as u64;
-                    if written - writeback_from >= WRITEBACK_STEP {
-                        // Disk writes overlap the stream, so the final fsync has little left to wait for.
-                        let _ = crate::store::start_writeback(&file, writeback_from, written - writeback_from);
-                        writeback_from = written;
-                    }
+                    writeback.wrote(file, bytes.len() as u64);
                 }
                 None => {}
             }
         }
-        file.sync_all().map_err(write_err)?;
-        Ok::<_, CliError>(())
-    }
-    .await;
-    let info = match (result, info) {
-        (Ok(()), Some(info)) => info,
-        (Err(e), _) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
+        let info = info.ok_or_else(|| CliError("the daemon sent no module info".into()))?;
+        if written != info.size {
+            return Err(CliError(format!("stream ended after {written} of {} bytes", info.size)));
         }
-        (Ok(()), None) => {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(CliError("the daemon sent no module info".into()));
-        }
-    };
-    let written = std::fs::metadata(&tmp).map_err(write_err)?.len();
-    if written != info.size {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(CliError(format!("stream ended after {written} of {} bytes", info.size)));
-    }
-    std::fs::rename(&tmp, path).map_err(write_err)?;
-    Ok(info)
+        Ok(())
+    })
+    .await
 }
 
 fn outcome_name(outcome: i32) -> &'static str {

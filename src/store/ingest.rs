@@ -7,16 +7,12 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::{HashingWriter, Sha256};
 
-/// Bytes written between two requests to start writing them back to disk.
-const WRITEBACK_STEP: u64 = 4 << 20;
-
 /// A temp file being written. Dropping it without committing deletes the file.
 pub struct Ingest {
     path: PathBuf,
     /// `None` only after `finish` handed the file over.
     writer: Option<HashingWriter<File>>,
-    /// Bytes already handed to the kernel's writeback (see [`super::sync_unix::start_writeback`]).
-    writeback_from: u64,
+    writeback: super::Writeback,
 }
 
 impl Ingest {
@@ -25,7 +21,7 @@ impl Ingest {
         Ok(Ingest {
             path,
             writer: Some(HashingWriter::new(file)),
-            writeback_from: 0,
+            writeback: Default::default(),
         })
     }
 
@@ -53,7 +49,7 @@ impl Ingest {
         file.set_len(0)?;
         file.seek(SeekFrom::Start(0))?;
         self.writer = Some(HashingWriter::new(file));
-        self.writeback_from = 0;
+        self.writeback = Default::default();
         Ok(())
     }
 
@@ -71,14 +67,10 @@ impl Ingest {
 
 impl Write for Ingest {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.writer().write(buf)?;
-        let written = self.written();
-        if written - self.writeback_from >= WRITEBACK_STEP {
-            // Overlaps the disk writes with the rest of the download; the commit's fsync waits for less.
-            let from = self.writeback_from;
-            let _ = super::sync_unix::start_writeback(self.writer().get_mut(), from, written - from);
-            self.writeback_from = written;
-        }
+        let writer = self.writer.as_mut().expect("ingest used after finish");
+        let n = writer.write(buf)?;
+        // Overlaps the disk writes with the rest of the download; the commit's fsync waits for less.
+        self.writeback.wrote(writer.get_mut(), n as u64);
         Ok(n)
     }
 

@@ -20,7 +20,7 @@ mod layout;
 mod sync_unix;
 
 pub use gc::{Evicted, SweepPolicy, SweepReport};
-pub use sync_unix::start_writeback;
+pub use sync_unix::Writeback;
 
 use std::collections::HashMap;
 use std::fs::File;

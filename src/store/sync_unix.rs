@@ -10,10 +10,33 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Starts writing back a range of `file` to disk without waiting for it (Linux `sync_file_range`), so the
-/// fsync that commits a large blob finds most of it already written. Only a hint: other systems do
-/// nothing, and the fsync stays what makes the bytes durable.
-pub fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
+/// Bytes written between two requests to start writing them back to disk.
+const WRITEBACK_STEP: u64 = 4 << 20;
+
+/// Follows a file written front to back and hands its bytes to the kernel's writeback every
+/// [`WRITEBACK_STEP`], so the fsync that ends the write finds most of them already on disk. Only a hint:
+/// the fsync stays what makes the bytes durable.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    written: u64,
+    /// Where the bytes not yet handed to writeback start.
+    from: u64,
+}
+
+impl Writeback {
+    /// Notes that `n` more bytes were written to `file`.
+    pub fn wrote(&mut self, file: &File, n: u64) {
+        self.written += n;
+        if self.written - self.from >= WRITEBACK_STEP {
+            let _ = start_writeback(file, self.from, self.written - self.from);
+            self.from = self.written;
+        }
+    }
+}
+
+/// Starts writing back a range of `file` to disk without waiting for it (Linux `sync_file_range`); other
+/// systems do nothing.
+fn start_writeback(file: &File, offset: u64, len: u64) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
