@@ -3,8 +3,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{rfc3339, CliError, SocketArg};
-use crate::proto::{fetch_response::Msg, FetchRequest, ModuleInfo, Outcome, PullPolicy};
+use super::{outcome_name, rfc3339, CliError, SocketArg};
+use crate::proto::{fetch_response::Msg, FetchRequest, ModuleInfo, PullPolicy};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum PolicyArg {
@@ -166,16 +166,6 @@ async fn download(
         Ok(())
     })
     .await
-}
-
-fn outcome_name(outcome: i32) -> &'static str {
-    match Outcome::try_from(outcome) {
-        Ok(Outcome::Hit) => "HIT",
-        Ok(Outcome::Fetched) => "FETCHED",
-        Ok(Outcome::Refreshed) => "REFRESHED",
-        Ok(Outcome::Stale) => "STALE",
-        _ => "UNSPECIFIED",
-    }
 }
 
 fn print_info(info: &ModuleInfo, json: bool) {

@@ -134,3 +134,15 @@ pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
         _ => String::new(),
     }
 }
+
+/// A `ModuleInfo.outcome` as the CLI prints it.
+pub(crate) fn outcome_name(outcome: i32) -> &'static str {
+    use crate::proto::Outcome;
+    match Outcome::try_from(outcome) {
+        Ok(Outcome::Hit) => "HIT",
+        Ok(Outcome::Fetched) => "FETCHED",
+        Ok(Outcome::Refreshed) => "REFRESHED",
+        Ok(Outcome::Stale) => "STALE",
+        _ => "UNSPECIFIED",
+    }
+}

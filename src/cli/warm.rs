@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use super::{CliError, SocketArg};
+use super::{outcome_name, CliError, SocketArg};
 use crate::cluster::{self, Scope};
-use crate::proto::{warm_event::Event, Outcome, WarmItem, WarmRequest};
+use crate::proto::{warm_event::Event, WarmItem, WarmRequest};
 use crate::warm::{self, Secrets};
 use crate::wasmplugin::{self, WasmPlugin};
 
@@ -293,16 +293,6 @@ async fn warm_items(args: &Args, items: Vec<WarmItem>) -> Result<Vec<Row>, CliEr
             })
         })
         .collect())
-}
-
-fn outcome_name(outcome: i32) -> &'static str {
-    match Outcome::try_from(outcome) {
-        Ok(Outcome::Hit) => "HIT",
-        Ok(Outcome::Fetched) => "FETCHED",
-        Ok(Outcome::Refreshed) => "REFRESHED",
-        Ok(Outcome::Stale) => "STALE",
-        _ => "UNSPECIFIED",
-    }
 }
 
 fn short(digest: &str) -> &str {
