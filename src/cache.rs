@@ -15,9 +15,11 @@ use crate::access::{self, Verdict};
 use crate::config::Lifecycle;
 use crate::digest::Sha256;
 use crate::error::Error;
+use crate::fetch::http::has_credentials;
+use crate::fetch::oci::auth::Credentials;
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::unbox::{self, Kind};
-use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Sink};
+use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Held, HeldImage, Meta, NothingHeld, Sink};
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
@@ -85,6 +87,9 @@ struct Revalidation {
     etag: Option<String>,
     known_digest: Option<Sha256>,
 }
+
+/// Fetches started again for one request when the module keeps being removed before it is opened.
+const REMOVED_RETRIES: usize = 3;
 
 type FlightResult = Result<Landed, Arc<Error>>;
 type Flight = Shared<BoxFuture<'static, FlightResult>>;
@@ -229,19 +234,17 @@ impl Cache {
         let key = req.url.to_string();
         let caller = self.caller(req);
         let record = self.store.index().get_ref(&key)?;
+        let bound = record
+            .as_ref()
+            .and_then(|r| r.digest().map(|d| (d, r)))
+            .filter(|(d, _)| self.store.contains(d));
         let facts = Facts {
-            expected_cached: match req.expected {
-                Some(expected) => self.module_for_digest(expected)?,
-                None => None,
-            },
-            url: record
-                .as_ref()
-                .and_then(|r| r.digest().map(|d| (d, r)))
-                .filter(|(d, _)| self.store.contains(d))
-                .map(|(digest, r)| UrlFacts {
-                    digest,
-                    resource: r.resource.clone(),
-                }),
+            url: bound.map(|(digest, r)| UrlFacts {
+                digest,
+                manifest_digest: r.manifest_digest.as_deref().and_then(|m| m.parse().ok()),
+                index_digest: r.index_digest.as_deref().and_then(|m| m.parse().ok()),
+                resource: r.resource.clone(),
+            }),
         };
         let image = match &req.url {
             ModuleUrl::Oci(image) => Some(image),
@@ -263,20 +266,19 @@ impl Cache {
                 Admission::Refetch => self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await,
                 Admission::Serve => match self.open(digest).await {
                     Ok(blob) => {
-                        if facts.url.is_none() {
-                            self.remember_url(&key, digest);
-                        }
-                        let (manifest, fetched_at) = match record.as_ref().filter(|r| r.digest() == Some(digest)) {
-                            Some(r) => (
-                                r.manifest_digest.as_deref().and_then(|m| m.parse().ok()),
-                                r.fetched_at_ms,
-                            ),
-                            None => (None, 0),
-                        };
+                        let url = facts
+                            .url
+                            .as_ref()
+                            .expect("a cached decision comes from the URL's binding");
+                        let fetched_at = record.as_ref().map_or(0, |r| r.fetched_at_ms);
                         Ok((
-                            self.module(req, digest, manifest, fetched_at, &blob, Outcome::Hit),
+                            self.module(req, digest, url.manifest_digest, fetched_at, &blob, Outcome::Hit),
                             blob,
                         ))
+                    }
+                    // Removed (rm, eviction) since the lookup: fetch it again.
+                    Err(Error::Store(StoreError::NotFound(_))) => {
+                        self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await
                     }
                     Err(Error::Store(StoreError::Corrupt { .. })) => {
                         self.metrics.evicted(Eviction::Corrupt);
@@ -296,14 +298,10 @@ impl Cache {
             Decision::Fetch => self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await,
             Decision::Revalidate { stale_ok } => {
                 let cached = facts.url.as_ref().map(|u| u.digest);
-                let conditions = match (&record, stale_ok) {
-                    (Some(r), true) => Revalidation {
+                let conditions = match (&facts.url, &record, stale_ok) {
+                    (Some(url), Some(r), true) => Revalidation {
                         etag: r.etag.clone(),
-                        known_digest: r
-                            .index_digest
-                            .as_deref()
-                            .or(r.manifest_digest.as_deref())
-                            .and_then(|d| d.parse().ok()),
+                        known_digest: url.index_digest.or(url.manifest_digest),
                     },
                     _ => fresh,
                 };
@@ -323,7 +321,7 @@ impl Cache {
                             return Err(e);
                         };
                         tracing::warn!(cause = %e, %digest, "refresh failed; serving the cached copy");
-                        let manifest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
+                        let manifest = facts.url.as_ref().and_then(|u| u.manifest_digest);
                         Ok((
                             self.module(req, digest, manifest, record.fetched_at_ms, &blob, Outcome::Stale),
                             blob,
@@ -349,7 +347,17 @@ impl Cache {
                         |c| hex::encode(c.fingerprint(&self.salt)),
                     ),
             },
-            _ => Caller {
+            // An http(s) URL is its own scope: what its userinfo credentials fetched is private to them.
+            ModuleUrl::Http(url) => Caller {
+                repository: Some(req.url.to_string()),
+                fingerprint: if has_credentials(url) {
+                    let credentials = Credentials::new(url.username(), url.password().unwrap_or(""));
+                    hex::encode(credentials.fingerprint(&self.salt))
+                } else {
+                    access::ANONYMOUS.to_string()
+                },
+            },
+            ModuleUrl::File(_) => Caller {
                 repository: None,
                 fingerprint: access::ANONYMOUS.to_string(),
             },
@@ -382,25 +390,6 @@ impl Cache {
         }
     }
 
-    /// The cached module an expected digest names: the module's own digest, or the digest of an image
-    /// manifest or index a cached module was pulled through.
-    fn module_for_digest(&self, expected: Sha256) -> Result<Option<Sha256>, Error> {
-        if self.store.contains(&expected) {
-            return Ok(Some(expected));
-        }
-        let wanted = expected.prefixed();
-        Ok(self
-            .store
-            .index()
-            .refs()?
-            .into_iter()
-            .filter(|(_, r)| {
-                r.manifest_digest.as_deref() == Some(&wanted) || r.index_digest.as_deref() == Some(&wanted)
-            })
-            .filter_map(|(_, r)| r.digest())
-            .find(|d| self.store.contains(d)))
-    }
-
     fn module(
         &self,
         req: &Request,
@@ -418,21 +407,6 @@ impl Cache {
             path: blob.path.clone(),
             fetched_at_ms,
             outcome,
-        }
-    }
-
-    /// Records that `key` resolves to an already-cached blob it did not fetch (a hit by digest).
-    fn remember_url(&self, key: &str, digest: Sha256) {
-        let record = RefRecord {
-            digest: digest.to_string(),
-            manifest_digest: None,
-            index_digest: None,
-            resource: None,
-            etag: None,
-            fetched_at_ms: now_ms(),
-        };
-        if let Err(e) = self.store.index().put_ref(key, &record) {
-            tracing::warn!(url = %key, cause = %e, "could not record url");
         }
     }
 
@@ -457,27 +431,30 @@ impl Cache {
         conditions: Revalidation,
         outcome: Outcome,
     ) -> Result<(Module, OpenBlob), Error> {
-        let landed = self.flight(req, key, caller, conditions).await.map_err(unshare)?;
-        let blob = match self.open(landed.digest).await {
-            Err(Error::Store(StoreError::NotFound(_))) => {
-                // Removed between landing and opening: rare, and the client may simply retry.
-                return Err(Error::Internal(format!(
-                    "{key}: module was removed while it was being served"
-                )));
+        let mut conditions = conditions;
+        for _ in 0..REMOVED_RETRIES {
+            let landed = self.flight(req, key, caller, conditions).await.map_err(unshare)?;
+            match self.open(landed.digest).await {
+                Ok(blob) => {
+                    let module = self.module(
+                        req,
+                        landed.digest,
+                        landed.manifest_digest,
+                        landed.fetched_at_ms,
+                        &blob,
+                        outcome,
+                    );
+                    return Ok((module, blob));
+                }
+                // Removed (rm, eviction) between landing and opening: fetch it again.
+                Err(Error::Store(StoreError::NotFound(_))) => {
+                    tracing::debug!(url = %key, "module removed before it could be opened; fetching again");
+                    conditions = Revalidation::default();
+                }
+                Err(e) => return Err(e),
             }
-            other => other?,
-        };
-        Ok((
-            self.module(
-                req,
-                landed.digest,
-                landed.manifest_digest,
-                landed.fetched_at_ms,
-                &blob,
-                outcome,
-            ),
-            blob,
-        ))
+        }
+        Err(Error::Removed(key.to_string()))
     }
 
     /// Joins the running fetch of this URL (for the same expected digest and credentials), or starts one.
@@ -661,94 +638,21 @@ struct FetchJob {
 impl FetchJob {
     async fn run(self) -> Result<Landed, Error> {
         let started = std::time::Instant::now();
-        let mut raw = self.store.ingest()?;
-        let conditions = Conditions {
+        let mut conditions = Conditions {
             etag: self.conditions.etag.clone(),
             known_digest: self.conditions.known_digest,
         };
-        let mut sink = Counted {
-            ingest: &mut raw,
-            bytes: &self.downloaded,
-        };
-        let fetched = self
-            .fetchers
-            .fetch(&self.url, &conditions, self.pull_secret.as_ref(), &mut sink)
-            .await;
-        let fetched = match fetched {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::debug!(url = %self.key, cause = %e, "fetch failed");
-                return Err(e.into());
-            }
-        };
-        let now = now_ms();
-        let (landed, authenticated) = match fetched {
-            Fetched::NotModified(meta) => {
-                let mut record = self
-                    .store
-                    .index()
-                    .get_ref(&self.key)?
-                    .ok_or_else(|| Error::Internal(format!("{}: record vanished during revalidation", self.key)))?;
-                record.resource = self.resource.clone();
-                record.fetched_at_ms = now;
-                self.store.index().put_ref(&self.key, &record)?;
-                let digest = record
-                    .digest()
-                    .ok_or_else(|| Error::Internal("unreadable digest in index".into()))?;
-                let manifest_digest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
-                (
-                    Landed {
-                        digest,
-                        manifest_digest,
-                        fetched_at_ms: now,
-                    },
-                    meta.authenticated,
-                )
-            }
-            Fetched::Complete(meta) => {
-                // An OCI request may name the image manifest or index instead of the module.
-                let names_image = self.expected.is_some()
-                    && (self.expected == meta.manifest_digest || self.expected == meta.index_digest);
-                let expected_module = if names_image { None } else { self.expected };
-                let store = self.store.clone();
-                let max_bytes = self.fetchers.max_bytes();
-                let key = self.key.clone();
-                let pick = meta.pick;
-                let committed = tokio::task::spawn_blocking(move || {
-                    finish_ingest(&store, raw, &key, expected_module, max_bytes, pick)
-                })
-                .await
-                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?;
-                let committed = committed.map_err(|e| match e {
-                    Error::ChecksumMismatch { url, expected, found } if meta.manifest_digest.is_some() => {
-                        let mut found = format!("module {found}");
-                        if let Some(m) = meta.manifest_digest {
-                            found.push_str(&format!(", image manifest {}", m.prefixed()));
-                        }
-                        if let Some(i) = meta.index_digest {
-                            found.push_str(&format!(", index {}", i.prefixed()));
-                        }
-                        Error::ChecksumMismatch { url, expected, found }
-                    }
-                    other => other,
-                })?;
-                let record = RefRecord {
-                    digest: committed.to_string(),
-                    manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
-                    index_digest: meta.index_digest.map(|d| d.prefixed()),
-                    resource: self.resource.clone(),
-                    etag: meta.etag.clone(),
-                    fetched_at_ms: now,
-                };
-                self.store.index().put_ref(&self.key, &record)?;
-                (
-                    Landed {
-                        digest: committed,
-                        manifest_digest: meta.manifest_digest,
-                        fetched_at_ms: now,
-                    },
-                    meta.authenticated,
-                )
+        let mut use_held = true;
+        let (landed, authenticated) = loop {
+            match self.attempt(&conditions, use_held).await? {
+                Some(found) => break found,
+                // What upstream's answer pointed at was removed meanwhile (rm, eviction): ask again for
+                // the bytes. Without conditions or held content the answer always carries them.
+                None => {
+                    tracing::debug!(url = %self.key, "cached copy vanished during the fetch; downloading");
+                    conditions = Conditions::default();
+                    use_held = false;
+                }
             }
         };
         self.record_access(landed.digest, authenticated);
@@ -767,6 +671,120 @@ impl FetchJob {
         }
         tracing::info!(url = %self.key, digest = %landed.digest, elapsed_ms = started.elapsed().as_millis() as u64, "module fetched");
         Ok(landed)
+    }
+
+    /// One fetch from upstream and the binding of the URL to what it brought. `Ok(None)` when upstream
+    /// pointed at a cached copy (not modified, or held content) that is no longer there.
+    async fn attempt(&self, conditions: &Conditions, use_held: bool) -> Result<Option<(Landed, bool)>, Error> {
+        let mut raw = self.store.ingest()?;
+        let mut sink = Counted {
+            ingest: &mut raw,
+            bytes: &self.downloaded,
+        };
+        let held = HeldContent {
+            store: &self.store,
+            caller: &self.caller,
+        };
+        let held: &dyn Held = if use_held { &held } else { &NothingHeld };
+        let fetched = self
+            .fetchers
+            .fetch(&self.url, conditions, self.pull_secret.as_ref(), held, &mut sink)
+            .await;
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(url = %self.key, cause = %e, "fetch failed");
+                return Err(e.into());
+            }
+        };
+        let now = now_ms();
+        let landed = match fetched {
+            Fetched::NotModified(meta) => {
+                let record = self.store.index().get_ref(&self.key)?;
+                let Some((mut record, digest)) = record
+                    .and_then(|r| r.digest().map(|d| (r, d)))
+                    .filter(|(_, d)| self.store.contains(d))
+                else {
+                    return Ok(None);
+                };
+                record.resource = self.resource.clone();
+                record.fetched_at_ms = now;
+                self.store.index().put_ref(&self.key, &record)?;
+                let manifest_digest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
+                (
+                    Landed {
+                        digest,
+                        manifest_digest,
+                        fetched_at_ms: now,
+                    },
+                    meta.authenticated,
+                )
+            }
+            Fetched::Held { meta, module } => {
+                if !self.store.contains(&module) {
+                    return Ok(None);
+                }
+                if let Some(expected) = self.expected {
+                    if ![Some(module), meta.manifest_digest, meta.index_digest].contains(&Some(expected)) {
+                        return Err(Error::ChecksumMismatch {
+                            url: self.key.clone(),
+                            expected,
+                            found: candidates(module, &meta),
+                        });
+                    }
+                }
+                tracing::debug!(url = %self.key, %module, "upstream named a module already cached; nothing downloaded");
+                self.bind(module, &meta, now)?
+            }
+            Fetched::Complete(meta) => {
+                // An OCI request may name the image manifest or index instead of the module.
+                let names_image = self.expected.is_some()
+                    && (self.expected == meta.manifest_digest || self.expected == meta.index_digest);
+                let expected_module = if names_image { None } else { self.expected };
+                let store = self.store.clone();
+                let max_bytes = self.fetchers.max_bytes();
+                let key = self.key.clone();
+                let pick = meta.pick;
+                let committed = tokio::task::spawn_blocking(move || {
+                    finish_ingest(&store, raw, &key, expected_module, max_bytes, pick)
+                })
+                .await
+                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?;
+                let committed = committed.map_err(|e| match e {
+                    Error::ChecksumMismatch { url, expected, found } if meta.manifest_digest.is_some() => {
+                        let found = found
+                            .trim_start_matches("sha256:")
+                            .parse()
+                            .map_or(found, |module| candidates(module, &meta));
+                        Error::ChecksumMismatch { url, expected, found }
+                    }
+                    other => other,
+                })?;
+                self.bind(committed, &meta, now)?
+            }
+        };
+        Ok(Some(landed))
+    }
+
+    /// Binds the URL to a module its upstream just led to.
+    fn bind(&self, digest: Sha256, meta: &Meta, now: u64) -> Result<(Landed, bool), Error> {
+        let record = RefRecord {
+            digest: digest.to_string(),
+            manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
+            index_digest: meta.index_digest.map(|d| d.prefixed()),
+            resource: self.resource.clone(),
+            etag: meta.etag.clone(),
+            fetched_at_ms: now,
+        };
+        self.store.index().put_ref(&self.key, &record)?;
+        Ok((
+            Landed {
+                digest,
+                manifest_digest: meta.manifest_digest,
+                fetched_at_ms: now,
+            },
+            meta.authenticated,
+        ))
     }
 
     /// A successful fetch proves the caller's credentials for the module, or makes it public when no
@@ -792,6 +810,67 @@ impl FetchJob {
         if let Err(e) = index.put_access(&digest, &updated) {
             tracing::warn!(cause = %e, "could not record access");
         }
+    }
+}
+
+/// What a download hashed to, for a checksum mismatch: the module's digest, and for OCI also the image
+/// manifest's and index's, any of which the request could have named.
+fn candidates(module: Sha256, meta: &Meta) -> String {
+    let mut found = format!("module {}", module.prefixed());
+    if let Some(m) = meta.manifest_digest {
+        found.push_str(&format!(", image manifest {}", m.prefixed()));
+    }
+    if let Some(i) = meta.index_digest {
+        found.push_str(&format!(", index {}", i.prefixed()));
+    }
+    found
+}
+
+/// The cache's answer to an OCI fetcher asking what it need not download: modules on disk that the
+/// caller may be served (see [`access::judge`]). A private module is not offered to a caller whose
+/// credentials are unproven for this repository, however its manifest names it: knowing a digest is
+/// not access to the bytes, so such a caller downloads them from its own registry.
+struct HeldContent<'a> {
+    store: &'a Store,
+    caller: &'a Caller,
+}
+
+impl HeldContent<'_> {
+    fn servable(&self, digest: &Sha256) -> bool {
+        self.store.contains(digest)
+            && matches!(
+                self.store.index().get_access(digest),
+                Ok(record) if access::judge(record.as_ref(), self.caller.repository.as_deref(), &self.caller.fingerprint)
+                    == Verdict::Allowed
+            )
+    }
+}
+
+impl Held for HeldContent<'_> {
+    fn image(&self, digest: &Sha256) -> Option<HeldImage> {
+        let wanted = digest.prefixed();
+        let refs = match self.store.index().refs() {
+            Ok(refs) => refs,
+            Err(e) => {
+                tracing::warn!(cause = %e, "could not read the index; downloading");
+                return None;
+            }
+        };
+        refs.into_iter()
+            .filter(|(_, r)| {
+                r.manifest_digest.as_deref() == Some(&wanted) || r.index_digest.as_deref() == Some(&wanted)
+            })
+            .filter_map(|(_, r)| {
+                Some(HeldImage {
+                    module: r.digest()?,
+                    manifest: r.manifest_digest.as_deref()?.parse().ok()?,
+                })
+            })
+            .find(|h| self.servable(&h.module))
+    }
+
+    fn module(&self, digest: &Sha256) -> bool {
+        self.servable(digest)
     }
 }
 

@@ -37,6 +37,9 @@ pub enum Error {
     },
     #[error("{0} is not cached")]
     NotCached(String),
+    /// The module kept being removed (rm, eviction) before it could be served; the call may be retried.
+    #[error("{0}: module was removed while it was being fetched; try again")]
+    Removed(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// An error that several requests share (a single-flight fetch), reduced to what each needs.
@@ -56,6 +59,7 @@ impl Error {
             Error::Store(e) => store_code(e),
             Error::ChecksumMismatch { .. } | Error::CorruptNotRefetched { .. } => Code::DataLoss,
             Error::NotCached(_) => Code::NotFound,
+            Error::Removed(_) => Code::Unavailable,
             Error::Internal(_) => Code::Internal,
             Error::Shared { code, .. } => *code,
         }
@@ -83,6 +87,7 @@ impl Error {
             Error::Fetch(_) => "download_failure",
             Error::Store(_) => "store_failure",
             Error::NotCached(_) => "not_cached",
+            Error::Removed(_) => "removed",
             Error::Internal(_) => "internal",
             Error::Shared { reason, .. } => reason,
         }

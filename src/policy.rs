@@ -26,12 +26,11 @@ pub struct Ask<'a> {
     pub immutable: bool,
 }
 
-/// What the cache holds for the request.
+/// What the cache holds for the request: only what the URL itself is bound to. A module cached from
+/// another URL never answers for this one, whatever digest the request names: only bytes fetched from a
+/// URL bind it to a module.
 #[derive(Clone, Debug, Default)]
 pub struct Facts {
-    /// A cached module that satisfies the expected digest (it is the module's digest, or the digest of
-    /// the manifest or index it was pulled through).
-    pub expected_cached: Option<Sha256>,
     /// The URL's last successful fetch, when its blob is still on disk.
     pub url: Option<UrlFacts>,
 }
@@ -39,8 +38,19 @@ pub struct Facts {
 #[derive(Clone, Debug)]
 pub struct UrlFacts {
     pub digest: Sha256,
+    /// Digests of the image manifest and index the module came through (OCI).
+    pub manifest_digest: Option<Sha256>,
+    pub index_digest: Option<Sha256>,
     /// `(resource_name, resource_version)` recorded at that fetch.
     pub resource: Option<(String, String)>,
+}
+
+impl UrlFacts {
+    /// True when `expected` names what the URL is bound to: the module's digest, or the digest of the
+    /// image manifest or index it was pulled through.
+    pub fn satisfies(&self, expected: Sha256) -> bool {
+        [Some(self.digest), self.manifest_digest, self.index_digest].contains(&Some(expected))
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,15 +65,15 @@ pub enum Decision {
 }
 
 pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Decision {
-    if let Some(module) = facts.expected_cached {
-        return Decision::UseCached(module);
-    }
     let Some(url) = &facts.url else {
         return Decision::Fetch;
     };
-    if ask.expected.is_some() {
+    match ask.expected {
+        // Pinned content the URL is known to lead to: upstream has nothing to add, whatever the policy.
+        Some(expected) if url.satisfies(expected) => return Decision::UseCached(url.digest),
         // The URL's cached module is not what was asked for.
-        return Decision::Revalidate { stale_ok: false };
+        Some(_) => return Decision::Revalidate { stale_ok: false },
+        None => {}
     }
     if ask.immutable {
         return Decision::UseCached(url.digest);
@@ -112,22 +122,28 @@ mod tests {
 
     fn cached(digest: Sha256, version: Option<&str>) -> Facts {
         Facts {
-            expected_cached: None,
             url: Some(UrlFacts {
                 digest,
+                manifest_digest: None,
+                index_digest: None,
                 resource: version.map(|v| ("ns/plugin".to_string(), v.to_string())),
             }),
         }
     }
 
     #[test]
-    fn cached_expected_digest_never_contacts_upstream_whatever_the_policy() {
-        let facts = Facts {
-            expected_cached: Some(d(1)),
-            url: None,
-        };
+    fn expected_digest_the_url_is_bound_to_never_contacts_upstream_whatever_the_policy() {
+        let facts = cached(d(1), Some("7"));
         for p in [PullPolicy::Unspecified, PullPolicy::IfNotPresent, PullPolicy::Always] {
-            assert_eq!(decide(&ask(p, Some(d(1)), ""), &facts), Decision::UseCached(d(1)));
+            assert_eq!(decide(&ask(p, Some(d(1)), "8"), &facts), Decision::UseCached(d(1)));
+        }
+    }
+
+    #[test]
+    fn expected_digest_of_a_module_cached_for_another_url_fetches() {
+        // The facts only ever describe the requested URL: nothing cached for it means a fetch.
+        for p in [PullPolicy::Unspecified, PullPolicy::IfNotPresent, PullPolicy::Always] {
+            assert_eq!(decide(&ask(p, Some(d(1)), ""), &Facts::default()), Decision::Fetch);
         }
     }
 
@@ -185,15 +201,21 @@ mod tests {
     }
 
     #[test]
-    fn expected_manifest_digest_serves_the_module_it_led_to() {
+    fn expected_manifest_or_index_digest_serves_the_module_the_url_led_to() {
         let facts = Facts {
-            expected_cached: Some(d(3)),
-            url: None,
+            url: Some(UrlFacts {
+                digest: d(3),
+                manifest_digest: Some(d(7)),
+                index_digest: Some(d(8)),
+                resource: None,
+            }),
         };
-        assert_eq!(
-            decide(&ask(PullPolicy::Always, Some(d(7)), ""), &facts),
-            Decision::UseCached(d(3))
-        );
+        for expected in [d(7), d(8)] {
+            assert_eq!(
+                decide(&ask(PullPolicy::Always, Some(expected), ""), &facts),
+                Decision::UseCached(d(3))
+            );
+        }
     }
 
     #[test]

@@ -317,3 +317,44 @@ async fn pull_secret_is_never_logged_or_stored() {
         }
     }
 }
+
+/// `rm` of the URL while a shared refresh of it waits on upstream (which then answers 304): every caller
+/// waiting on that refresh still gets the module (fetched again), never INTERNAL.
+#[tokio::test]
+async fn remove_of_the_url_during_a_shared_refresh_still_serves_the_waiting_callers() {
+    removal_during_a_shared_refresh(|url, _| Target::Url(url.to_string())).await;
+}
+
+/// The same with `rm` of the module's digest.
+#[tokio::test]
+async fn remove_of_the_digest_during_a_shared_refresh_still_serves_the_waiting_callers() {
+    removal_during_a_shared_refresh(|_, hex| Target::Sha256(hex.to_string())).await;
+}
+
+async fn removal_during_a_shared_refresh(target: impl Fn(&str, &str) -> Target) {
+    let origin = Origin::start().await;
+    let module = wasm_module("rm-during-refresh");
+    origin.serve_with_etag("/m.wasm", module.clone(), "\"v1\"");
+    let daemon = Daemon::start(&[]).await;
+    let url = origin.url("/m.wasm");
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+    origin.delay("/m.wasm", std::time::Duration::from_millis(800));
+
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut client = daemon.client().await;
+        let request = req_policy(&url, PullPolicy::Always, "ns/p", "2");
+        waiting.spawn(async move { fetch(&mut client, request).await });
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    remove(&mut daemon.client().await, target(&url, &sha256_hex(&module)))
+        .await
+        .expect("rm");
+
+    while let Some(answer) = waiting.join_next().await {
+        match answer.expect("caller task") {
+            Ok((_, bytes)) => assert_eq!(bytes, module),
+            Err(status) => panic!("waiting caller got {:?}: {}", status.code(), status.message()),
+        }
+    }
+}

@@ -275,26 +275,6 @@ async fn wrong_checksum_does_not_cache_url() {
 }
 
 #[tokio::test]
-async fn cached_checksum_from_other_url_does_not_contact_second_origin() {
-    let first = Origin::start().await;
-    let second = Origin::start().await;
-    let module = wasm_module("shared");
-    first.serve("/a.wasm", module.clone());
-    second.serve("/b.wasm", module.clone());
-    let daemon = Daemon::start(&[]).await;
-    let mut client = daemon.client().await;
-    let digest = sha256_hex(&module);
-
-    fetch_ok(&mut client, req_sha(&first.url("/a.wasm"), &digest)).await;
-    let (info, bytes) = fetch_ok(&mut client, req_sha(&second.url("/b.wasm"), &digest)).await;
-    assert_eq!(info.outcome(), Outcome::Hit);
-    assert_eq!(bytes, module);
-    assert_eq!(info.sha256, digest);
-    assert_eq!(second.total_hits(), 0, "second origin never contacted");
-    assert_eq!(first.hits("/a.wasm"), 1);
-}
-
-#[tokio::test]
 async fn non_wasm_payload_is_failed_precondition() {
     let origin = Origin::start().await;
     origin.serve_with_type("/index.html", "<html>not wasm</html>", "text/html");

@@ -357,3 +357,38 @@ async fn pull_secret_never_appears_in_daemon_log() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Knowing a digest is not access
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Another registry serves the private image's manifest (or one naming its layer) but not the blob: the cached
+/// private module is not handed out because a manifest elsewhere names it; the caller's own registry must serve
+/// the bytes, and here it cannot.
+#[tokio::test]
+async fn manifest_elsewhere_naming_a_private_module_does_not_unlock_it() {
+    let (registry, proxy, _, _) = setup().await;
+    let image = push_private(registry, "auth/named-elsewhere").await;
+    let evil = Origin::start().await;
+    let renamed = with_annotation(cncf_image(&image.module), "org.example.copy", "1");
+    evil.serve_with_type("/v2/evil/same/manifests/v1", image.manifest.clone(), OCI_MANIFEST);
+    evil.serve_with_type("/v2/evil/layer/manifests/v1", renamed.manifest.clone(), OCI_MANIFEST);
+    let evil_host = evil.addr().to_string();
+    let (_daemon, mut client) = start_daemon(registry, &["--insecure-registry", &evil_host]).await;
+    fetch_ok(
+        &mut client,
+        req_secret(&proxy.oci("auth/named-elsewhere:v1"), secret(&proxy, USER_A)),
+    )
+    .await;
+
+    for repo in ["evil/same", "evil/layer"] {
+        let url = format!("oci://{evil_host}/{repo}:v1");
+        let status = fetch_err(&mut client, req_sha(&url, &image.module_digest)).await;
+
+        assert_code(&status, Code::NotFound);
+        assert!(
+            evil.hits(&format!("/v2/{repo}/blobs/{}", image.module_blob_digest)) >= 1,
+            "the blob was asked for"
+        );
+    }
+}

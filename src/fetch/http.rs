@@ -164,6 +164,7 @@ impl HttpFetcher {
         conditions: &Conditions,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, AttemptError> {
+        let authenticated = has_credentials(url);
         let mut request = self.client_for(url).get(url.clone());
         if let Some(etag) = &conditions.etag {
             request = request.header(IF_NONE_MATCH, etag);
@@ -182,7 +183,12 @@ impl HttpFetcher {
         let fatal = |e| Err(AttemptError::Fatal(e));
         let url = shown.to_string();
         match status {
-            StatusCode::NOT_MODIFIED if conditions.etag.is_some() => return Ok(Fetched::NotModified(Meta::default())),
+            StatusCode::NOT_MODIFIED if conditions.etag.is_some() => {
+                return Ok(Fetched::NotModified(Meta {
+                    authenticated,
+                    ..Meta::default()
+                }))
+            }
             StatusCode::NOT_FOUND | StatusCode::GONE => {
                 return fatal(FetchError::NotFound {
                     url,
@@ -239,9 +245,16 @@ impl HttpFetcher {
         }
         Ok(Fetched::Complete(Meta {
             etag,
+            authenticated,
             ..Meta::default()
         }))
     }
+}
+
+/// True when the URL carries userinfo, which reqwest sends as Basic credentials: what such a request
+/// brings back may be private.
+pub fn has_credentials(url: &Url) -> bool {
+    !url.username().is_empty() || url.password().is_some()
 }
 
 /// Sorts a transport error: blocked destinations and certificate failures are final, the rest transient.

@@ -48,6 +48,40 @@ pub enum Fetched {
     Complete(Meta),
     /// Upstream confirmed that the content the conditions describe is still current; nothing was written.
     NotModified(Meta),
+    /// Upstream named content the caller already holds (an OCI manifest, index or layer by digest), so
+    /// nothing was downloaded; `module` is the held module it leads to.
+    Held { meta: Meta, module: Sha256 },
+}
+
+/// What the caller already holds, so that an OCI fetch can stop as soon as the registry names it: a
+/// manifest is content-addressed, so the module it leads to is known once its digest is. Fetchers only
+/// ask; the cache decides (it also applies its access rules here).
+pub trait Held: Send + Sync {
+    /// The held module that an image manifest or index with this digest led to, with the image
+    /// manifest's digest (the platform manifest's, for an index).
+    fn image(&self, digest: &Sha256) -> Option<HeldImage>;
+    /// True when the module with this digest is held: an image layer that is the module itself.
+    fn module(&self, digest: &Sha256) -> bool;
+}
+
+/// A held module and the image manifest it came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldImage {
+    pub module: Sha256,
+    pub manifest: Sha256,
+}
+
+/// Holds nothing: every fetch downloads.
+pub struct NothingHeld;
+
+impl Held for NothingHeld {
+    fn image(&self, _: &Sha256) -> Option<HeldImage> {
+        None
+    }
+
+    fn module(&self, _: &Sha256) -> bool {
+        false
+    }
 }
 
 /// What a fetch learned besides the bytes.
@@ -203,18 +237,24 @@ impl Fetchers {
         self.max_bytes
     }
 
-    /// Fetches `url` into `sink`. `secret` holds the request's registry credentials (OCI only).
+    /// Fetches `url` into `sink`. `secret` holds the request's registry credentials (OCI only); `held`
+    /// says what need not be downloaded again (OCI only: http and file content is only known once read).
     pub async fn fetch(
         &self,
         url: &ModuleUrl,
         conditions: &Conditions,
         secret: Option<&DockerConfig>,
+        held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
         match url {
             ModuleUrl::Http(u) => self.http.fetch(u, conditions, sink).await,
             ModuleUrl::File(p) => self.file.fetch(url, p, sink).await,
-            ModuleUrl::Oci(image) => self.oci.fetch(&url.to_string(), image, conditions, secret, sink).await,
+            ModuleUrl::Oci(image) => {
+                self.oci
+                    .fetch(&url.to_string(), image, conditions, secret, held, sink)
+                    .await
+            }
         }
     }
 }

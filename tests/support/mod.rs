@@ -489,6 +489,8 @@ struct Route {
     delay: Duration,
     /// Send the body in 64 KiB frames with this pause between frames.
     throttle: Option<Duration>,
+    /// Sent as `ETag`; a request whose `If-None-Match` names it gets 304.
+    etag: Option<String>,
 }
 
 #[derive(Default)]
@@ -614,6 +616,12 @@ impl Origin {
         });
     }
 
+    /// Serves `body` with an `ETag`, answering 304 to a request that names it in `If-None-Match`.
+    pub fn serve_with_etag(&self, path: &str, body: impl Into<Bytes>, etag: &str) {
+        self.serve(path, body);
+        self.state.with_route(path, |r| r.etag = Some(etag.to_string()));
+    }
+
     pub fn serve_with_type(&self, path: &str, body: impl Into<Bytes>, content_type: &str) {
         self.serve(path, body);
         self.state
@@ -719,6 +727,11 @@ type Body = BoxBody<Bytes, Infallible>;
 
 async fn handle(state: Arc<OriginState>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = request.uri().path().to_string();
+    let if_none_match = request
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     state.counter(&path).fetch_add(1, Ordering::SeqCst);
     let route = {
         let mut routes = state.routes.lock().unwrap();
@@ -744,10 +757,16 @@ async fn handle(state: Arc<OriginState>, request: Request<Incoming>) -> Result<R
     let Some(body) = route.body else {
         return Ok(status_response(404));
     };
+    if route.etag.is_some() && route.etag == if_none_match {
+        return Ok(status_response(304));
+    }
     let mut response = Response::builder().status(StatusCode::OK).header(
         "content-type",
         route.content_type.as_deref().unwrap_or("application/wasm"),
     );
+    if let Some(etag) = &route.etag {
+        response = response.header("etag", etag);
+    }
     let body = match route.throttle {
         None => {
             response = response.header("content-length", body.len());

@@ -15,7 +15,7 @@ use self::formats::Document;
 use self::registry::{Endpoint, RegistryClient, Session};
 use super::guard::Guard;
 use super::http::host_matches;
-use super::{Conditions, FetchError, Fetched, Meta, Sink};
+use super::{Conditions, FetchError, Fetched, Held, Meta, Sink};
 use crate::digest::Sha256;
 use crate::source::ImageRef;
 
@@ -120,13 +120,15 @@ impl OciFetcher {
     }
 
     /// Fetches the module `image` names into `sink`, trying mirrors before the registry. With a
-    /// `known_digest` in the conditions, a tag that still resolves to it downloads nothing.
+    /// `known_digest` in the conditions, a tag that still resolves to it downloads nothing; nor does a
+    /// manifest, index or layer that `held` already has.
     pub async fn fetch(
         &self,
         url: &str,
         image: &ImageRef,
         conditions: &Conditions,
         secret: Option<&DockerConfig>,
+        held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
         let endpoints = self.endpoints(image.registry())?;
@@ -134,7 +136,7 @@ impl OciFetcher {
         for (i, endpoint) in endpoints.iter().enumerate() {
             let credentials = self.credentials_for_host(&endpoint.host, image.repository(), secret);
             let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
-            match self.fetch_from(&session, image, conditions, sink).await {
+            match self.fetch_from(&session, image, conditions, held, sink).await {
                 Ok(fetched) => return Ok(fetched),
                 Err(e) if i < last => {
                     tracing::info!(url, mirror = %endpoint.host, cause = %e, "mirror failed; trying the next host");
@@ -150,6 +152,7 @@ impl OciFetcher {
         s: &Session<'_>,
         image: &ImageRef,
         conditions: &Conditions,
+        held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
         let max_manifest = self.settings.max_manifest_bytes;
@@ -179,6 +182,21 @@ impl OciFetcher {
                 ..Meta::default()
             }));
         }
+        let held_image = |digest: Sha256, index: Option<Sha256>| {
+            held.image(&digest).map(|h| Fetched::Held {
+                meta: Meta {
+                    manifest_digest: Some(h.manifest),
+                    // A held index leads to the platform manifest recorded with it.
+                    index_digest: index.or((h.manifest != digest).then_some(digest)),
+                    authenticated: s.authenticated(),
+                    ..Meta::default()
+                },
+                module: h.module,
+            })
+        };
+        if let Some(fetched) = held_image(top.digest, None) {
+            return Ok(fetched);
+        }
         let format_err = |e: formats::FormatError| FetchError::Format {
             url: s.url.to_string(),
             reason: e.to_string(),
@@ -198,6 +216,9 @@ impl OciFetcher {
                             actual: inner.digest,
                         });
                     }
+                    if let Some(fetched) = held_image(digest, Some(top.digest)) {
+                        return Ok(fetched);
+                    }
                     match formats::parse(inner.content_type.as_deref(), &inner.body).map_err(format_err)? {
                         Document::Image(m) => (m, digest, Some(top.digest)),
                         Document::Index(_) => {
@@ -213,13 +234,24 @@ impl OciFetcher {
         let layer_digest = parse_descriptor_digest(s.url, &selected.layer.digest)?;
         let size = u64::try_from(selected.layer.size).ok().filter(|&n| n > 0);
         tracing::debug!(url = s.url, format = selected.format, layer = %layer_digest, "module layer selected");
-        self.client.blob(s, layer_digest, size, self.max_bytes, sink).await?;
-        Ok(Fetched::Complete(Meta {
+        let meta = Meta {
             manifest_digest: Some(manifest_digest),
             index_digest,
             etag: None,
             authenticated: s.authenticated(),
             pick: selected.pick,
+        };
+        if held.module(&layer_digest) {
+            // The layer is the module itself, and it is held.
+            return Ok(Fetched::Held {
+                meta,
+                module: layer_digest,
+            });
+        }
+        self.client.blob(s, layer_digest, size, self.max_bytes, sink).await?;
+        Ok(Fetched::Complete(Meta {
+            authenticated: s.authenticated(),
+            ..meta
         }))
     }
 
