@@ -144,3 +144,85 @@ async fn invalid_blocked_cidr_fails_startup() {
         "no socket for a bad config"
     );
 }
+
+/// A TCP listener on `ip` that counts the connections it accepts (and closes them).
+async fn counting_listener(ip: &str) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (addr, accepted)
+}
+
+/// A registry named by a blocked IP literal is refused before any TCP connection to it.
+#[tokio::test]
+async fn registry_given_as_a_blocked_ip_literal_is_refused_before_connecting() {
+    let (addr, accepted) = counting_listener("127.0.0.3").await;
+    let host = addr.to_string();
+    let daemon = Daemon::start(&[
+        "--blocked-cidr",
+        "127.0.0.3/32",
+        "--insecure-registry",
+        &host,
+        "--retry-backoff",
+        "10ms",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+
+    let status = fetch_err(&mut client, req(&format!("oci://{host}/team/plugin:v1"))).await;
+
+    assert_code(&status, Code::PermissionDenied);
+    assert!(status.message().contains("127.0.0.3"), "{}", status.message());
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no connection was made"
+    );
+}
+
+/// A mirror named by a blocked IP literal is skipped without a connection; the registry itself is tried.
+#[tokio::test]
+async fn mirror_given_as_a_blocked_ip_literal_is_never_connected_to() {
+    let (mirror, accepted) = counting_listener("127.0.0.3").await;
+    let (registry, _) = counting_listener("127.0.0.1").await;
+    let registry_host = registry.to_string();
+    let mirror_arg = format!("{registry_host}=http://{mirror}");
+    let daemon = Daemon::start(&[
+        "--blocked-cidr",
+        "127.0.0.3/32",
+        "--registry-mirror",
+        &mirror_arg,
+        "--insecure-registry",
+        "*",
+        "--retry-backoff",
+        "10ms",
+        "--fetch-attempts",
+        "1",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+
+    fetch_err(&mut client, req(&format!("oci://{registry_host}/team/plugin:v1"))).await;
+
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no connection to the blocked mirror"
+    );
+}
+
+#[tokio::test]
+async fn registry_at_the_metadata_address_is_permission_denied() {
+    let (daemon, _origin) = Daemon::start_isolated(FAST_RETRY).await;
+    let mut client = daemon.client().await;
+
+    let status = fetch_err(&mut client, req("oci://169.254.169.254/team/plugin:v1")).await;
+    assert_code(&status, Code::PermissionDenied);
+}

@@ -386,6 +386,14 @@ impl RegistryClient {
         auth: Option<Auth>,
     ) -> Result<Response, Failure> {
         let ep = s.endpoint;
+        // reqwest resolves only host names through the guarded resolver; an IP literal goes straight to
+        // connect, so the registry's (or mirror's) own address is judged here, before any connection.
+        if let Err(source) = self.guard.check_url(&ep.base) {
+            return Err(Failure::Fatal(FetchError::Blocked {
+                url: s.url.to_string(),
+                source,
+            }));
+        }
         let known_plain = ep.insecure && self.plain_http.lock().unwrap().contains(&ep.host);
         let mut url = ep.base.clone();
         if known_plain {
