@@ -396,3 +396,54 @@ async fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A second `serve` on a cache directory in use exits at once, naming the directory and the first daemon's
+/// pid, and touches nothing: the first daemon's download in progress completes and is served.
+#[tokio::test]
+async fn second_serve_on_a_cache_dir_in_use_exits_and_leaves_the_first_untouched() {
+    let origin = Origin::start().await;
+    let module = wasm_module_of_size("in-use", 4 * 1024 * 1024);
+    origin.serve("/slow.wasm", module.clone());
+    origin.throttle("/slow.wasm", Duration::from_millis(40));
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    let url = origin.url("/slow.wasm");
+    let download = tokio::spawn(async move { fetch(&mut client, req(&url)).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon.ingest_files().is_empty() {
+        assert!(Instant::now() < deadline, "the download never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_wasmcache"));
+    second
+        .arg("serve")
+        .arg("--cache-dir")
+        .arg(daemon.cache_dir())
+        .arg("--socket")
+        .arg(daemon.dir().join("second.sock"))
+        .args(["--admin-listen", "off"]);
+    let second = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || second.output()),
+    )
+    .await
+    .expect("the second serve exits")
+    .unwrap()
+    .expect("run the second serve");
+
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success());
+    let expected = format!(
+        "cache directory {} is in use by another wasmcache (pid {})",
+        daemon.cache_dir().display(),
+        daemon.pid()
+    );
+    assert!(stderr.contains(&expected), "stderr: {stderr}");
+    assert!(
+        !daemon.ingest_files().is_empty(),
+        "the first daemon's download is still there"
+    );
+    let (_, bytes) = download.await.unwrap().expect("the first daemon's download completes");
+    assert_eq!(bytes, module);
+}

@@ -49,4 +49,9 @@ impl Layout {
     pub fn index_dir(&self) -> PathBuf {
         self.root.join("index")
     }
+
+    /// Locked by the daemon that uses the directory; holds its pid.
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("lock")
+    }
 }

@@ -11,7 +11,10 @@
 //!    read after its size or mtime changed) re-hashes it, and a blob that no longer matches its name is
 //!    moved to `quarantine/` and reported as [`StoreError::Corrupt`], never served.
 //!
-//! Temp files never outlive a restart: [`Store::open`] empties `ingest/` before anything else runs.
+//! One process uses a cache directory at a time: [`Store::open`] first takes an exclusive lock on `lock`
+//! (held for the store's lifetime) and fails with [`StoreError::InUse`] when another process holds it.
+//! Only then does it empty `ingest/`, so temp files never outlive a restart and never vanish under a
+//! running daemon.
 
 mod gc;
 mod index;
@@ -55,6 +58,8 @@ pub enum StoreError {
     Corrupt { digest: Sha256, actual: Sha256 },
     #[error("module sha256:{0} is not cached")]
     NotFound(Sha256),
+    #[error("cache directory {} is in use by another wasmcache (pid {})", dir.display(), pid.map_or("unknown".to_string(), |p| p.to_string()))]
+    InUse { dir: PathBuf, pid: Option<u32> },
 }
 
 impl StoreError {
@@ -125,6 +130,8 @@ impl Stamp {
 const LAST_USED_GRANULARITY_MS: u64 = 10_000;
 
 pub struct Store {
+    /// Locked while this store is open: one process per cache directory.
+    _lock: File,
     layout: Layout,
     index: Index,
     verified: Mutex<HashMap<Sha256, Stamp>>,
@@ -148,6 +155,8 @@ impl Store {
     /// Opens (creating) the store under `root`, removing temp files left by an earlier process.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let layout = Layout::new(root.to_path_buf());
+        std::fs::create_dir_all(root).map_err(StoreError::io(root))?;
+        let lock = lock_directory(&layout)?;
         for dir in [layout.blobs_dir(), layout.ingest_dir(), layout.quarantine_dir()] {
             std::fs::create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         }
@@ -159,6 +168,7 @@ impl Store {
         let index = Index::open(&index_dir)?;
         let sizes = blob_sizes(&layout.blobs_dir())?;
         Ok(Store {
+            _lock: lock,
             layout,
             index,
             verified: Mutex::new(HashMap::new()),
@@ -466,6 +476,34 @@ impl Drop for Hold {
             }
         }
     }
+}
+
+/// Takes the cache directory's exclusive lock and writes our pid into the lock file, or names the
+/// process that holds it. The kernel drops the lock when the process exits, however it exits.
+fn lock_directory(layout: &Layout) -> Result<File, StoreError> {
+    let path = layout.lock_file();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(StoreError::io(&path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = io::Read::read_to_string(&mut file, &mut holder);
+            return Err(StoreError::InUse {
+                dir: layout.root().to_path_buf(),
+                pid: holder.trim().parse().ok(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(StoreError::Io { path, source: e }),
+    }
+    file.set_len(0).map_err(StoreError::io(&path))?;
+    io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes()).map_err(StoreError::io(&path))?;
+    Ok(file)
 }
 
 /// The size of every blob file in `dir`.

@@ -209,3 +209,21 @@ fn delete_removes_blob_and_every_ref_to_it() {
         assert!(store.delete(&c.digest).unwrap().is_none());
     });
 }
+
+#[test]
+fn a_second_open_of_a_directory_in_use_names_the_holder_and_sweeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path());
+    let mut ingest = first.ingest().unwrap();
+    ingest.write_all(b"in progress").unwrap();
+
+    match Store::open(dir.path()) {
+        Err(StoreError::InUse { dir: d, pid }) => {
+            assert_eq!(d, dir.path());
+            assert_eq!(pid, Some(std::process::id()));
+        }
+        Err(other) => panic!("expected InUse, got {other}"),
+        Ok(_) => panic!("a second store opened a directory in use"),
+    }
+    assert!(ingest.path().exists(), "the first store's ingest is untouched");
+}
