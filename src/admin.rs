@@ -95,13 +95,17 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             response
         }
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
-        (&Method::GET, "/readyz") => {
-            if state.ready.load(Ordering::SeqCst) && state.cache.get().is_some() {
-                text(StatusCode::OK, "ready\n".into())
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into())
-            }
-        }
+        (&Method::GET, "/readyz") => match state.cache.get() {
+            _ if !state.ready.load(Ordering::SeqCst) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+            Some(cache) => match cache.store().index().failure() {
+                Some(failure) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("not ready: cache index unavailable: {}\n", failure.cause),
+                ),
+                None => text(StatusCode::OK, "ready\n".into()),
+            },
+        },
         (&Method::GET | &Method::HEAD, p) if p.starts_with("/v1/modules/sha256/") => {
             let hex = &p["/v1/modules/sha256/".len()..];
             match state.cache.get() {

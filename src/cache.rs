@@ -23,7 +23,9 @@ use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Held, HeldImage, M
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
-use crate::store::{now_ms, AccessRecord, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport};
+use crate::store::{
+    now_ms, AccessRecord, Committed, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
+};
 
 /// A request for a module, as the core sees it.
 #[derive(Clone, Debug)]
@@ -643,7 +645,7 @@ impl FetchJob {
             known_digest: self.conditions.known_digest,
         };
         let mut use_held = true;
-        let (landed, authenticated) = loop {
+        let landed = loop {
             match self.attempt(&conditions, use_held).await? {
                 Some(found) => break found,
                 // What upstream's answer pointed at was removed meanwhile (rm, eviction): ask again for
@@ -655,7 +657,6 @@ impl FetchJob {
                 }
             }
         };
-        self.record_access(landed.digest, authenticated);
         if let Some(policy) = self
             .limit
             .filter(|p| p.max_bytes.is_some_and(|max| self.store.usage().1 > max))
@@ -665,17 +666,13 @@ impl FetchJob {
                 tracing::warn!(cause = %e, "size-limit eviction failed");
             }
         }
-        // Make the new mapping durable before anyone is told about it.
-        if let Err(e) = self.store.index().flush().await {
-            tracing::warn!(cause = %e, "could not flush the index");
-        }
         tracing::info!(url = %self.key, digest = %landed.digest, elapsed_ms = started.elapsed().as_millis() as u64, "module fetched");
         Ok(landed)
     }
 
     /// One fetch from upstream and the binding of the URL to what it brought. `Ok(None)` when upstream
     /// pointed at a cached copy (not modified, or held content) that is no longer there.
-    async fn attempt(&self, conditions: &Conditions, use_held: bool) -> Result<Option<(Landed, bool)>, Error> {
+    async fn attempt(&self, conditions: &Conditions, use_held: bool) -> Result<Option<Landed>, Error> {
         let mut raw = self.store.ingest()?;
         let mut sink = Counted {
             ingest: &mut raw,
@@ -710,15 +707,14 @@ impl FetchJob {
                 record.resource = self.resource.clone();
                 record.fetched_at_ms = now;
                 self.store.index().put_ref(&self.key, &record)?;
+                self.record_access(digest, meta.authenticated)?;
+                self.store.index().flush().await?;
                 let manifest_digest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
-                (
-                    Landed {
-                        digest,
-                        manifest_digest,
-                        fetched_at_ms: now,
-                    },
-                    meta.authenticated,
-                )
+                Landed {
+                    digest,
+                    manifest_digest,
+                    fetched_at_ms: now,
+                }
             }
             Fetched::Held { meta, module } => {
                 if !self.store.contains(&module) {
@@ -734,7 +730,7 @@ impl FetchJob {
                     }
                 }
                 tracing::debug!(url = %self.key, %module, "upstream named a module already cached; nothing downloaded");
-                self.bind(module, &meta, now)?
+                self.bind(module, false, &meta, now).await?
             }
             Fetched::Complete(meta) => {
                 // An OCI request may name the image manifest or index instead of the module.
@@ -760,14 +756,16 @@ impl FetchJob {
                     }
                     other => other,
                 })?;
-                self.bind(committed, &meta, now)?
+                self.bind(committed.digest, committed.created, &meta, now).await?
             }
         };
         Ok(Some(landed))
     }
 
-    /// Binds the URL to a module its upstream just led to.
-    fn bind(&self, digest: Sha256, meta: &Meta, now: u64) -> Result<(Landed, bool), Error> {
+    /// Binds the URL to a module its upstream just led to, records who may be served it, and makes both
+    /// durable before anyone is told. When that fails, a blob this fetch created is deleted again: a failed
+    /// fetch leaves no blob that no URL leads to.
+    async fn bind(&self, digest: Sha256, created: bool, meta: &Meta, now: u64) -> Result<Landed, Error> {
         let record = RefRecord {
             digest: digest.to_string(),
             manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
@@ -776,30 +774,32 @@ impl FetchJob {
             etag: meta.etag.clone(),
             fetched_at_ms: now,
         };
-        self.store.index().put_ref(&self.key, &record)?;
-        Ok((
-            Landed {
-                digest,
-                manifest_digest: meta.manifest_digest,
-                fetched_at_ms: now,
-            },
-            meta.authenticated,
-        ))
+        let index = self.store.index();
+        let bound = async {
+            index.put_ref(&self.key, &record)?;
+            self.record_access(digest, meta.authenticated)?;
+            index.flush().await
+        };
+        if let Err(e) = bound.await {
+            if created {
+                self.store.discard(&digest);
+            }
+            return Err(e.into());
+        }
+        Ok(Landed {
+            digest,
+            manifest_digest: meta.manifest_digest,
+            fetched_at_ms: now,
+        })
     }
 
     /// A successful fetch proves the caller's credentials for the module, or makes it public when no
-    /// credentials were needed.
-    fn record_access(&self, digest: Sha256, authenticated: bool) {
+    /// credentials were needed. Not optional: without its record a private module would count as public.
+    fn record_access(&self, digest: Sha256, authenticated: bool) -> Result<(), StoreError> {
         let index = self.store.index();
-        let existing = match index.get_access(&digest) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(cause = %e, "could not read access record");
-                return;
-            }
-        };
+        let existing = index.get_access(&digest)?;
         if existing.is_none() && !authenticated {
-            return; // No record means public.
+            return Ok(()); // No record means public.
         }
         let updated = access::prove(
             existing,
@@ -807,9 +807,7 @@ impl FetchJob {
             &self.caller.fingerprint,
             !authenticated,
         );
-        if let Err(e) = index.put_access(&digest, &updated) {
-            tracing::warn!(cause = %e, "could not record access");
-        }
+        index.put_access(&digest, &updated)
     }
 }
 
@@ -882,7 +880,7 @@ fn finish_ingest(
     expected: Option<Sha256>,
     max_bytes: u64,
     pick: unbox::Pick,
-) -> Result<Sha256, Error> {
+) -> Result<Committed, Error> {
     let unbox_err = |source| {
         Error::Fetch(FetchError::Unbox {
             url: url.to_string(),
@@ -906,7 +904,7 @@ fn finish_ingest(
     };
     unbox::check_wasm(&unbox::read_head(module.path()).map_err(unbox_err)?).map_err(unbox_err)?;
     match store.commit(module, expected) {
-        Ok(c) => Ok(c.digest),
+        Ok(c) => Ok(c),
         Err(StoreError::DigestMismatch { expected, actual }) => Err(Error::ChecksumMismatch {
             url: url.to_string(),
             expected,

@@ -128,6 +128,7 @@ fn store_code(e: &StoreError) -> Code {
         StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::NotFound(_) => Code::NotFound,
         _ if e.is_no_space() => Code::ResourceExhausted,
+        StoreError::IndexUnavailable(_) => Code::Unavailable,
         _ => Code::Internal,
     }
 }

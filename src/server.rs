@@ -302,6 +302,7 @@ pub async fn run(
         }
         () = watchdog() => unreachable!("the watchdog never returns"),
         () = purge(&cache) => unreachable!("the purge loop never returns"),
+        () = recover_index(&cache, &health) => unreachable!("the index recovery loop never returns"),
     };
     if let Some(path) = &listeners.unix_path {
         if let Err(e) = std::fs::remove_file(path) {
@@ -335,6 +336,42 @@ async fn purge(cache: &Cache) {
         }
     }
 }
+
+/// Checks the index once a second, and reopens it when it has failed (a full disk stops sled for good)
+/// until that works.
+/// Meanwhile the module service reports NOT_SERVING to gRPC health, as `/readyz` does, and requests get
+/// RESOURCE_EXHAUSTED (or UNAVAILABLE) rather than INTERNAL.
+async fn recover_index(cache: &Arc<Cache>, health: &tonic_health::server::HealthReporter) {
+    let mut ticker = tokio::time::interval(INDEX_RECOVERY_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut serving = true;
+    loop {
+        ticker.tick().await;
+        let store = cache.store().clone();
+        // sled fails in its background writer; a flush is what reports it (and costs nothing when clean).
+        if store.index().failure().is_none() {
+            let _ = store.index().flush().await;
+        }
+        if store.index().failure().is_some() {
+            if serving {
+                health.set_not_serving::<ModuleCacheServer<Service>>().await;
+                serving = false;
+            }
+            match tokio::task::spawn_blocking(move || store.recover_index()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(cause = %e, "cache index not reopened yet"),
+                Err(e) => tracing::warn!(cause = %e, "index recovery task failed"),
+            }
+        }
+        if !serving && cache.store().index().failure().is_none() {
+            health.set_serving::<ModuleCacheServer<Service>>().await;
+            serving = true;
+        }
+    }
+}
+
+/// How often a failed index is tried again.
+const INDEX_RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Sends `WATCHDOG=1` at half the interval systemd asked for; pends forever without a watchdog.
 async fn watchdog() {

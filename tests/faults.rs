@@ -12,6 +12,10 @@
 
 mod support;
 
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -1649,4 +1653,121 @@ async fn registry_blob_corrupted_in_transit_on_refresh_serves_the_cached_copy() 
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].sha256, v1.module_digest);
     assert_ingest_empty(&daemon, "after the corrupt refresh");
+}
+
+/// The gRPC health status of `wasmcache.v1.ModuleCache` (what the DaemonSet's readiness probe asks).
+async fn module_cache_health(daemon: &Daemon) -> ServingStatus {
+    let channel = unix_channel(&daemon.socket()).await.expect("connect");
+    let request = HealthCheckRequest {
+        service: "wasmcache.v1.ModuleCache".into(),
+    };
+    let answer = HealthClient::new(channel).check(request).await.expect("health check");
+    answer.into_inner().status()
+}
+
+/// Fills the filesystem of `dir` with a file `name`, leaving about `leave` bytes free; returns its path.
+fn fill_disk(tmpfs: &Tmpfs, dir: &Path, leave: u64) -> PathBuf {
+    let path = dir.join("filler");
+    let size = tmpfs.free().saturating_sub(leave);
+    let mut file = std::fs::File::create(&path).expect("create filler");
+    let block = vec![0xa5u8; 64 * 1024];
+    let mut written = 0u64;
+    while written < size {
+        let n = block.len().min((size - written) as usize);
+        if std::io::Write::write_all(&mut file, &block[..n]).is_err() {
+            break;
+        }
+        written += n as u64;
+    }
+    path
+}
+
+/// The index's own writes meet a full disk: every answer meanwhile is RESOURCE_EXHAUSTED (never INTERNAL),
+/// `/readyz` says 503, no blob is left without a URL, and once space returns the daemon recovers by itself,
+/// without a restart.
+#[tokio::test]
+async fn index_on_a_full_disk_recovers_by_itself_when_space_returns() {
+    let origin = Origin::start().await;
+    let admin = free_local_addr();
+    let admin_arg = admin.to_string();
+    let disk = FullDisk::start(&["--retry-backoff", "10ms", "--admin-listen", &admin_arg]).await;
+    let mut client = disk.daemon.client().await;
+    let first = wasm_module("index-full-first");
+    origin.serve("/first.wasm", first.clone());
+    fetch_ok(&mut client, req(&origin.url("/first.wasm"))).await;
+    let filler = fill_disk(&disk.tmpfs, &disk.daemon.dir().join("cache"), 0);
+
+    // Pinning writes only the index: the index alone meets the full disk.
+    let mut codes = Vec::new();
+    let hex = sha256_hex(&first);
+    for i in 0..400 {
+        let target = Some(wasmcache::proto::pin_request::Target::Sha256(hex.clone()));
+        let request = wasmcache::proto::PinRequest { target };
+        let answer = if i % 2 == 0 {
+            client.pin(request).await.map(|_| ())
+        } else {
+            client.unpin(request).await.map(|_| ())
+        };
+        codes.push(answer.err());
+    }
+    // sled writes its log from a background thread every half second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for i in 0..10 {
+        let path = format!("/while-full{i}.wasm");
+        origin.serve(&path, first.clone());
+        codes.push(fetch_unchecked(&mut client, req(&origin.url(&path))).await.err());
+        codes.push(
+            fetch_unchecked(&mut client, req(&origin.url("/first.wasm")))
+                .await
+                .err(),
+        );
+    }
+    let readyz = http_get(admin, "/readyz").await;
+    let health = module_cache_health(&disk.daemon).await;
+
+    for status in codes.iter().flatten() {
+        assert_eq!(
+            status.code(),
+            Code::ResourceExhausted,
+            "while full: {}",
+            status.message()
+        );
+    }
+    assert!(codes.iter().flatten().count() > 0, "the disk was full");
+    assert_eq!(readyz.status, 503, "readyz while the index is down: {}", readyz.text());
+    assert_eq!(
+        health,
+        ServingStatus::NotServing,
+        "gRPC health of ModuleCache while the index is down"
+    );
+    std::fs::remove_file(filler).expect("free the space");
+    let later = wasm_module("index-full-later");
+    origin.serve("/later.wasm", later.clone());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let bytes = loop {
+        match fetch_unchecked(&mut client, req(&origin.url("/later.wasm"))).await {
+            Ok((_, bytes)) => break bytes,
+            Err(status) if Instant::now() < deadline => {
+                assert_ne!(status.code(), Code::Internal, "recovering: {}", status.message());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => panic!("no recovery: {:?} {}", status.code(), status.message()),
+        }
+    };
+    assert!(bytes == later);
+    assert_eq!(http_get(admin, "/readyz").await.status, 200, "ready again");
+    assert_eq!(module_cache_health(&disk.daemon).await, ServingStatus::Serving);
+    let (info, _) = fetch_ok(&mut client, req(&origin.url("/first.wasm"))).await;
+    assert_eq!(info.outcome(), Outcome::Hit, "what was cached before is still served");
+    let listed = list(&mut client).await;
+    assert_eq!(
+        listed.len(),
+        disk.daemon.blob_files().len(),
+        "every blob file is listed: {listed:?}"
+    );
+    assert!(
+        listed.iter().all(|m| !m.urls.is_empty()),
+        "no module without a URL: {listed:?}"
+    );
+    assert_ingest_empty(&disk.daemon, "after recovery");
 }

@@ -5,6 +5,9 @@
 //! `meta` holds the index's own settings (the fingerprint salt). Records are JSON so that later fields can be added
 //! without a migration. The blob files are the truth: a record without a file is ignored and repaired.
 
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
@@ -56,8 +59,8 @@ pub struct AccessRecord {
     pub proven: std::collections::BTreeMap<String, Vec<String>>,
 }
 
-#[derive(Clone)]
-pub struct Index {
+/// The sled trees of one open database.
+struct Trees {
     db: sled::Db,
     refs: sled::Tree,
     blobs: sled::Tree,
@@ -65,51 +68,152 @@ pub struct Index {
     meta: sled::Tree,
 }
 
-impl Index {
-    pub fn open(dir: &std::path::Path) -> Result<Self, StoreError> {
+impl Trees {
+    fn open(dir: &Path) -> sled::Result<Trees> {
         let db = sled::Config::new().path(dir).open()?;
-        let refs = db.open_tree("refs")?;
-        let blobs = db.open_tree("blobs")?;
-        let access = db.open_tree("access")?;
-        let meta = db.open_tree("meta")?;
-        Ok(Index {
+        Ok(Trees {
+            refs: db.open_tree("refs")?,
+            blobs: db.open_tree("blobs")?,
+            access: db.open_tree("access")?,
+            meta: db.open_tree("meta")?,
             db,
-            refs,
-            blobs,
-            access,
-            meta,
         })
+    }
+}
+
+/// Why the index stopped working.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub cause: String,
+    /// The disk (or a quota) is full: the index comes back once space does.
+    pub no_space: bool,
+}
+
+/// The index, reopened after a failure. sled stops for good after an I/O error (a full disk, say): every
+/// later operation returns the same error. So the first I/O error marks the index failed; operations then
+/// fail at once with [`StoreError::IndexUnavailable`] until [`Index::reopen`] succeeds, which it does once the
+/// disk has room again.
+pub struct Index {
+    dir: PathBuf,
+    trees: RwLock<Option<Arc<Trees>>>,
+    failure: Mutex<Option<Failure>>,
+}
+
+impl Index {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            trees: RwLock::new(Some(Arc::new(Trees::open(dir)?))),
+            failure: Mutex::new(None),
+        })
+    }
+
+    /// Why the index is not usable now, if it is not.
+    pub fn failure(&self) -> Option<Failure> {
+        self.failure.lock().unwrap().clone()
+    }
+
+    /// Reopens a failed index; `Ok(false)` when it was not failed. sled's recovery replays its log up to
+    /// the last write that reached the disk.
+    pub fn reopen(&self) -> Result<bool, StoreError> {
+        if self.failure().is_none() {
+            return Ok(false);
+        }
+        // Let go of the failed database first: sled holds a lock on its directory until the last handle is
+        // gone, and releases it from a background thread shortly after.
+        drop(self.trees.write().unwrap().take());
+        let deadline = std::time::Instant::now() + REOPEN_LOCK_WAIT;
+        let trees = loop {
+            match Trees::open(&self.dir) {
+                Ok(trees) => break trees,
+                // sled reports its held lock as an `Other` I/O error with this text.
+                Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {}
+                Err(e) => return Err(StoreError::Index(e)),
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(StoreError::IndexUnavailable(Failure {
+                    cause: "the failed index is still locked".into(),
+                    no_space: false,
+                }));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // sled opens a full disk without writing: only a write that reaches the disk shows the index works.
+        let probe = trees
+            .meta
+            .insert("last-reopen-ms", &super::now_ms().to_be_bytes()[..])
+            .and_then(|_| trees.db.flush());
+        if let Err(e) = probe {
+            return Err(StoreError::Index(e));
+        }
+        *self.trees.write().unwrap() = Some(Arc::new(trees));
+        *self.failure.lock().unwrap() = None;
+        Ok(true)
+    }
+
+    /// Runs `op` on the open trees, marking the index failed on an I/O error.
+    fn with<T>(&self, op: impl FnOnce(&Trees) -> sled::Result<T>) -> Result<T, StoreError> {
+        let trees = self.trees.read().unwrap().clone();
+        let Some(trees) = trees.filter(|_| self.failure().is_none()) else {
+            return Err(self.unavailable());
+        };
+        op(&trees).map_err(|e| self.fail(e))
+    }
+
+    fn unavailable(&self) -> StoreError {
+        StoreError::IndexUnavailable(self.failure().unwrap_or_else(|| Failure {
+            cause: "being reopened".into(),
+            no_space: false,
+        }))
+    }
+
+    /// Records an I/O error as the index's failure (sled will not recover from it by itself).
+    fn fail(&self, e: sled::Error) -> StoreError {
+        if let sled::Error::Io(io) = &e {
+            let no_space = matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || io.kind() == std::io::ErrorKind::StorageFull;
+            let mut failure = self.failure.lock().unwrap();
+            if failure.is_none() {
+                tracing::error!(cause = %io, "cache index failed; it is reopened once that is possible");
+                *failure = Some(Failure {
+                    cause: io.to_string(),
+                    no_space,
+                });
+            }
+        }
+        StoreError::Index(e)
     }
 
     /// Waits until every earlier write is on disk. Runs sled's blocking flush on the blocking pool:
     /// sled 0.34's `flush_async` can hang forever under concurrent callers (sled#1308), which wedged
     /// every later fetch.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
+        let db = self.with(|t| Ok(t.db.clone()))?;
+        let flushed = tokio::task::spawn_blocking(move || db.flush())
             .await
-            .map_err(|e| StoreError::IndexRecord(format!("index flush task failed: {e}")))??;
+            .map_err(|e| StoreError::IndexRecord(format!("index flush task failed: {e}")))?;
+        flushed.map_err(|e| self.fail(e))?;
         Ok(())
     }
 
     pub fn get_ref(&self, reference: &str) -> Result<Option<RefRecord>, StoreError> {
-        decode(self.refs.get(reference)?)
+        decode(self.with(|t| t.refs.get(reference))?)
     }
 
     pub fn put_ref(&self, reference: &str, record: &RefRecord) -> Result<(), StoreError> {
-        self.refs.insert(reference, encode(record))?;
+        self.with(|t| t.refs.insert(reference, encode(record)))?;
         Ok(())
     }
 
     pub fn remove_ref(&self, reference: &str) -> Result<Option<RefRecord>, StoreError> {
-        decode(self.refs.remove(reference)?)
+        decode(self.with(|t| t.refs.remove(reference))?)
     }
 
     /// Every reference with its record; unreadable records are skipped (and logged).
     pub fn refs(&self) -> Result<Vec<(String, RefRecord)>, StoreError> {
+        let items = self.with(|t| t.refs.iter().collect::<sled::Result<Vec<_>>>())?;
         let mut out = Vec::new();
-        for item in self.refs.iter() {
-            let (key, value) = item?;
+        for (key, value) in items {
             let key = String::from_utf8_lossy(&key).into_owned();
             match serde_json::from_slice(&value) {
                 Ok(record) => out.push((key, record)),
@@ -133,30 +237,30 @@ impl Index {
     }
 
     pub fn get_blob(&self, digest: &Sha256) -> Result<Option<BlobRecord>, StoreError> {
-        decode(self.blobs.get(digest.to_string())?)
+        decode(self.with(|t| t.blobs.get(digest.to_string()))?)
     }
 
     pub fn put_blob(&self, digest: &Sha256, record: &BlobRecord) -> Result<(), StoreError> {
-        self.blobs.insert(digest.to_string(), encode(record))?;
+        self.with(|t| t.blobs.insert(digest.to_string(), encode(record)))?;
         Ok(())
     }
 
     pub fn remove_blob(&self, digest: &Sha256) -> Result<(), StoreError> {
-        self.blobs.remove(digest.to_string())?;
+        self.with(|t| t.blobs.remove(digest.to_string()))?;
         Ok(())
     }
 
     pub fn get_access(&self, digest: &Sha256) -> Result<Option<AccessRecord>, StoreError> {
-        decode(self.access.get(digest.to_string())?)
+        decode(self.with(|t| t.access.get(digest.to_string()))?)
     }
 
     pub fn put_access(&self, digest: &Sha256, record: &AccessRecord) -> Result<(), StoreError> {
-        self.access.insert(digest.to_string(), encode(record))?;
+        self.with(|t| t.access.insert(digest.to_string(), encode(record)))?;
         Ok(())
     }
 
     pub fn remove_access(&self, digest: &Sha256) -> Result<(), StoreError> {
-        self.access.remove(digest.to_string())?;
+        self.with(|t| t.access.remove(digest.to_string()))?;
         Ok(())
     }
 
@@ -166,13 +270,11 @@ impl Index {
         let mut fresh = [0u8; 32];
         fresh.iter_mut().for_each(|b| *b = fastrand::u8(..));
         // Compare-and-swap from "absent": of two racing first calls, both end up with the winner's salt.
-        let _ = self
-            .meta
-            .compare_and_swap(KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
-        let stored = self
-            .meta
-            .get(KEY)?
-            .ok_or_else(|| StoreError::IndexRecord("salt vanished".into()))?;
+        let stored = self.with(|t| {
+            let _ = t.meta.compare_and_swap(KEY, None as Option<&[u8]>, Some(&fresh[..]))?;
+            t.meta.get(KEY)
+        })?;
+        let stored = stored.ok_or_else(|| StoreError::IndexRecord("salt vanished".into()))?;
         stored
             .as_ref()
             .try_into()
@@ -180,9 +282,9 @@ impl Index {
     }
 
     pub fn blobs(&self) -> Result<Vec<(Sha256, BlobRecord)>, StoreError> {
+        let items = self.with(|t| t.blobs.iter().collect::<sled::Result<Vec<_>>>())?;
         let mut out = Vec::new();
-        for item in self.blobs.iter() {
-            let (key, value) = item?;
+        for (key, value) in items {
             let digest = std::str::from_utf8(&key).ok().and_then(|k| k.parse().ok());
             match (digest, serde_json::from_slice(&value)) {
                 (Some(d), Ok(record)) => out.push((d, record)),
@@ -194,6 +296,9 @@ impl Index {
         Ok(out)
     }
 }
+
+/// How long a reopen waits for sled to release the lock of the failed database.
+const REOPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("index records always serialize")

@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use index::{AccessRecord, BlobRecord, Index, RefRecord};
+pub use index::{AccessRecord, BlobRecord, Failure, Index, RefRecord};
 pub use ingest::Ingest;
 pub use layout::Layout;
 
@@ -52,6 +52,8 @@ pub enum StoreError {
     Index(#[from] sled::Error),
     #[error("cache index record is unreadable: {0}")]
     IndexRecord(String),
+    #[error("cache index is unavailable until it can be reopened: {}", .0.cause)]
+    IndexUnavailable(index::Failure),
     #[error("content digest mismatch: expected sha256:{expected}, got sha256:{actual}")]
     DigestMismatch { expected: Sha256, actual: Sha256 },
     #[error("cached blob sha256:{digest} is corrupt on disk (its bytes hash to sha256:{actual}); it was quarantined")]
@@ -70,10 +72,18 @@ impl StoreError {
         }
     }
 
-    /// True when the disk (or a quota) is full.
+    /// True when the disk (or a quota) is full, for the store's files or for its index.
     pub fn is_no_space(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. }
-            if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
+        let full = |e: &io::Error| {
+            matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || e.kind() == io::ErrorKind::StorageFull
+        };
+        match self {
+            StoreError::Io { source, .. } => full(source),
+            StoreError::Index(sled::Error::Io(e)) => full(e),
+            StoreError::IndexUnavailable(failure) => failure.no_space,
+            _ => false,
+        }
     }
 }
 
@@ -82,6 +92,8 @@ impl StoreError {
 pub struct Committed {
     pub digest: Sha256,
     pub size: u64,
+    /// This commit made the blob visible (it was not stored already).
+    pub created: bool,
 }
 
 /// A verified blob opened for reading, positioned at its start. While it (its `hold`) lives, the blob is
@@ -269,7 +281,8 @@ impl Store {
             }
         }
         let target = self.layout.blob(&digest);
-        if target.exists() {
+        let created = !target.exists();
+        if !created {
             remove_tmp();
         } else {
             if let Err(e) = std::fs::rename(&tmp, &target) {
@@ -289,7 +302,7 @@ impl Store {
         }
         self.sizes.lock().unwrap().insert(digest, size);
         self.record_use(&digest, size, 0);
-        Ok(Committed { digest, size })
+        Ok(Committed { digest, size, created })
     }
 
     /// True when a committed blob with this digest is on disk (not yet verified).
@@ -428,6 +441,43 @@ impl Store {
         self.last_used.lock().unwrap().remove(digest);
         let refs = self.forget(digest)?;
         Ok((existed || !refs.is_empty()).then_some(refs))
+    }
+
+    /// Deletes a blob that a failed fetch has just created, so no blob is left that no URL leads to. The
+    /// index may be failing (that may be why the fetch failed): its entries are dropped when it can be.
+    pub fn discard(&self, digest: &Sha256) {
+        let path = self.layout.blob(digest);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(%digest, cause = %e, "could not delete the blob of a failed fetch");
+                return;
+            }
+        }
+        self.verified.lock().unwrap().remove(digest);
+        self.sizes.lock().unwrap().remove(digest);
+        self.last_used.lock().unwrap().remove(digest);
+        let _ = self.forget(digest);
+    }
+
+    /// Reopens the index after it failed (see [`Index::reopen`]); `Ok(false)` when it had not. Blobs
+    /// whose index entries were lost with the writes that never reached the disk (no reference, no
+    /// record) are deleted then: nothing could lead to them.
+    pub fn recover_index(&self) -> Result<bool, StoreError> {
+        if !self.index.reopen()? {
+            return Ok(false);
+        }
+        let referenced: std::collections::HashSet<Sha256> =
+            self.index.refs()?.into_iter().filter_map(|(_, r)| r.digest()).collect();
+        let digests: Vec<Sha256> = self.sizes.lock().unwrap().keys().copied().collect();
+        for digest in digests {
+            if referenced.contains(&digest) || self.is_held(&digest) || self.index.get_blob(&digest)?.is_some() {
+                continue;
+            }
+            tracing::info!(%digest, "deleting a blob whose index entries were lost with the failed index");
+            self.discard(&digest);
+        }
+        tracing::info!("cache index reopened");
+        Ok(true)
     }
 
     /// Every blob on disk with its record and the references to it, ordered by digest.

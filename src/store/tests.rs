@@ -57,7 +57,8 @@ fn committed_blob_is_readable_and_named_by_its_digest() {
             c,
             Committed {
                 digest: Sha256::of(b"module"),
-                size: 6
+                size: 6,
+                created: true,
             }
         );
         let blob = store.open_blob(&c.digest).unwrap();
@@ -79,8 +80,8 @@ fn digest_mismatch_commits_nothing_and_leaves_no_temp_file() {
 #[test]
 fn committing_an_existing_digest_succeeds() {
     on_fresh_and_reopened(|store| {
-        write_blob(store, b"same", None).unwrap();
-        write_blob(store, b"same", None).unwrap();
+        assert!(write_blob(store, b"same", None).unwrap().created);
+        assert!(!write_blob(store, b"same", None).unwrap().created, "the second commit found it stored");
         let listed = store.list().unwrap();
         assert_eq!(listed.iter().filter(|e| e.digest == Sha256::of(b"same")).count(), 1);
     });
