@@ -1,6 +1,12 @@
 //! The daemon's WasmPlugin watch (`serve --watch-wasmplugins`): every WasmPlugin that appears or
 //! changes in the cluster is fetched into the cache at once, with the same request a proxy's agent
 //! would send, so the proxy's own request is a hit.
+//!
+//! Reading the Secrets that plugins name in `spec.imagePullSecret` is opt-in (`--watch-pull-secrets`):
+//! granting a node-level daemon `get` on secrets everywhere is more than most clusters want. Without it
+//! the watch never asks the API server for a Secret, and a plugin that names one is skipped with a
+//! warning; its proxy's agent fetches it with the secret as before. `wasmcache warm --from-cluster`, run
+//! by an operator with their own credentials, is not affected.
 
 use std::sync::Arc;
 
@@ -14,28 +20,40 @@ use crate::wasmplugin::WasmPlugin;
 /// Plugins fetched at the same time.
 const CONCURRENCY: usize = 4;
 
-/// Where to watch.
+/// Why a plugin that names a pull secret is not prefetched without `--watch-pull-secrets`.
+pub const PULL_SECRET_NOT_ALLOWED: &str = "has imagePullSecret; reading pull secrets needs --watch-pull-secrets";
+
+/// Where to watch, and what the watch may read.
 #[derive(Clone, Debug, Default)]
 pub struct WatchConfig {
     pub kubeconfig: Option<std::path::PathBuf>,
     pub scope: Scope,
+    /// Read the Secrets that plugins name in `spec.imagePullSecret` (`--watch-pull-secrets`). Without it
+    /// no Secret is ever requested, and plugins that name one are skipped.
+    pub pull_secrets: bool,
 }
 
 /// Watches until dropped (the server drops it at shutdown). Never returns: watch errors are logged and
 /// retried with backoff.
 pub async fn run(client: kube::Client, config: WatchConfig, cache: Arc<Cache>) {
-    tracing::info!(namespace = ?config.scope.namespace, selector = ?config.scope.selector, "watching wasmplugins");
+    tracing::info!(
+        namespace = ?config.scope.namespace,
+        selector = ?config.scope.selector,
+        pull_secrets = config.pull_secrets,
+        "watching wasmplugins"
+    );
+    let pull_secrets = config.pull_secrets;
     cluster::watch_wasmplugins(client.clone(), &config.scope)
         .for_each_concurrent(CONCURRENCY, |change| {
             let (client, cache) = (client.clone(), cache.clone());
-            async move { handle(&client, &cache, change).await }
+            async move { handle(&client, pull_secrets, &cache, change).await }
         })
         .await;
     tracing::error!("the wasmplugin watch ended");
     std::future::pending::<()>().await
 }
 
-async fn handle(client: &kube::Client, cache: &Cache, change: Change) {
+async fn handle(client: &kube::Client, pull_secrets: bool, cache: &Cache, change: Change) {
     let value = match change {
         Change::Applied(value) => value,
         // Deleted plugins' modules stay until the cache's expiry removes them: a proxy may still use them.
@@ -53,7 +71,17 @@ async fn handle(client: &kube::Client, cache: &Cache, change: Change) {
         }
     };
     let id = plugin.resource_name();
-    let request = match warm::request_for(&plugin, Secrets::Cluster(client)).await {
+    if let (Some(secret), false) = (plugin.image_pull_secret(), pull_secrets) {
+        tracing::warn!(plugin = %id, pull_secret = secret, reason = PULL_SECRET_NOT_ALLOWED, "wasmplugin not prefetched");
+        return;
+    }
+    // Without --watch-pull-secrets the request is built with no way to reach a Secret at all.
+    let secrets = if pull_secrets {
+        Secrets::Cluster(client)
+    } else {
+        Secrets::None
+    };
+    let request = match warm::request_for(&plugin, secrets).await {
         Ok(wire) => crate::service::core_request(&wire),
         Err(e) => {
             tracing::warn!(plugin = %id, cause = %e, "cannot prefetch wasmplugin");

@@ -313,6 +313,14 @@ impl KubeStub {
         self.requests().into_iter().filter(|r| r.is_plugin_watch()).collect()
     }
 
+    /// Every request for a Secret or a list of Secrets, in any namespace.
+    pub fn secret_requests(&self) -> Vec<KubeRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.split('/').any(|segment| segment == "secrets"))
+            .collect()
+    }
+
     /// Requests for secret `namespace/name`.
     pub fn secret_gets(&self, namespace: &str, name: &str) -> Vec<KubeRequest> {
         let path = format!("/api/v1/namespaces/{namespace}/secrets/{name}");
