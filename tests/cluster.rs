@@ -702,6 +702,9 @@ async fn watch_namespace_and_selector_limit_what_is_prefetched() {
 
 /// The reason the daemon logs for a plugin it skips because it names a pull secret.
 const PULL_SECRET_SKIP: &str = "has imagePullSecret; reading pull secrets needs --watch-pull-secrets";
+/// The debug event for a skipped plugin seen again at a generation already warned about.
+const PULL_SECRET_SKIP_AGAIN: &str = "wasmplugin still skipped";
+const WATCH_SKIPPED: &str = "wasmcache_watch_skipped_total";
 
 /// The daemon's log lines that name `plugin` (`namespace/name`) and contain `text`.
 fn log_lines_about(daemon: &Daemon, plugin: &str, text: &str) -> Vec<String> {
@@ -715,7 +718,7 @@ fn log_lines_about(daemon: &Daemon, plugin: &str, text: &str) -> Vec<String> {
 }
 
 /// Waits until the watch has handled `plugin` (`namespace/name`) once more than `before` times: every way the
-/// watch can end with a plugin (prefetched, failed, skipped) logs one event naming it.
+/// watch can end with a plugin (prefetched, failed, skipped, skipped again) logs one event naming it.
 async fn wait_handled(daemon: &Daemon, plugin: &str, before: usize) -> usize {
     let field = format!("plugin={plugin}");
     let handled = || {
@@ -893,6 +896,100 @@ async fn watch_without_pull_secrets_flag_warns_naming_the_plugin_and_the_reason(
         !daemon.log().contains(USER_A.1),
         "no credential may reach the log:\n{}",
         daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn watch_warns_once_per_plugin_generation_not_on_every_resync() {
+    let origin = origin_with(&["/private.wasm", "/private-v2.wasm", "/marker.wasm"]).await;
+    let stub = KubeStub::start().await;
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    let spec = |url: &str| json!({ "imagePullSecret": "regcred", "url": url });
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        "",
+        spec(&origin.url("/private.wasm")),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    let mut handled = wait_handled(&daemon, "team-a/private", 0).await;
+    wait_watches(&stub, 1).await;
+    let warnings = || log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP).len();
+    assert_eq!(warnings(), 1, "log:\n{}", daemon.log());
+
+    // A change outside the spec: a new resourceVersion, the same generation.
+    let relabelled = stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[("tier", "edge")],
+        "",
+        spec(&origin.url("/private.wasm")),
+    ));
+    stub.send_event("MODIFIED", &relabelled);
+    handled = wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 1, "same generation, no new warning; log:\n{}", daemon.log());
+
+    // A re-list after 410 Gone hands the watch every plugin again.
+    stub.send_error_event(410);
+    handled = wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 1, "a re-list is no new generation; log:\n{}", daemon.log());
+    assert_eq!(
+        log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP_AGAIN).len(),
+        2,
+        "the two repeats are logged at debug level only; log:\n{}",
+        daemon.log()
+    );
+
+    // A spec change is a new generation: warned about again.
+    wait_watches(&stub, 2).await;
+    let changed = stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        "",
+        spec(&origin.url("/private-v2.wasm")),
+    ));
+    stub.send_event("MODIFIED", &changed);
+    wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 2, "a new generation warns again; log:\n{}", daemon.log());
+    assert_eq!(origin.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn watch_without_pull_secrets_flag_counts_skipped_plugins_in_a_metric() {
+    let origin = origin_with(&["/one.wasm", "/two.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(private_plugin("team-a", "one", &origin.url("/one.wasm"), "regcred"));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let admin = free_local_addr().to_string();
+    let daemon = watching_daemon(&kubeconfig, &["--admin-listen", &admin]).await;
+    let admin = admin.parse().unwrap();
+    let labels = [("reason", "pull_secret_not_allowed")];
+    let handled = wait_handled(&daemon, "team-a/one", 0).await;
+    wait_watches(&stub, 1).await;
+    assert_eq!(scrape(admin).await.get(WATCH_SKIPPED, &labels), Some(1.0));
+
+    let again = stub.put_plugin(wasmplugin(
+        "team-a",
+        "one",
+        &[("tier", "edge")],
+        &origin.url("/one.wasm"),
+        json!({ "imagePullSecret": "regcred" }),
+    ));
+    stub.send_event("MODIFIED", &again);
+    wait_handled(&daemon, "team-a/one", handled).await;
+    let two = stub.put_plugin(private_plugin("team-b", "two", &origin.url("/two.wasm"), "other"));
+    stub.send_event("ADDED", &two);
+    wait_handled(&daemon, "team-b/two", 0).await;
+
+    let scrape = scrape(admin).await;
+    assert_eq!(
+        scrape.get(WATCH_SKIPPED, &labels),
+        Some(2.0),
+        "two plugins skipped, each counted once per generation; exposition:\n{}",
+        scrape.text
     );
 }
 
