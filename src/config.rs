@@ -218,6 +218,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("watch-namespace", "watch.namespace", "WASMCACHE_WATCH_NAMESPACE"),
     setting("watch-selector", "watch.selector", "WASMCACHE_WATCH_SELECTOR"),
     setting(
+        "watch-pull-secrets",
+        "watch.pull-secrets",
+        "WASMCACHE_WATCH_PULL_SECRETS",
+    ),
+    setting(
         "max-cache-bytes",
         "lifecycle.max-cache-bytes",
         "WASMCACHE_MAX_CACHE_BYTES",
@@ -267,6 +272,7 @@ pub struct Overrides {
     pub kubeconfig: Option<PathBuf>,
     pub watch_namespace: Option<String>,
     pub watch_selector: Option<String>,
+    pub watch_pull_secrets: Option<bool>,
     /// `Some(None)`: no limit.
     pub max_cache_bytes: Option<Option<u64>>,
     pub module_expiry: Option<Duration>,
@@ -320,6 +326,7 @@ layered! {
     kubeconfig => "kubeconfig",
     watch_namespace => "watch-namespace",
     watch_selector => "watch-selector",
+    watch_pull_secrets => "watch-pull-secrets",
     max_cache_bytes => "max-cache-bytes",
     module_expiry => "module-expiry",
     purge_interval => "purge-interval",
@@ -376,6 +383,7 @@ impl Overrides {
                     namespace: self.watch_namespace,
                     selector: self.watch_selector,
                 },
+                pull_secrets: self.watch_pull_secrets.unwrap_or(false),
             });
         }
         set!(c.lifecycle.max_cache_bytes, self.max_cache_bytes);
@@ -484,7 +492,7 @@ impl Config {
         if merged.watch != Some(true) {
             // From a file these may be kept while watching is switched off; on the command line or in the
             // environment they are a mistake that would otherwise pass unnoticed.
-            for key in ["kubeconfig", "watch-namespace", "watch-selector"] {
+            for key in ["kubeconfig", "watch-namespace", "watch-selector", "watch-pull-secrets"] {
                 if matches!(sources.get(key), Some(Source::Flag | Source::Env)) {
                     return Err(locate(invalid(key, "only used with --watch-wasmplugins")));
                 }

@@ -72,6 +72,25 @@ impl Eviction {
     }
 }
 
+/// Why the WasmPlugin watch did not prefetch a plugin. Not a reason of `remote_fetch`: no fetch was
+/// attempted, and a skipped plugin has no scheme to count it under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchSkip {
+    /// It names an `imagePullSecret`, and the daemon may not read secrets (no `--watch-pull-secrets`).
+    PullSecretNotAllowed,
+}
+
+impl WatchSkip {
+    pub const ALL: [WatchSkip; 1] = [WatchSkip::PullSecretNotAllowed];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            WatchSkip::PullSecretNotAllowed => "pull_secret_not_allowed",
+        }
+    }
+}
+
 fn fetch_duration_histogram() -> Histogram {
     // 5 ms to about 5 minutes.
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
@@ -88,6 +107,7 @@ pub struct Metrics {
     inflight_fetches: Gauge<i64, AtomicI64>,
     evictions: Family<ReasonLabel, Counter>,
     over_limit: Counter,
+    watch_skipped: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -109,8 +129,14 @@ impl Metrics {
             inflight_fetches: Gauge::default(),
             evictions: Family::default(),
             over_limit: Counter::default(),
+            watch_skipped: Family::default(),
             registry: Registry::default(),
         };
+        // Every reason is exported from the start, at zero, so that an alert on its increase needs no
+        // first sample.
+        for why in WatchSkip::ALL {
+            drop(m.watch_skipped.get_or_create(&ReasonLabel { reason: why.label() }));
+        }
         registry.register("cache_entries", "Modules in the cache", m.cache_entries.clone());
         registry.register("cache_bytes", "Bytes of modules in the cache", m.cache_bytes.clone());
         registry.register(
@@ -144,6 +170,11 @@ impl Metrics {
             "cache_over_limit",
             "Sweeps that left the cache above --max-cache-bytes because every remaining module was in use",
             m.over_limit.clone(),
+        );
+        registry.register(
+            "watch_skipped",
+            "WasmPlugins the watch did not prefetch, by reason; each plugin generation is counted once",
+            m.watch_skipped.clone(),
         );
         registry.register(
             "build",
@@ -200,6 +231,12 @@ impl Metrics {
     pub fn over_limit(&self) {
         self.over_limit.inc();
     }
+
+    pub fn watch_skipped(&self, why: WatchSkip) {
+        self.watch_skipped
+            .get_or_create(&ReasonLabel { reason: why.label() })
+            .inc();
+    }
 }
 
 pub struct InflightGuard<'a>(&'a Gauge<i64, AtomicI64>);
@@ -244,6 +281,7 @@ mod tests {
             "wasmcache_served_bytes_total",
             "wasmcache_inflight_fetches",
             "wasmcache_evictions_total",
+            "wasmcache_watch_skipped_total",
             "wasmcache_build_info",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
@@ -269,6 +307,15 @@ mod tests {
             ),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn watch_skips_start_at_zero_and_count_by_reason() {
+        let m = Metrics::new();
+        let labels = "reason=\"pull_secret_not_allowed\"";
+        assert_eq!(sample(&m.encode(), "wasmcache_watch_skipped_total", labels), Some(0.0));
+        m.watch_skipped(WatchSkip::PullSecretNotAllowed);
+        assert_eq!(sample(&m.encode(), "wasmcache_watch_skipped_total", labels), Some(1.0));
     }
 
     #[test]

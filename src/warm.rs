@@ -45,7 +45,7 @@ pub enum Secrets<'a> {
 /// pull secret, and `namespace/name` with the resource version as the resource identity.
 pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<proto::FetchRequest, WarmError> {
     let id = plugin.resource_name();
-    let pull_secret = match plugin.spec.image_pull_secret.as_deref().filter(|s| !s.is_empty()) {
+    let pull_secret = match plugin.image_pull_secret() {
         None => Vec::new(),
         Some(name) => {
             let namespace = id.split('/').next().unwrap_or("default");

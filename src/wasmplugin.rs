@@ -394,6 +394,11 @@ impl WasmPlugin {
         WasmPlugin::from_value(value, &Path::Root)
     }
 
+    /// The Secret named by `spec.imagePullSecret`, in the plugin's namespace; `None` when absent or empty.
+    pub fn image_pull_secret(&self) -> Option<&str> {
+        self.spec.image_pull_secret.as_deref().filter(|s| !s.is_empty())
+    }
+
     /// The cache's pull policy for this plugin; an absent `imagePullPolicy` is `Unspecified`.
     pub fn pull_policy(&self) -> PullPolicy {
         self.spec.image_pull_policy.unwrap_or_default().into()

@@ -380,6 +380,9 @@ async fn from_cluster_records_plugins_at_their_cluster_resource_version() {
 async fn from_cluster_missing_secret_fails_that_plugin_naming_the_secret() {
     let origin = origin_with(&["/public.wasm"]).await;
     let stub = KubeStub::start().await;
+    // The secrets exist: only the flag keeps the daemon from reading them and prefetching.
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    put_regcred(&stub, "team-b", &origin.addr().to_string(), USER_A);
     stub.put_plugin(plugin("team-a", "public", &origin.url("/public.wasm")));
     stub.put_plugin(wasmplugin(
         "team-a",
@@ -695,38 +698,326 @@ async fn watch_namespace_and_selector_limit_what_is_prefetched() {
     assert_eq!(cached_urls(&daemon).await.len(), 2);
 }
 
+// Pull secrets in the watch: read only with --watch-pull-secrets.
+
+/// The reason the daemon logs for a plugin it skips because it names a pull secret.
+const PULL_SECRET_SKIP: &str = "has imagePullSecret; reading pull secrets needs --watch-pull-secrets";
+/// The debug event for a skipped plugin seen again at a generation already warned about.
+const PULL_SECRET_SKIP_AGAIN: &str = "wasmplugin still skipped";
+const WATCH_SKIPPED: &str = "wasmcache_watch_skipped_total";
+
+/// The daemon's log lines that name `plugin` (`namespace/name`) and contain `text`.
+fn log_lines_about(daemon: &Daemon, plugin: &str, text: &str) -> Vec<String> {
+    let field = format!("plugin={plugin}");
+    daemon
+        .log()
+        .lines()
+        .filter(|l| l.split_whitespace().any(|w| w == field) && l.contains(text))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the watch has handled `plugin` (`namespace/name`) once more than `before` times: every way the
+/// watch can end with a plugin (prefetched, failed, skipped, skipped again) logs one event naming it.
+async fn wait_handled(daemon: &Daemon, plugin: &str, before: usize) -> usize {
+    let field = format!("plugin={plugin}");
+    let handled = || {
+        daemon
+            .log()
+            .lines()
+            .filter(|l| l.split_whitespace().any(|w| w == field))
+            .count()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n = handled();
+        if n > before {
+            return n;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "the watch did not handle {plugin} within {WAIT:?}; log:\n{}",
+                daemon.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A WasmPlugin in `namespace` that names pull secret `secret`.
+fn private_plugin(namespace: &str, name: &str, url: &str, secret: &str) -> Value {
+    wasmplugin(namespace, name, &[], url, json!({ "imagePullSecret": secret }))
+}
+
+/// Stores secret `namespace/regcred` holding registry credentials for `host`.
+fn put_regcred(stub: &KubeStub, namespace: &str, host: &str, user: (&str, &str)) {
+    stub.put_secret(
+        namespace,
+        "regcred",
+        "kubernetes.io/dockerconfigjson",
+        &[(".dockerconfigjson", &docker_config_json(host, user.0, user.1))],
+    );
+}
+
 #[tokio::test]
-async fn watch_prefetch_uses_the_pull_secret_from_the_cluster() {
-    let repo = "watch/private";
+async fn watch_without_pull_secrets_flag_never_requests_a_secret() {
+    let origin = origin_with(&["/listed.wasm", "/added.wasm"]).await;
+    let stub = KubeStub::start().await;
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    stub.put_plugin(private_plugin(
+        "team-a",
+        "listed",
+        &origin.url("/listed.wasm"),
+        "regcred",
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_handled(&daemon, "team-a/listed", 0).await;
+    wait_watches(&stub, 1).await;
+
+    let added = stub.put_plugin(private_plugin("team-a", "added", &origin.url("/added.wasm"), "regcred"));
+    stub.send_event("ADDED", &added);
+    wait_handled(&daemon, "team-a/added", 0).await;
+    // Anything still in flight for either plugin has long reached the stub by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    assert!(
+        stub.secret_requests().is_empty(),
+        "without --watch-pull-secrets no Secret may be requested:\n{}",
+        stub.describe()
+    );
+}
+
+#[tokio::test]
+async fn watch_without_pull_secrets_flag_does_not_prefetch_a_plugin_with_an_image_pull_secret() {
+    let repo = "watch/skipped";
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
     registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
     let stub = KubeStub::start().await;
-    stub.put_secret(
-        "team-a",
-        "regcred",
-        "kubernetes.io/dockerconfigjson",
-        &[(
-            ".dockerconfigjson",
-            &docker_config_json(&proxy.host(), USER_B.0, USER_B.1),
-        )],
-    );
+    put_regcred(&stub, "team-a", &proxy.host(), USER_B);
     let url = proxy.oci(&format!("{repo}:v1"));
-    stub.put_plugin(wasmplugin(
-        "team-a",
-        "private",
-        &[],
-        &url,
-        json!({"imagePullSecret": "regcred"}),
-    ));
+    stub.put_plugin(private_plugin("team-a", "private", &url, "regcred"));
     let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
     let ca = path_str(registry.ca_file()).to_string();
 
     let daemon = watching_daemon(&kubeconfig, &["--ca-file", &ca]).await;
 
+    wait_handled(&daemon, "team-a/private", 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !cached_urls(&daemon).await.contains(&url),
+        "a plugin naming a pull secret is not prefetched without --watch-pull-secrets"
+    );
+    assert_eq!(proxy.blob_gets_ok(repo), 0, "{}", proxy.describe());
+}
+
+#[tokio::test]
+async fn watch_without_pull_secrets_flag_prefetches_only_plugins_without_a_pull_secret() {
+    let origin = origin_with(&[
+        "/public.wasm",
+        "/private.wasm",
+        "/later-public.wasm",
+        "/later-private.wasm",
+    ])
+    .await;
+    let stub = KubeStub::start().await;
+    // The secrets exist: only the flag keeps the daemon from reading them and prefetching.
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    put_regcred(&stub, "team-b", &origin.addr().to_string(), USER_A);
+    stub.put_plugin(plugin("team-a", "public", &origin.url("/public.wasm")));
+    stub.put_plugin(private_plugin(
+        "team-a",
+        "private",
+        &origin.url("/private.wasm"),
+        "regcred",
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    wait_cached(&daemon, &origin.url("/public.wasm")).await;
+    wait_watches(&stub, 1).await;
+
+    let later_private = stub.put_plugin(private_plugin(
+        "team-b",
+        "later-private",
+        &origin.url("/later-private.wasm"),
+        "regcred",
+    ));
+    stub.send_event("ADDED", &later_private);
+    let later_public = stub.put_plugin(plugin("team-b", "later-public", &origin.url("/later-public.wasm")));
+    stub.send_event("ADDED", &later_public);
+
+    wait_cached(&daemon, &origin.url("/later-public.wasm")).await;
+    wait_handled(&daemon, "team-a/private", 0).await;
+    wait_handled(&daemon, "team-b/later-private", 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(origin.hits("/public.wasm"), 1);
+    assert_eq!(origin.hits("/later-public.wasm"), 1);
+    assert_eq!(
+        origin.hits("/private.wasm"),
+        0,
+        "a plugin naming a pull secret is skipped"
+    );
+    assert_eq!(
+        origin.hits("/later-private.wasm"),
+        0,
+        "a plugin naming a pull secret is skipped"
+    );
+    let mut cached = cached_urls(&daemon).await;
+    cached.sort();
+    assert_eq!(cached, [origin.url("/later-public.wasm"), origin.url("/public.wasm")]);
+}
+
+#[tokio::test]
+async fn watch_without_pull_secrets_flag_warns_naming_the_plugin_and_the_reason() {
+    let origin = origin_with(&["/private.wasm"]).await;
+    let stub = KubeStub::start().await;
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    stub.put_plugin(private_plugin(
+        "team-a",
+        "private",
+        &origin.url("/private.wasm"),
+        "regcred",
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+
+    wait_handled(&daemon, "team-a/private", 0).await;
+    let warnings = log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP);
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning naming the plugin and the reason; log:\n{}",
+        daemon.log()
+    );
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(
+        !daemon.log().contains(USER_A.1),
+        "no credential may reach the log:\n{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn watch_warns_once_per_plugin_generation_not_on_every_resync() {
+    let origin = origin_with(&["/private.wasm", "/private-v2.wasm", "/marker.wasm"]).await;
+    let stub = KubeStub::start().await;
+    put_regcred(&stub, "team-a", &origin.addr().to_string(), USER_A);
+    let spec = |url: &str| json!({ "imagePullSecret": "regcred", "url": url });
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        "",
+        spec(&origin.url("/private.wasm")),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &[]).await;
+    let mut handled = wait_handled(&daemon, "team-a/private", 0).await;
+    wait_watches(&stub, 1).await;
+    let warnings = || log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP).len();
+    assert_eq!(warnings(), 1, "log:\n{}", daemon.log());
+
+    // A change outside the spec: a new resourceVersion, the same generation.
+    let relabelled = stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[("tier", "edge")],
+        "",
+        spec(&origin.url("/private.wasm")),
+    ));
+    stub.send_event("MODIFIED", &relabelled);
+    handled = wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 1, "same generation, no new warning; log:\n{}", daemon.log());
+
+    // A re-list after 410 Gone hands the watch every plugin again.
+    stub.send_error_event(410);
+    handled = wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 1, "a re-list is no new generation; log:\n{}", daemon.log());
+    assert_eq!(
+        log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP_AGAIN).len(),
+        2,
+        "the two repeats are logged at debug level only; log:\n{}",
+        daemon.log()
+    );
+
+    // A spec change is a new generation: warned about again.
+    wait_watches(&stub, 2).await;
+    let changed = stub.put_plugin(wasmplugin(
+        "team-a",
+        "private",
+        &[],
+        "",
+        spec(&origin.url("/private-v2.wasm")),
+    ));
+    stub.send_event("MODIFIED", &changed);
+    wait_handled(&daemon, "team-a/private", handled).await;
+    assert_eq!(warnings(), 2, "a new generation warns again; log:\n{}", daemon.log());
+    assert_eq!(origin.total_hits(), 0);
+}
+
+#[tokio::test]
+async fn watch_without_pull_secrets_flag_counts_skipped_plugins_in_a_metric() {
+    let origin = origin_with(&["/one.wasm", "/two.wasm"]).await;
+    let stub = KubeStub::start().await;
+    stub.put_plugin(private_plugin("team-a", "one", &origin.url("/one.wasm"), "regcred"));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let admin = free_local_addr().to_string();
+    let daemon = watching_daemon(&kubeconfig, &["--admin-listen", &admin]).await;
+    let admin = admin.parse().unwrap();
+    let labels = [("reason", "pull_secret_not_allowed")];
+    let handled = wait_handled(&daemon, "team-a/one", 0).await;
+    wait_watches(&stub, 1).await;
+    assert_eq!(scrape(admin).await.get(WATCH_SKIPPED, &labels), Some(1.0));
+
+    let again = stub.put_plugin(wasmplugin(
+        "team-a",
+        "one",
+        &[("tier", "edge")],
+        &origin.url("/one.wasm"),
+        json!({ "imagePullSecret": "regcred" }),
+    ));
+    stub.send_event("MODIFIED", &again);
+    wait_handled(&daemon, "team-a/one", handled).await;
+    let two = stub.put_plugin(private_plugin("team-b", "two", &origin.url("/two.wasm"), "other"));
+    stub.send_event("ADDED", &two);
+    wait_handled(&daemon, "team-b/two", 0).await;
+
+    let scrape = scrape(admin).await;
+    assert_eq!(
+        scrape.get(WATCH_SKIPPED, &labels),
+        Some(2.0),
+        "two plugins skipped, each counted once per generation; exposition:\n{}",
+        scrape.text
+    );
+}
+
+#[tokio::test]
+async fn watch_with_pull_secrets_flag_reads_the_secret_from_the_plugins_namespace_and_pulls() {
+    let repo = "watch/private";
+    let registry = Registry::shared_tls_auth();
+    let proxy = registry.proxy().await;
+    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    let stub = KubeStub::start().await;
+    put_regcred(&stub, "team-a", &proxy.host(), USER_B);
+    let url = proxy.oci(&format!("{repo}:v1"));
+    stub.put_plugin(private_plugin("team-a", "private", &url, "regcred"));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let ca = path_str(registry.ca_file()).to_string();
+
+    let daemon = watching_daemon(&kubeconfig, &["--ca-file", &ca, "--watch-pull-secrets"]).await;
+
     wait_cached(&daemon, &url).await;
     assert_eq!(stub.secret_gets("team-a", "regcred").len(), 1, "{}", stub.describe());
+    assert_eq!(stub.secret_requests().len(), 1, "{}", stub.describe());
     assert_eq!(proxy.blob_gets_ok(repo), 1, "{}", proxy.describe());
+    assert!(
+        log_lines_about(&daemon, "team-a/private", PULL_SECRET_SKIP).is_empty(),
+        "{}",
+        daemon.log()
+    );
+    assert!(!daemon.log().contains(USER_B.1), "no credential may reach the log");
 }
 
 #[tokio::test]

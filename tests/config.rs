@@ -257,6 +257,38 @@ fn check_never_prints_the_docker_config_contents() {
     );
 }
 
+// [watch] pull-secrets (--watch-pull-secrets, WASMCACHE_WATCH_PULL_SECRETS)
+
+/// `pull-secrets` in the `[watch]` table of `config check FILE`'s output, with `envs`; `None` when it is absent.
+fn printed_pull_secrets(file: &str, envs: &[(&str, &str)]) -> Option<bool> {
+    let (_dir, path) = config_file(file);
+    let output = config_check(&path, envs);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let printed: toml::Table = toml::from_str(&stdout(&output)).expect("the output is TOML");
+    let watch = printed["watch"].as_table().expect("a [watch] table");
+    watch.get("pull-secrets").map(|v| v.as_bool().expect("a boolean"))
+}
+
+#[test]
+fn check_shows_watch_pull_secrets_off_by_default() {
+    assert_eq!(printed_pull_secrets("[watch]\nenabled = true\n", &[]), Some(false));
+}
+
+#[test]
+fn check_reads_watch_pull_secrets_from_the_file() {
+    let file = "[watch]\nenabled = true\npull-secrets = true\n";
+    assert_eq!(printed_pull_secrets(file, &[]), Some(true));
+}
+
+#[test]
+fn check_applies_watch_pull_secrets_from_the_environment_over_the_file() {
+    let on = [("WASMCACHE_WATCH_PULL_SECRETS", "true")];
+    assert_eq!(printed_pull_secrets("[watch]\nenabled = true\n", &on), Some(true));
+    let off = [("WASMCACHE_WATCH_PULL_SECRETS", "false")];
+    let file = "[watch]\nenabled = true\npull-secrets = true\n";
+    assert_eq!(printed_pull_secrets(file, &off), Some(false));
+}
+
 // serve --config
 
 #[tokio::test]
@@ -372,4 +404,31 @@ async fn serve_log_level_comes_from_the_file_unless_a_flag_says_otherwise() {
     assert!(chatty.stop().await.success());
     let log = chatty.log();
     assert!(log.contains("INFO"), "--log-level info wins over the file:\n{log}");
+}
+
+#[tokio::test]
+async fn serve_watch_pull_secrets_without_watching_exits_78_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("s.sock");
+    let mut serve = Serve::spawn(
+        dir.path(),
+        &[
+            "--cache-dir",
+            dir.path().join("cache").to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--admin-listen",
+            "off",
+            "--watch-pull-secrets",
+        ],
+        &[],
+    );
+    let status = serve.wait_exit().await;
+    assert_eq!(status.code(), Some(78), "log:\n{}", serve.log());
+    let log = serve.log();
+    assert!(
+        log.contains("watch-pull-secrets") && log.contains("--watch-wasmplugins"),
+        "{log}"
+    );
+    assert!(!socket.exists());
 }

@@ -1,6 +1,8 @@
 //! The Kubernetes manifests in `deploy/kubernetes/`: every file parses, is known to Kubernetes field by field
 //! (through k8s-openapi's types), is listed by the kustomization, and makes the choices the DaemonSet and
-//! its RBAC exist for. No cluster is needed.
+//! its RBAC exist for. The overlay `deploy/overlays/pull-secrets/` is checked against the base it patches: its
+//! files exist, its RoleBindings name the DaemonSet's service account, its patch reaches the daemon's container.
+//! No cluster (and no kustomize) is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +18,10 @@ const CACHE_DIR: &str = "/var/lib/wasmcache";
 const SOCKET_DIR: &str = "/run/wasmcache";
 const SOCKET: &str = "/run/wasmcache/wasmcache.sock";
 const KUSTOMIZATION: &str = "kustomization.yaml";
+/// The overlay that lets the daemon read pull secrets, relative to the crate. Not below `deploy/kubernetes`:
+/// kustomize refuses a base whose directory contains the overlay ("cycle detected").
+const PULL_SECRETS_OVERLAY: &str = "deploy/overlays/pull-secrets";
+const PULL_SECRETS_FLAG: &str = "--watch-pull-secrets";
 
 fn manifest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
@@ -258,25 +264,33 @@ fn daemonset_serves_the_host_socket_and_cache_directories() {
     }
 }
 
-#[test]
-fn daemonset_args_are_known_to_serve() {
+/// The flags `wasmcache serve --help` lists, without `--`.
+fn serve_flags() -> BTreeSet<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_wasmcache"))
         .args(["serve", "--help"])
         .output()
         .unwrap();
     assert!(out.status.success(), "wasmcache serve --help failed");
-    let help = String::from_utf8_lossy(&out.stdout);
-    let known: BTreeSet<&str> = help
+    String::from_utf8_lossy(&out.stdout)
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("--"))
-        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()))
-        .collect();
-    let ds = daemonset();
-    let unknown: Vec<&str> = args(daemon_container(&ds))
-        .into_iter()
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_string())
+        .collect()
+}
+
+/// The flags among `args` that `wasmcache serve` does not have.
+fn unknown_flags<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let known = serve_flags();
+    args.iter()
         .filter_map(|a| a.strip_prefix("--"))
-        .filter(|flag| !known.contains(flag))
-        .collect();
+        .filter(|flag| !known.contains(*flag))
+        .collect()
+}
+
+#[test]
+fn daemonset_args_are_known_to_serve() {
+    let ds = daemonset();
+    let unknown = unknown_flags(&args(daemon_container(&ds)));
     assert!(
         unknown.is_empty(),
         "DaemonSet flags that `wasmcache serve` does not have: {unknown:?}"
@@ -415,14 +429,36 @@ fn daemon_memory_is_limited_and_its_cpu_is_not() {
 }
 
 #[test]
-fn cluster_role_reads_wasmplugins_and_gets_secrets_only() {
+fn cluster_role_grants_only_get_list_watch_on_wasmplugins() {
     let role = manifest("clusterrole.yaml");
     assert_eq!(
         at(&role, "/rules"),
         &json!([
             {"apiGroups": ["extensions.istio.io"], "resources": ["wasmplugins"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
         ])
+    );
+}
+
+/// Reading pull secrets is the overlay's to grant, per namespace: no base manifest grants anything on secrets,
+/// and the base DaemonSet does not ask to read them.
+#[test]
+fn base_grants_no_access_to_secrets() {
+    for (name, doc) in manifests() {
+        let Some(rules) = doc.pointer("/rules").and_then(Value::as_array) else {
+            continue;
+        };
+        for rule in rules {
+            let resources = rule["resources"].as_array().cloned().unwrap_or_default();
+            assert!(
+                !resources.iter().any(|r| r == "secrets" || r == "*"),
+                "{name} grants access to secrets: {rule}"
+            );
+        }
+    }
+    let ds = daemonset();
+    assert!(
+        !args(daemon_container(&ds)).contains(&PULL_SECRETS_FLAG),
+        "the base DaemonSet must not read pull secrets"
     );
 }
 
@@ -455,4 +491,300 @@ fn namespaced_objects_live_in_the_namespace_manifest() {
     for name in ["daemonset.yaml", "serviceaccount.yaml", "networkpolicy.yaml"] {
         assert_eq!(str_at(&docs[name], "/metadata/namespace"), NAMESPACE, "{name}");
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// overlays/pull-secrets
+// ---------------------------------------------------------------------------------------------------------------
+
+fn overlay_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(PULL_SECRETS_OVERLAY)
+}
+
+/// Every YAML file of the overlay, by file name, as its list of documents.
+fn overlay_files() -> BTreeMap<String, Vec<Value>> {
+    let dir = overlay_dir();
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        files.insert(name, docs);
+    }
+    files
+}
+
+fn overlay_kustomization() -> Value {
+    let mut files = overlay_files();
+    let docs = files
+        .remove(KUSTOMIZATION)
+        .unwrap_or_else(|| panic!("no {KUSTOMIZATION} in {PULL_SECRETS_OVERLAY}"));
+    let [kustomization] = <[Value; 1]>::try_from(docs).expect("one document in the overlay's kustomization");
+    assert_eq!(str_at(&kustomization, "/kind"), "Kustomization");
+    kustomization
+}
+
+/// The overlay's Kubernetes objects (its `resources` other than the base), each with the file it is in.
+fn overlay_objects() -> Vec<(String, Value)> {
+    let kustomization = overlay_kustomization();
+    let files = overlay_files();
+    let mut objects = Vec::new();
+    for resource in at(&kustomization, "/resources").as_array().unwrap() {
+        let resource = resource.as_str().unwrap();
+        if overlay_dir().join(resource).is_dir() {
+            continue;
+        }
+        let docs = files
+            .get(resource)
+            .unwrap_or_else(|| panic!("{PULL_SECRETS_OVERLAY}: resource {resource} is not a YAML file of the overlay"));
+        objects.extend(docs.iter().map(|d| (resource.to_string(), d.clone())));
+    }
+    objects
+}
+
+fn overlay_objects_of_kind(kind: &str) -> Vec<(String, Value)> {
+    overlay_objects()
+        .into_iter()
+        .filter(|(_, o)| o["kind"] == kind)
+        .collect()
+}
+
+/// The overlay's JSON patches: `(target, operations)`.
+fn overlay_patches() -> Vec<(Value, Vec<Value>)> {
+    let kustomization = overlay_kustomization();
+    let files = overlay_files();
+    at(&kustomization, "/patches")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|patch| {
+            let path = str_at(patch, "/path");
+            let docs = files
+                .get(path)
+                .unwrap_or_else(|| panic!("{PULL_SECRETS_OVERLAY}: patch {path} is not a YAML file of the overlay"));
+            let [ops] = <[Value; 1]>::try_from(docs.clone()).expect("one document in a patch file");
+            let ops = ops.as_array().cloned().unwrap_or_else(|| {
+                panic!("{path}: a JSON patch (a list of operations) is expected, as kustomize applies to a target")
+            });
+            (at(patch, "/target").clone(), ops)
+        })
+        .collect()
+}
+
+/// Applies the `test` and `add` operations of a JSON patch (RFC 6902) to `doc`; panics on a failed test or any
+/// other operation.
+fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
+    for op in ops {
+        let path = str_at(op, "/path");
+        let tokens: Vec<String> = path
+            .split('/')
+            .skip(1)
+            .map(|t| t.replace("~1", "/").replace("~0", "~"))
+            .collect();
+        let (last, parents) = tokens.split_last().unwrap_or_else(|| panic!("{path}: an empty path"));
+        let parent_pointer: String = parents.iter().map(|t| format!("/{t}")).collect();
+        let value = at(op, "/value").clone();
+        match str_at(op, "/op") {
+            "test" => assert_eq!(doc.pointer(path), Some(&value), "JSON patch test of {path} fails"),
+            "add" => {
+                let parent = doc
+                    .pointer_mut(&parent_pointer)
+                    .unwrap_or_else(|| panic!("JSON patch add: no {parent_pointer}"));
+                match parent {
+                    Value::Array(items) if last == "-" => items.push(value),
+                    Value::Array(items) => {
+                        let i: usize = last.parse().unwrap_or_else(|_| panic!("{path}: bad index"));
+                        assert!(i <= items.len(), "{path}: index out of range");
+                        items.insert(i, value);
+                    }
+                    Value::Object(map) => {
+                        map.insert(last.clone(), value);
+                    }
+                    other => panic!("JSON patch add: {parent_pointer} is {other}"),
+                }
+            }
+            other => panic!("JSON patch op {other:?}: this test applies only test and add"),
+        }
+    }
+}
+
+#[test]
+fn pull_secrets_overlay_lists_files_that_exist_and_every_file_it_has() {
+    let kustomization = overlay_kustomization();
+    assert_eq!(str_at(&kustomization, "/apiVersion"), "kustomize.config.k8s.io/v1beta1");
+    let mut listed = BTreeSet::new();
+    for resource in at(&kustomization, "/resources").as_array().unwrap() {
+        let resource = resource.as_str().unwrap();
+        let path = overlay_dir().join(resource);
+        assert!(
+            path.exists(),
+            "{PULL_SECRETS_OVERLAY}: resource {resource} does not exist"
+        );
+        if path.is_dir() {
+            assert!(
+                path.join(KUSTOMIZATION).is_file(),
+                "{PULL_SECRETS_OVERLAY}: resource {resource} is a directory without a kustomization"
+            );
+        } else {
+            listed.insert(resource.to_string());
+        }
+    }
+    for patch in at(&kustomization, "/patches").as_array().unwrap() {
+        let path = str_at(patch, "/path");
+        assert!(
+            overlay_dir().join(path).is_file(),
+            "{PULL_SECRETS_OVERLAY}: patch {path} does not exist"
+        );
+        listed.insert(path.to_string());
+    }
+    let present: BTreeSet<String> = overlay_files().into_keys().filter(|f| f != KUSTOMIZATION).collect();
+    assert_eq!(listed, present, "every file of the overlay is used, and only those");
+}
+
+#[test]
+fn pull_secrets_overlay_builds_on_the_base() {
+    let kustomization = overlay_kustomization();
+    let base = manifest_dir().canonicalize().unwrap();
+    let bases: Vec<&str> = at(&kustomization, "/resources")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .filter(|r| overlay_dir().join(r).canonicalize().ok().as_ref() == Some(&base))
+        .collect();
+    assert_eq!(
+        bases.len(),
+        1,
+        "the overlay lists deploy/kubernetes once among its resources"
+    );
+    assert!(
+        !overlay_dir().canonicalize().unwrap().starts_with(&base),
+        "kustomize refuses a base directory that contains the overlay"
+    );
+    assert!(
+        kustomization.get("namespace").is_none(),
+        "a kustomization namespace would move the base and the per-namespace Roles alike"
+    );
+}
+
+#[test]
+fn pull_secrets_overlay_objects_are_roles_and_bindings_known_to_kubernetes() {
+    use k8s_openapi::api::rbac;
+    let objects = overlay_objects();
+    assert!(!objects.is_empty(), "the overlay has no Role and RoleBinding");
+    let mut unknown = Vec::new();
+    for (file, doc) in objects {
+        assert_eq!(str_at(&doc, "/apiVersion"), "rbac.authorization.k8s.io/v1", "{file}");
+        let fields = match str_at(&doc, "/kind") {
+            "Role" => unknown_fields::<rbac::v1::Role>(&doc),
+            "RoleBinding" => unknown_fields::<rbac::v1::RoleBinding>(&doc),
+            other => panic!("{file}: the overlay adds only Roles and RoleBindings, not a {other}"),
+        };
+        unknown.extend(fields.into_iter().map(|f| format!("{file}: {f}")));
+    }
+    assert!(unknown.is_empty(), "fields Kubernetes does not know: {unknown:#?}");
+}
+
+#[test]
+fn pull_secrets_overlay_roles_only_get_secrets_in_their_namespace() {
+    let roles = overlay_objects_of_kind("Role");
+    assert!(!roles.is_empty(), "the overlay has no Role");
+    for (file, role) in roles {
+        assert!(!str_at(&role, "/metadata/namespace").is_empty(), "{file}");
+        let rules = at(&role, "/rules").as_array().unwrap();
+        let [rule] = rules.as_slice() else {
+            panic!("{file}: one rule expected, found {}", rules.len())
+        };
+        let mut granted = rule.clone();
+        if let Some(names) = granted.as_object_mut().unwrap().remove("resourceNames") {
+            let names = names.as_array().expect("resourceNames is a list");
+            assert!(
+                !names.is_empty() && names.iter().all(|n| n.as_str().is_some_and(|n| !n.is_empty())),
+                "{file}: resourceNames, when present, names secrets"
+            );
+        }
+        assert_eq!(
+            granted,
+            json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}),
+            "{file}: get on secrets, nothing else (never list or watch)"
+        );
+    }
+}
+
+#[test]
+fn pull_secrets_overlay_bindings_grant_their_namespaces_role_to_the_daemonsets_service_account() {
+    let ds = daemonset();
+    let account = str_at(pod_spec(&ds), "/serviceAccountName");
+    assert_eq!(str_at(&manifest("serviceaccount.yaml"), "/metadata/name"), account);
+    let subject = json!([{
+        "kind": "ServiceAccount",
+        "name": account,
+        "namespace": str_at(&ds, "/metadata/namespace"),
+    }]);
+    let roles: BTreeSet<(String, String)> = overlay_objects_of_kind("Role")
+        .iter()
+        .map(|(_, r)| {
+            (
+                str_at(r, "/metadata/namespace").to_string(),
+                str_at(r, "/metadata/name").to_string(),
+            )
+        })
+        .collect();
+    let mut bound = BTreeSet::new();
+    for (file, binding) in overlay_objects_of_kind("RoleBinding") {
+        let namespace = str_at(&binding, "/metadata/namespace").to_string();
+        assert_eq!(at(&binding, "/subjects"), &subject, "{file}");
+        assert_eq!(
+            str_at(&binding, "/roleRef/apiGroup"),
+            "rbac.authorization.k8s.io",
+            "{file}"
+        );
+        assert_eq!(str_at(&binding, "/roleRef/kind"), "Role", "{file}");
+        let role = (namespace, str_at(&binding, "/roleRef/name").to_string());
+        assert!(
+            roles.contains(&role),
+            "{file}: binds {role:?}, which the overlay does not define"
+        );
+        bound.insert(role);
+    }
+    assert_eq!(bound, roles, "every Role is bound, in its own namespace");
+}
+
+#[test]
+fn pull_secrets_overlay_patch_adds_the_flag_to_the_daemonsets_container() {
+    let mut ds = daemonset();
+    let patches = overlay_patches();
+    let [(target, ops)] = patches.as_slice() else {
+        panic!("one patch expected, found {}", patches.len())
+    };
+    let api_version = str_at(&ds, "/apiVersion");
+    let (group, version) = api_version.split_once('/').unwrap();
+    assert_eq!(
+        target,
+        &json!({
+            "group": group,
+            "version": version,
+            "kind": str_at(&ds, "/kind"),
+            "name": str_at(&ds, "/metadata/name"),
+            "namespace": str_at(&ds, "/metadata/namespace"),
+        })
+    );
+    let before: Vec<String> = args(daemon_container(&ds)).into_iter().map(String::from).collect();
+
+    apply_json_patch(&mut ds, ops);
+
+    let after = args(daemon_container(&ds));
+    let mut expected: Vec<&str> = before.iter().map(String::as_str).collect();
+    expected.push(PULL_SECRETS_FLAG);
+    assert_eq!(after, expected, "the daemon's arguments plus {PULL_SECRETS_FLAG}");
+    assert!(after.contains(&"--watch-wasmplugins"));
+    let unknown = unknown_flags(&after);
+    assert!(
+        unknown.is_empty(),
+        "flags that `wasmcache serve` does not have: {unknown:?}"
+    );
 }

@@ -117,6 +117,7 @@ async fn every_documented_metric_is_exported() {
         "wasmcache_inflight_fetches",
         "wasmcache_evictions_total",
         "wasmcache_cache_over_limit_total",
+        "wasmcache_watch_skipped_total",
         "wasmcache_build_info",
     ] {
         assert!(

@@ -94,6 +94,10 @@ pub struct Args {
     /// Watch only WasmPlugins with these labels (e.g. app=gateway)
     #[arg(long, value_name = "LABELS")]
     pub watch_selector: Option<String>,
+    /// Let --watch-wasmplugins read the Secrets that WasmPlugins name in spec.imagePullSecret (needs `get` on
+    /// secrets in their namespaces); without it, no Secret is read and such plugins are not prefetched
+    #[arg(long)]
+    pub watch_pull_secrets: bool,
     /// How long in-flight streams may run after SIGTERM [default: 10s]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -162,6 +166,7 @@ impl Args {
             kubeconfig: args.kubeconfig.clone(),
             watch_namespace: args.watch_namespace.clone(),
             watch_selector: args.watch_selector.clone(),
+            watch_pull_secrets: args.watch_pull_secrets.then_some(true),
             max_cache_bytes: args.max_cache_bytes.map(|m| m.0),
             module_expiry: args.module_expiry,
             purge_interval: args.purge_interval,

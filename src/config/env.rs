@@ -36,6 +36,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
         kubeconfig: env.one("kubeconfig", path)?,
         watch_namespace: env.one("watch-namespace", text)?,
         watch_selector: env.one("watch-selector", text)?,
+        watch_pull_secrets: env.one("watch-pull-secrets", parse_bool)?,
         max_cache_bytes: env.one("max-cache-bytes", parse_max_cache_bytes)?,
         module_expiry: env.one("module-expiry", parse_duration)?,
         purge_interval: env.one("purge-interval", parse_duration)?,

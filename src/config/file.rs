@@ -113,6 +113,7 @@ struct RawWatch {
     kubeconfig: Raw,
     namespace: Raw,
     selector: Raw,
+    pull_secrets: Raw,
 }
 
 #[derive(Deserialize, Default)]
@@ -164,6 +165,7 @@ impl Reader<'_> {
             kubeconfig: self.one("kubeconfig", watch.kubeconfig, path)?,
             watch_namespace: self.one("watch-namespace", watch.namespace, text)?,
             watch_selector: self.one("watch-selector", watch.selector, text)?,
+            watch_pull_secrets: self.one("watch-pull-secrets", watch.pull_secrets, boolean)?,
             max_cache_bytes: self.one("max-cache-bytes", lifecycle.max_cache_bytes, cache_limit)?,
             module_expiry: self.one("module-expiry", lifecycle.module_expiry, duration)?,
             purge_interval: self.one("purge-interval", lifecycle.purge_interval, duration)?,
@@ -416,6 +418,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         },
         watch: OutWatch {
             enabled: watch.is_some(),
+            pull_secrets: watch.is_some_and(|w| w.pull_secrets),
             kubeconfig: watch.and_then(|w| w.kubeconfig.as_deref()).map(show),
             namespace: watch.and_then(|w| w.scope.namespace.clone()),
             selector: watch.and_then(|w| w.scope.selector.clone()),
@@ -476,6 +479,7 @@ struct OutRegistry {
 #[serde(rename_all = "kebab-case")]
 struct OutWatch {
     enabled: bool,
+    pull_secrets: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     kubeconfig: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -117,6 +117,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("kubeconfig", "/k"),
         ("watch-namespace", "n"),
         ("watch-selector", "a=b"),
+        ("watch-pull-secrets", "true"),
         ("max-cache-bytes", "1G"),
         ("module-expiry", "1h"),
         ("purge-interval", "1h"),

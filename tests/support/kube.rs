@@ -210,18 +210,34 @@ impl KubeStub {
     }
 
     /// Stores `plugin` (created or replaced by namespace and name), stamping a new `metadata.resourceVersion`
-    /// (and a `uid` and `creationTimestamp` when missing); returns the object as stored.
+    /// (and a `uid` and `creationTimestamp` when missing); returns the object as stored. `metadata.generation` is
+    /// kept as the API server keeps it: 1 on creation, one more on each replacement that changes the `spec`, the
+    /// same on one that does not (labels, annotations).
     pub fn put_plugin(&self, mut plugin: Value) -> Value {
         let mut objects = self.state.objects.lock().unwrap();
         objects.resource_version += 1;
         let rv = objects.resource_version.to_string();
+        let key = object_key(&plugin);
+        let existing = objects.plugins.iter().find(|p| object_key(p) == key);
+        let generation = match existing {
+            None => 1,
+            Some(old) => {
+                let old_generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                if old["spec"] == plugin["spec"] {
+                    old_generation
+                } else {
+                    old_generation + 1
+                }
+            }
+        };
+        let uid = existing.and_then(|old| old["metadata"]["uid"].as_str().map(str::to_string));
         let meta = plugin["metadata"].as_object_mut().expect("plugin has metadata");
         meta.insert("resourceVersion".into(), Value::String(rv.clone()));
+        meta.insert("generation".into(), json!(generation));
         meta.entry("uid")
-            .or_insert_with(|| Value::String(format!("00000000-0000-4000-8000-{rv:0>12}")));
+            .or_insert_with(|| Value::String(uid.unwrap_or_else(|| format!("00000000-0000-4000-8000-{rv:0>12}"))));
         meta.entry("creationTimestamp")
             .or_insert_with(|| Value::String("2024-01-01T00:00:00Z".into()));
-        let key = object_key(&plugin);
         match objects.plugins.iter_mut().find(|p| object_key(p) == key) {
             Some(existing) => *existing = plugin.clone(),
             None => objects.plugins.push(plugin.clone()),
@@ -311,6 +327,14 @@ impl KubeStub {
 
     pub fn plugin_watches(&self) -> Vec<KubeRequest> {
         self.requests().into_iter().filter(|r| r.is_plugin_watch()).collect()
+    }
+
+    /// Every request for a Secret or a list of Secrets, in any namespace.
+    pub fn secret_requests(&self) -> Vec<KubeRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.split('/').any(|segment| segment == "secrets"))
+            .collect()
     }
 
     /// Requests for secret `namespace/name`.
