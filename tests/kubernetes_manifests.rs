@@ -311,13 +311,26 @@ fn probes_use_the_kubelets_grpc_check_on_the_listen_port() {
         at(container, "/ports"),
         &json!([{"name": "grpc", "containerPort": port, "protocol": "TCP"}])
     );
-    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+    for probe in ["startupProbe", "livenessProbe"] {
         assert_eq!(
             at(container, &format!("/{probe}/grpc")),
             &json!({"port": port}),
             "{probe}"
         );
     }
+}
+
+/// Readiness asks for the module service, which is NOT_SERVING while the cache index is down (a full
+/// disk); liveness asks for the server, so such a pod is taken out of rotation but not restarted.
+#[test]
+fn readiness_probe_asks_for_the_module_service() {
+    let ds = daemonset();
+    let container = daemon_container(&ds);
+    let port = at(container, "/livenessProbe/grpc/port").clone();
+    assert_eq!(
+        at(container, "/readinessProbe/grpc"),
+        &json!({"port": port, "service": "wasmcache.v1.ModuleCache"})
+    );
 }
 
 #[test]
