@@ -2,7 +2,7 @@
 //! per module at a time (single flight), unwraps and verifies what fetchers bring, and commits it. The
 //! only module that sees policy, fetchers and store together.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
 use crate::store::{
-    now_ms, AccessRecord, Committed, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
+    now_ms, AccessRecord, Committed, Hold, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
 };
 
 /// A request for a module, as the core sees it.
@@ -58,6 +58,8 @@ pub struct Module {
     pub path: PathBuf,
     pub fetched_at_ms: u64,
     pub outcome: Outcome,
+    /// Until when the module is leased to the caller (Resolve only), unix ms.
+    pub lease_until_ms: Option<u64>,
 }
 
 /// Who is asking, for the access check: the repository of an OCI request, and the salted fingerprint
@@ -81,6 +83,20 @@ struct Landed {
     digest: Sha256,
     manifest_digest: Option<Sha256>,
     fetched_at_ms: u64,
+    /// Keeps the module from eviction until every caller waiting on this fetch has opened it (each then
+    /// holds it through its own reader): the eviction that makes room for it must not take it.
+    _hold: Arc<Hold>,
+}
+
+/// The modules named by the WasmPlugins the daemon watches, by plugin (`namespace/name`): in use, so
+/// never evicted.
+#[derive(Clone, Default)]
+struct Watched(Arc<Mutex<HashMap<String, Sha256>>>);
+
+impl Watched {
+    fn digests(&self) -> HashSet<Sha256> {
+        self.0.lock().unwrap().values().copied().collect()
+    }
 }
 
 /// The conditional parts of a refresh.
@@ -128,6 +144,7 @@ pub struct Cache {
     /// requests sharing it still get the module; `close` stops new ones on shutdown.
     tasks: TaskTracker,
     lifecycle: Lifecycle,
+    watched: Watched,
     metrics: Arc<Metrics>,
 }
 
@@ -148,6 +165,7 @@ impl Cache {
             flights: Default::default(),
             tasks: TaskTracker::new(),
             lifecycle,
+            watched: Watched::default(),
             metrics,
         })
     }
@@ -163,8 +181,31 @@ impl Cache {
             max_bytes: self.lifecycle.max_cache_bytes,
             expiry: self.lifecycle.module_expiry,
             remove_expired: true,
+            keep: self.watched.digests(),
         };
         evict(self.store.clone(), self.metrics.clone(), policy).await
+    }
+
+    /// Records that the watched WasmPlugin `plugin` names the module `digest` (replacing what it named
+    /// before): the module is in use while the plugin exists.
+    pub fn keep_for_plugin(&self, plugin: &str, digest: Sha256) {
+        self.watched.0.lock().unwrap().insert(plugin.to_string(), digest);
+    }
+
+    /// The watched WasmPlugin `plugin` is gone: its module is in use no longer (on its account).
+    pub fn release_plugin(&self, plugin: &str) {
+        self.watched.0.lock().unwrap().remove(plugin);
+    }
+
+    /// Makes sure the module is cached, as [`Cache::get`] does, and leases it for `--resolve-lease`: the
+    /// caller gets the blob's path and reads the file itself, so the module stays in use until the lease
+    /// ends; resolving again renews it.
+    pub async fn resolve(&self, req: &Request) -> Result<Module, Error> {
+        let (mut module, _blob) = self.get(req).await?;
+        let until = now_ms().saturating_add(self.lifecycle.resolve_lease.as_millis() as u64);
+        self.store.lease(&module.digest, until)?;
+        module.lease_until_ms = Some(until);
+        Ok(module)
     }
 
     /// Re-hashes every blob and quarantines the ones that no longer match.
@@ -409,6 +450,7 @@ impl Cache {
             path: blob.path.clone(),
             fetched_at_ms,
             outcome,
+            lease_until_ms: None,
         }
     }
 
@@ -482,7 +524,9 @@ impl Cache {
                 max_bytes: Some(max),
                 expiry: self.lifecycle.module_expiry,
                 remove_expired: false,
+                keep: HashSet::new(),
             }),
+            watched: self.watched.clone(),
             resource: (!req.resource_name.is_empty() || !req.resource_version.is_empty())
                 .then(|| (req.resource_name.clone(), req.resource_version.clone())),
         };
@@ -584,6 +628,7 @@ pub enum PinTarget<'a> {
 
 /// Runs a sweep off the async threads, and counts and logs what it did.
 async fn evict(store: Arc<Store>, metrics: Arc<Metrics>, policy: SweepPolicy) -> Result<SweepReport, Error> {
+    let limit = policy.max_bytes;
     let report = tokio::task::spawn_blocking(move || store.sweep(&policy))
         .await
         .map_err(|e| Error::Internal(format!("sweep task failed: {e}")))??;
@@ -595,8 +640,8 @@ async fn evict(store: Arc<Store>, metrics: Arc<Metrics>, policy: SweepPolicy) ->
         metrics.over_limit();
         tracing::warn!(
             bytes = report.bytes_after,
-            limit = ?policy.max_bytes,
-            "cache stays above its size limit: every remaining module is in use or pinned"
+            ?limit,
+            "cache stays above its size limit: every remaining module is in use (streamed, pinned, leased or watched)"
         );
     }
     Ok(report)
@@ -634,6 +679,7 @@ struct FetchJob {
     metrics: Arc<Metrics>,
     /// The size limit to enforce once the new module is in.
     limit: Option<SweepPolicy>,
+    watched: Watched,
     resource: Option<(String, String)>,
 }
 
@@ -659,9 +705,14 @@ impl FetchJob {
         };
         if let Some(policy) = self
             .limit
+            .as_ref()
             .filter(|p| p.max_bytes.is_some_and(|max| self.store.usage().1 > max))
         {
-            // The new module was just used, so it is not a candidate.
+            // The new module is held by `landed` until its callers have it.
+            let policy = SweepPolicy {
+                keep: self.watched.digests(),
+                ..policy.clone()
+            };
             if let Err(e) = evict(self.store.clone(), self.metrics.clone(), policy).await {
                 tracing::warn!(cause = %e, "size-limit eviction failed");
             }
@@ -714,6 +765,7 @@ impl FetchJob {
                     digest,
                     manifest_digest,
                     fetched_at_ms: now,
+                    _hold: Arc::new(self.store.hold(digest)),
                 }
             }
             Fetched::Held { meta, module } => {
@@ -774,6 +826,7 @@ impl FetchJob {
             etag: meta.etag.clone(),
             fetched_at_ms: now,
         };
+        let hold = Arc::new(self.store.hold(digest));
         let index = self.store.index();
         let bound = async {
             index.put_ref(&self.key, &record)?;
@@ -790,6 +843,7 @@ impl FetchJob {
             digest,
             manifest_digest: meta.manifest_digest,
             fetched_at_ms: now,
+            _hold: hold,
         })
     }
 

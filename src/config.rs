@@ -40,6 +40,7 @@ pub const DEFAULT_MAX_MODULE_BYTES: u64 = 256 << 20;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
 pub const DEFAULT_MODULE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_RESOLVE_LEASE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Socket mode: owner and group may connect (proxies join the daemon's group), others may not.
@@ -79,14 +80,18 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// When cached modules are deleted. A module that is being streamed, was served or resolved within
-/// `module_expiry`, or is pinned is never deleted.
+/// When cached modules are deleted. A module in use is never deleted: being streamed now, pinned, named
+/// by a WasmPlugin the daemon watches, or resolved within `resolve_lease`. Every other module may go:
+/// least recently used first while the cache is over `max_cache_bytes`, and once unused for
+/// `module_expiry`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lifecycle {
     /// Evict least recently used modules while the cache is larger; `None`: no limit.
     pub max_cache_bytes: Option<u64>,
     /// Modules unused for this long are deleted by the periodic sweep.
     pub module_expiry: Duration,
+    /// How long a module is in use after Resolve handed out its path (a proxy reads the file itself).
+    pub resolve_lease: Duration,
     /// How often the sweep runs.
     pub purge_interval: Duration,
 }
@@ -228,6 +233,7 @@ pub const SETTINGS: &[Setting] = &[
         "WASMCACHE_MAX_CACHE_BYTES",
     ),
     setting("module-expiry", "lifecycle.module-expiry", "WASMCACHE_MODULE_EXPIRY"),
+    setting("resolve-lease", "lifecycle.resolve-lease", "WASMCACHE_RESOLVE_LEASE"),
     setting("purge-interval", "lifecycle.purge-interval", "WASMCACHE_PURGE_INTERVAL"),
     setting("log-level", "log.level", "WASMCACHE_LOG_LEVEL"),
     setting("log-format", "log.format", "WASMCACHE_LOG_FORMAT"),
@@ -276,6 +282,7 @@ pub struct Overrides {
     /// `Some(None)`: no limit.
     pub max_cache_bytes: Option<Option<u64>>,
     pub module_expiry: Option<Duration>,
+    pub resolve_lease: Option<Duration>,
     pub purge_interval: Option<Duration>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
@@ -329,6 +336,7 @@ layered! {
     watch_pull_secrets => "watch-pull-secrets",
     max_cache_bytes => "max-cache-bytes",
     module_expiry => "module-expiry",
+    resolve_lease => "resolve-lease",
     purge_interval => "purge-interval",
     log_level => "log-level",
     log_format => "log-format",
@@ -388,6 +396,7 @@ impl Overrides {
         }
         set!(c.lifecycle.max_cache_bytes, self.max_cache_bytes);
         set!(c.lifecycle.module_expiry, self.module_expiry);
+        set!(c.lifecycle.resolve_lease, self.resolve_lease);
         set!(c.lifecycle.purge_interval, self.purge_interval);
         set!(c.log.level, self.log_level);
         set!(c.log.format, self.log_format);
@@ -449,6 +458,7 @@ impl Default for Config {
             lifecycle: Lifecycle {
                 max_cache_bytes: None,
                 module_expiry: DEFAULT_MODULE_EXPIRY,
+                resolve_lease: DEFAULT_RESOLVE_LEASE,
                 purge_interval: DEFAULT_PURGE_INTERVAL,
             },
             log: LogConfig {
@@ -562,6 +572,9 @@ impl Config {
         }
         if self.lifecycle.module_expiry.is_zero() {
             return Err(invalid("module-expiry", "must be greater than zero"));
+        }
+        if self.lifecycle.resolve_lease.is_zero() {
+            return Err(invalid("resolve-lease", "must be greater than zero"));
         }
         parse_log_level(&self.log.level).map_err(|e| invalid("log-level", e))?;
         Ok(())

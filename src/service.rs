@@ -103,6 +103,7 @@ fn module_info(m: &cache::Module) -> proto::ModuleInfo {
             Outcome::Refreshed => proto::Outcome::Refreshed,
             Outcome::Stale => proto::Outcome::Stale,
         } as i32,
+        lease_expires_at: m.lease_until_ms.and_then(timestamp),
     }
 }
 
@@ -229,7 +230,7 @@ impl ModuleCache for Service {
         let started = Instant::now();
         let result = async {
             let req = core_request(&wire)?;
-            self.cache.get(&req).await.map(|(m, _)| m)
+            self.cache.resolve(&req).await
         }
         .await;
         log_result(&wire, started, result.as_ref());

@@ -101,9 +101,12 @@ fn generation_of(object: &Value) -> String {
 async fn handle(client: &kube::Client, pull_secrets: bool, cache: &Cache, skipped: &Skipped, change: Change) {
     let value = match change {
         Change::Applied(value) => value,
-        // Deleted plugins' modules stay until the cache's expiry removes them: a proxy may still use them.
+        // A deleted plugin's module is no longer kept on its account; it stays until the expiry or the size
+        // limit removes it, since a proxy may still use it.
         Change::Deleted(value) => {
-            skipped.forget(&object_name(&value));
+            let id = object_name(&value);
+            skipped.forget(&id);
+            cache.release_plugin(&id);
             return;
         }
         Change::Error(cause) => {
@@ -149,6 +152,7 @@ async fn handle(client: &kube::Client, pull_secrets: bool, cache: &Cache, skippe
     };
     match result {
         Ok(m) => {
+            cache.keep_for_plugin(&id, m.digest);
             tracing::info!(plugin = %id, url = %m.source_url, digest = %m.digest, outcome = ?m.outcome, "wasmplugin prefetched")
         }
         Err(e) => tracing::warn!(plugin = %id, code = ?e.code(), cause = %e, "wasmplugin prefetch failed"),

@@ -1041,3 +1041,54 @@ async fn watch_deleted_plugin_keeps_its_module_cached() {
         "a deleted plugin's module stays: a proxy may still use it"
     );
 }
+
+/// A module named by a watched WasmPlugin is in use: the size limit evicts the others, though the watched one
+/// is the least recently used. Once the plugin is deleted, it is evictable again.
+#[tokio::test]
+async fn module_of_a_watched_plugin_is_kept_by_the_size_limit_until_the_plugin_goes() {
+    let origin = Origin::start().await;
+    for name in ["watched", "other1", "other2", "other3"] {
+        origin.serve(&format!("/{name}.wasm"), wasm_module_of_size(name, 1000));
+    }
+    let stub = KubeStub::start().await;
+    stub.put_plugin(plugin("team-a", "kept", &origin.url("/watched.wasm")));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let daemon = watching_daemon(&kubeconfig, &["--max-cache-bytes", "2500"]).await;
+    wait_cached(&daemon, &origin.url("/watched.wasm")).await;
+    let mut client = daemon.client().await;
+    let watched = sha256_hex(&wasm_module_of_size("watched", 1000));
+    let cached = |modules: Vec<CachedModule>| modules.into_iter().map(|m| m.sha256).collect::<Vec<_>>();
+
+    fetch_ok(&mut client, req(&origin.url("/other1.wasm"))).await;
+    fetch_ok(&mut client, req(&origin.url("/other2.wasm"))).await;
+
+    let now = cached(list(&mut client).await);
+    assert!(now.contains(&watched), "the watched plugin's module stays: {now:?}");
+    assert!(
+        !now.contains(&sha256_hex(&wasm_module_of_size("other1", 1000))),
+        "{now:?}"
+    );
+
+    wait_watches(&stub, 1).await;
+    let deleted = stub.delete_plugin("team-a", "kept").expect("plugin exists");
+    stub.send_event("DELETED", &deleted);
+    let deadline = Instant::now() + WAIT;
+    fetch_ok(&mut client, req(&origin.url("/other3.wasm"))).await;
+    loop {
+        // A commit over the limit evicts; the plugin's deletion reaches the daemon at some point.
+        fetch_ok(&mut client, req(&origin.url("/other1.wasm"))).await;
+        if !cached(list(&mut client).await).contains(&watched) {
+            break;
+        }
+        let target = Some(Target::Url(origin.url("/other1.wasm")));
+        client.remove(RemoveRequest { target }).await.expect("rm other1");
+        if !cached(list(&mut client).await).contains(&watched) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deleted plugin's module was never evicted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

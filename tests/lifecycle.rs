@@ -277,33 +277,71 @@ async fn module_being_streamed_is_not_evicted() {
     assert!(received == big, "the streamed module is complete and intact");
 }
 
-/// A module resolved within the expiry is in use (a proxy may read its path): committing C evicts B instead.
+/// A resolved module is leased (a proxy reads its path): though A is the least recently used, committing C
+/// evicts B.
 #[tokio::test]
-async fn resolved_module_counts_as_used() {
+async fn resolved_module_is_kept_for_its_lease_though_least_recently_used() {
     let m = Modules::start().await;
     let daemon = Daemon::start(LIMIT_TWO).await;
     let mut client = daemon.client().await;
-    m.fetch(&mut client, "a").await;
+    client.resolve(req(&m.url("a"))).await.expect("resolve A");
     tokio::time::sleep(Duration::from_millis(20)).await;
     m.fetch(&mut client, "b").await;
-    tokio::time::sleep(PAST_EXPIRY).await;
-    client.resolve(req(&m.url("a"))).await.expect("resolve A");
 
     m.fetch(&mut client, "c").await;
 
     assert_eq!(cached(&mut client).await, sorted(vec![m.hex("a"), m.hex("c")]));
 }
 
-/// A module served (a hit) within the expiry is in use: committing C evicts B instead.
+/// Once its lease has ended, a resolved module is evictable like any other.
 #[tokio::test]
-async fn served_module_counts_as_used() {
+async fn resolved_module_is_evictable_once_its_lease_ends() {
+    let m = Modules::start().await;
+    let mut args = LIMIT_TWO.to_vec();
+    args.extend_from_slice(&["--resolve-lease", "1s"]);
+    let daemon = Daemon::start(&args).await;
+    let mut client = daemon.client().await;
+    client.resolve(req(&m.url("a"))).await.expect("resolve A");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    m.fetch(&mut client, "b").await;
+
+    m.fetch(&mut client, "c").await;
+
+    assert_eq!(cached(&mut client).await, sorted(vec![m.hex("b"), m.hex("c")]));
+}
+
+/// Resolve's answer says until when the module is leased: `--resolve-lease` from the call.
+#[tokio::test]
+async fn resolve_answer_says_until_when_the_module_is_leased() {
+    let m = Modules::start().await;
+    let daemon = Daemon::start(&["--resolve-lease", "10m"]).await;
+    let mut client = daemon.client().await;
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let info = client.resolve(req(&m.url("a"))).await.expect("resolve").into_inner();
+
+    let until = info.lease_expires_at.expect("lease_expires_at").seconds;
+    assert!(
+        (before + 599..=before + 602).contains(&until),
+        "lease until {until}, called at {before}"
+    );
+    let (fetched, _) = fetch_ok(&mut client, req(&m.url("a"))).await;
+    assert!(fetched.lease_expires_at.is_none(), "Fetch hands out no path to keep");
+}
+
+/// A module served (a hit) recently is the more recently used: committing C evicts B.
+#[tokio::test]
+async fn served_module_is_the_more_recently_used() {
     let m = Modules::start().await;
     let daemon = Daemon::start(LIMIT_TWO).await;
     let mut client = daemon.client().await;
     m.fetch(&mut client, "a").await;
     tokio::time::sleep(Duration::from_millis(20)).await;
     m.fetch(&mut client, "b").await;
-    tokio::time::sleep(PAST_EXPIRY).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(m.fetch(&mut client, "a").await, Outcome::Hit);
 
     m.fetch(&mut client, "c").await;
@@ -311,9 +349,10 @@ async fn served_module_counts_as_used() {
     assert_eq!(cached(&mut client).await, sorted(vec![m.hex("a"), m.hex("c")]));
 }
 
-/// With a 1 h expiry, both modules were used within it: the limit is not met, and neither is deleted.
+/// Recent use alone does not keep a module: with a 1 h expiry, two modules used a moment ago do not fit
+/// under a limit for one, and the older goes.
 #[tokio::test]
-async fn modules_used_within_the_expiry_stay_over_the_limit() {
+async fn recently_used_modules_are_evicted_by_the_size_limit() {
     let m = Modules::start().await;
     let daemon = Daemon::start(&["--max-cache-bytes", "15000", "--module-expiry", "1h"]).await;
     let mut client = daemon.client().await;
@@ -321,7 +360,27 @@ async fn modules_used_within_the_expiry_stay_over_the_limit() {
 
     m.fetch(&mut client, "b").await;
 
-    assert_eq!(cached(&mut client).await, sorted(vec![m.hex("a"), m.hex("b")]));
+    assert_eq!(cached(&mut client).await, vec![m.hex("b")]);
+}
+
+/// The case: two 4 MiB modules under a 6 MB limit, both served within the expiry: one goes.
+#[tokio::test]
+async fn two_4_mib_modules_do_not_both_stay_under_a_6_mb_limit() {
+    let origin = Origin::start().await;
+    let (x, y) = (
+        wasm_module_of_size("limit-x", 4 << 20),
+        wasm_module_of_size("limit-y", 4 << 20),
+    );
+    origin.serve("/x.wasm", x.clone());
+    origin.serve("/y.wasm", y.clone());
+    let daemon = Daemon::start(&["--max-cache-bytes", "6000000"]).await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&origin.url("/x.wasm"))).await;
+    fetch_ok(&mut client, req(&origin.url("/x.wasm"))).await;
+
+    fetch_ok(&mut client, req(&origin.url("/y.wasm"))).await;
+
+    assert_eq!(cached(&mut client).await, vec![sha256_hex(&y)]);
 }
 
 #[tokio::test]
@@ -338,6 +397,7 @@ async fn unmet_size_limit_logs_a_warning() {
     .await;
     let mut client = daemon.client().await;
     m.fetch(&mut client, "a").await;
+    client.pin(pin_url(&m.url("a"))).await.expect("pin A");
 
     m.fetch(&mut client, "b").await;
 
@@ -585,7 +645,8 @@ async fn gc_reports_over_limit_when_every_module_is_in_use() {
     let daemon = Daemon::start(&["--max-cache-bytes", "15000", "--module-expiry", "1h"]).await;
     let mut client = daemon.client().await;
     m.fetch(&mut client, "a").await;
-    m.fetch(&mut client, "b").await;
+    client.pin(pin_url(&m.url("a"))).await.expect("pin A");
+    client.resolve(req(&m.url("b"))).await.expect("resolve B");
 
     let report = client.gc(GcRequest {}).await.expect("gc").into_inner();
 

@@ -108,6 +108,9 @@ pub struct Args {
     /// Delete modules that were not used for this long [default: 24h]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     pub module_expiry: Option<Duration>,
+    /// How long a module stays in use after Resolve handed out its path; resolving again renews [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub resolve_lease: Option<Duration>,
     /// How often expired modules are looked for [default: 1h]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     pub purge_interval: Option<Duration>,
@@ -169,6 +172,7 @@ impl Args {
             watch_pull_secrets: args.watch_pull_secrets.then_some(true),
             max_cache_bytes: args.max_cache_bytes.map(|m| m.0),
             module_expiry: args.module_expiry,
+            resolve_lease: args.resolve_lease,
             purge_interval: args.purge_interval,
             log_level: args.log_level.clone(),
             log_format: args.log_format,

@@ -39,6 +39,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
         watch_pull_secrets: env.one("watch-pull-secrets", parse_bool)?,
         max_cache_bytes: env.one("max-cache-bytes", parse_max_cache_bytes)?,
         module_expiry: env.one("module-expiry", parse_duration)?,
+        resolve_lease: env.one("resolve-lease", parse_duration)?,
         purge_interval: env.one("purge-interval", parse_duration)?,
         log_level: env.one("log-level", parse_log_level)?,
         log_format: env.one("log-format", |s| s.parse())?,

@@ -121,6 +121,7 @@ struct RawWatch {
 struct RawLifecycle {
     max_cache_bytes: Raw,
     module_expiry: Raw,
+    resolve_lease: Raw,
     purge_interval: Raw,
 }
 
@@ -168,6 +169,7 @@ impl Reader<'_> {
             watch_pull_secrets: self.one("watch-pull-secrets", watch.pull_secrets, boolean)?,
             max_cache_bytes: self.one("max-cache-bytes", lifecycle.max_cache_bytes, cache_limit)?,
             module_expiry: self.one("module-expiry", lifecycle.module_expiry, duration)?,
+            resolve_lease: self.one("resolve-lease", lifecycle.resolve_lease, duration)?,
             purge_interval: self.one("purge-interval", lifecycle.purge_interval, duration)?,
             log_level: self.one("log-level", log.level, with(parse_log_level))?,
             log_format: self.one("log-format", log.format, with(|s| s.parse::<LogFormat>()))?,
@@ -426,6 +428,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         lifecycle: OutLifecycle {
             max_cache_bytes: c.lifecycle.max_cache_bytes.map_or("off".into(), show_bytes),
             module_expiry: show_duration(c.lifecycle.module_expiry),
+            resolve_lease: show_duration(c.lifecycle.resolve_lease),
             purge_interval: show_duration(c.lifecycle.purge_interval),
         },
         log: OutLog {
@@ -493,6 +496,7 @@ struct OutWatch {
 struct OutLifecycle {
     max_cache_bytes: String,
     module_expiry: String,
+    resolve_lease: String,
     purge_interval: String,
 }
 

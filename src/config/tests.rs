@@ -120,6 +120,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("watch-pull-secrets", "true"),
         ("max-cache-bytes", "1G"),
         ("module-expiry", "1h"),
+        ("resolve-lease", "1h"),
         ("purge-interval", "1h"),
         ("log-level", "info"),
         ("log-format", "json"),

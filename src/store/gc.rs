@@ -1,22 +1,28 @@
 //! Deleting modules: expiry of unused ones, least-recently-used eviction down to a size limit, and a
-//! full re-hash of every blob. A blob that is held open, pinned, or read within the expiry window is
-//! never deleted; when the limit can't be met without deleting one, it stays and the report says so.
+//! full re-hash of every blob. A blob in use is never deleted: held open (a stream in progress), pinned,
+//! leased (its path was handed out and the lease has not ended), or kept by the caller (a module a
+//! watched WasmPlugin names). Anything else may go: least recently used first while the cache is over
+//! the limit, and once unused for the expiry. When the limit can't be met without deleting a blob in
+//! use, it stays and the report says so.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use super::{now_ms, Store, StoreError};
 use crate::digest::{self, Sha256};
 
 /// What a sweep may delete.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct SweepPolicy {
     /// Bring the cache under this many bytes, least recently used first.
     pub max_bytes: Option<u64>,
-    /// Blobs read within this window are in use.
+    /// Blobs unused for this long have expired.
     pub expiry: Duration,
-    /// Also delete every blob unused for longer than `expiry` (the periodic sweep); `false` deletes
-    /// only what the size limit requires (after a commit).
+    /// Also delete every expired blob (the periodic sweep); `false` deletes only what the size limit
+    /// requires (after a commit).
     pub remove_expired: bool,
+    /// In use for reasons the store does not know of (modules named by watched WasmPlugins).
+    pub keep: HashSet<Sha256>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,10 +44,17 @@ struct Candidate {
     digest: Sha256,
     size: u64,
     last_used_ms: u64,
-    protected: bool,
+    in_use: bool,
 }
 
 impl Store {
+    /// True when the blob may not be deleted now: held open, pinned, leased, or kept by `keep`.
+    fn in_use(&self, digest: &Sha256, keep: &HashSet<Sha256>, now: u64) -> bool {
+        keep.contains(digest)
+            || self.is_held(digest)
+            || matches!(self.index.get_blob(digest), Ok(Some(r)) if r.pinned || r.leased_until_ms > now)
+    }
+
     /// Deletes what `policy` allows, in one pass.
     pub fn sweep(&self, policy: &SweepPolicy) -> Result<SweepReport, StoreError> {
         let now = now_ms();
@@ -49,26 +62,25 @@ impl Store {
         let sizes: Vec<(Sha256, u64)> = self.sizes.lock().unwrap().iter().map(|(d, s)| (*d, *s)).collect();
         let mut candidates: Vec<Candidate> = sizes
             .into_iter()
-            .map(|(digest, size)| {
-                let last_used_ms = self.last_used_ms(&digest);
-                let in_use = now.saturating_sub(last_used_ms) < window;
-                Candidate {
-                    digest,
-                    size,
-                    last_used_ms,
-                    protected: in_use || self.is_held(&digest) || self.is_pinned(&digest),
-                }
+            .map(|(digest, size)| Candidate {
+                digest,
+                size,
+                last_used_ms: self.last_used_ms(&digest),
+                in_use: self.in_use(&digest, &policy.keep, now),
             })
             .collect();
         candidates.sort_by_key(|c| (c.last_used_ms, c.digest));
         let mut report = SweepReport::default();
         let mut total: u64 = candidates.iter().map(|c| c.size).sum();
-        for c in candidates.iter().filter(|c| !c.protected) {
+        for c in candidates.iter().filter(|c| !c.in_use) {
+            let expired = now.saturating_sub(c.last_used_ms) >= window;
             let over = policy.max_bytes.is_some_and(|max| total > max);
-            let why = match (policy.remove_expired, over) {
-                (true, _) => Evicted::Expired,
-                (false, true) => Evicted::SizeLimit,
-                (false, false) => break,
+            let why = if policy.remove_expired && expired {
+                Evicted::Expired
+            } else if over {
+                Evicted::SizeLimit
+            } else {
+                continue;
             };
             // A reader may have opened it since the candidates were taken.
             if self.is_held(&c.digest) {
@@ -137,8 +149,8 @@ mod tests {
         age(&store, &c, 4 * 3_600_000);
         let policy = SweepPolicy {
             max_bytes: Some(150),
-            expiry: HOUR,
-            remove_expired: false,
+            expiry: 24 * HOUR,
+            ..Default::default()
         };
         let report = store.sweep(&policy).unwrap();
         let removed: Vec<Sha256> = report.removed.iter().map(|r| r.0).collect();
@@ -147,24 +159,66 @@ mod tests {
     }
 
     #[test]
-    fn modules_used_within_the_window_held_or_pinned_survive_the_limit() {
+    fn recent_use_alone_does_not_keep_a_module_over_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let (recent, held, pinned) = (put(&store, &[1; 100]), put(&store, &[2; 100]), put(&store, &[3; 100]));
-        age(&store, &held, 5 * 3_600_000);
-        age(&store, &pinned, 5 * 3_600_000);
+        let (older, newer) = (put(&store, &[1; 100]), put(&store, &[2; 100]));
+        age(&store, &older, 1_000);
+        let report = store
+            .sweep(&SweepPolicy {
+                max_bytes: Some(150),
+                expiry: 24 * HOUR,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(report.removed.len(), 1);
+        assert_eq!((report.removed[0].0, report.removed[0].2), (older, Evicted::SizeLimit));
+        assert!(store.contains(&newer) && !report.over_limit);
+    }
+
+    #[test]
+    fn held_pinned_leased_and_kept_modules_survive_the_limit_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (held, pinned, leased, kept) = (
+            put(&store, &[1; 100]),
+            put(&store, &[2; 100]),
+            put(&store, &[3; 100]),
+            put(&store, &[4; 100]),
+        );
+        for d in [held, pinned, leased, kept] {
+            age(&store, &d, 5 * 3_600_000);
+        }
         store.set_pinned(&pinned, true).unwrap();
+        store.lease(&leased, now_ms() + 60_000).unwrap();
         let _reading = store.hold(held);
         let report = store
             .sweep(&SweepPolicy {
                 max_bytes: Some(1),
                 expiry: HOUR,
                 remove_expired: true,
+                keep: [kept].into_iter().collect(),
             })
             .unwrap();
         assert!(report.removed.is_empty());
         assert!(report.over_limit);
-        assert!(store.contains(&recent) && store.contains(&held) && store.contains(&pinned));
+        assert_eq!(store.usage().0, 4);
+    }
+
+    #[test]
+    fn an_ended_lease_no_longer_keeps_a_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let leased = put(&store, &[1; 100]);
+        store.lease(&leased, now_ms() - 1).unwrap();
+        let report = store
+            .sweep(&SweepPolicy {
+                max_bytes: Some(1),
+                expiry: HOUR,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(report.removed.len(), 1);
     }
 
     #[test]
@@ -187,6 +241,7 @@ mod tests {
                 max_bytes: None,
                 expiry: HOUR,
                 remove_expired: true,
+                keep: HashSet::new(),
             })
             .unwrap();
         assert_eq!(report.removed.len(), 1);

@@ -47,6 +47,13 @@ pub struct BlobRecord {
     /// Never evicted while pinned.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pinned: bool,
+    /// In use until then (unix ms): Resolve handed out the blob's path, and a proxy may be reading it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub leased_until_ms: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Who may be served a blob: anyone (it was pulled anonymously), or the holders of credentials proven

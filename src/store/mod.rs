@@ -238,10 +238,42 @@ impl Store {
                 created_ms: now,
                 last_used_ms: now,
                 pinned,
+                leased_until_ms: 0,
             },
         };
         self.index.put_blob(digest, &record)?;
         Ok(true)
+    }
+
+    /// Keeps a blob in use until `until_ms` (unix ms) at least: its path was handed out. A later lease
+    /// extends it; an earlier one changes nothing. Written only when it extends the lease by more than
+    /// the index's time granularity, so a burst of resolves does not write the index each time.
+    pub fn lease(&self, digest: &Sha256, until_ms: u64) -> Result<(), StoreError> {
+        let now = now_ms();
+        let record = match self.index.get_blob(digest)? {
+            Some(r) if r.leased_until_ms.saturating_add(LAST_USED_GRANULARITY_MS) >= until_ms => return Ok(()),
+            Some(r) => BlobRecord {
+                leased_until_ms: until_ms,
+                ..r
+            },
+            None => BlobRecord {
+                size: self.sizes.lock().unwrap().get(digest).copied().unwrap_or(0),
+                created_ms: now,
+                last_used_ms: now,
+                pinned: false,
+                leased_until_ms: until_ms,
+            },
+        };
+        self.index.put_blob(digest, &record)
+    }
+
+    /// When the blob's lease ends (unix ms; 0: never leased).
+    pub fn leased_until_ms(&self, digest: &Sha256) -> u64 {
+        self.index
+            .get_blob(digest)
+            .ok()
+            .flatten()
+            .map_or(0, |r| r.leased_until_ms)
     }
 
     pub fn is_pinned(&self, digest: &Sha256) -> bool {
@@ -389,6 +421,7 @@ impl Store {
                 created_ms: now,
                 last_used_ms: now,
                 pinned: false,
+                leased_until_ms: 0,
             },
         };
         if let Err(e) = self.index.put_blob(digest, &record) {

@@ -81,7 +81,10 @@ fn digest_mismatch_commits_nothing_and_leaves_no_temp_file() {
 fn committing_an_existing_digest_succeeds() {
     on_fresh_and_reopened(|store| {
         assert!(write_blob(store, b"same", None).unwrap().created);
-        assert!(!write_blob(store, b"same", None).unwrap().created, "the second commit found it stored");
+        assert!(
+            !write_blob(store, b"same", None).unwrap().created,
+            "the second commit found it stored"
+        );
         let listed = store.list().unwrap();
         assert_eq!(listed.iter().filter(|e| e.digest == Sha256::of(b"same")).count(), 1);
     });
