@@ -143,7 +143,7 @@ fn member(kind: tar::EntryType, name: &str, data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The metadata entry `meta` (of `meta_len` bytes of `fill`), then the regular file `x` it describes, then a good
+/// The metadata entry `kind` holding `meta`, then the regular file `x` it describes, then a good
 /// `plugin.wasm`, then the end-of-archive blocks.
 fn archive_after_metadata(kind: tar::EntryType, meta: &[u8]) -> Vec<u8> {
     let mut t = member(kind, "././@LongLink", meta);
