@@ -113,8 +113,9 @@ pub enum FetchError {
     NoFileRoots { url: String },
     #[error("{url}: path is outside the allowed file roots")]
     OutsideRoots { url: String },
-    #[error("{url}: not a regular file")]
-    NotAFile { url: String },
+    /// `kind`: what the path is instead ("a FIFO", "a character device", ...).
+    #[error("{url}: not a regular file but {kind}")]
+    NotAFile { url: String, kind: &'static str },
     /// `what`: the module, or the manifest (which has its own, smaller limit).
     #[error("{url}: {what} is larger than the {limit}-byte limit")]
     TooLarge {

@@ -245,6 +245,24 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `limit` for the process to exit after a signal: its status, or `None` when it was still
+    /// running (it is then killed, so a test that expected an exit can report the failure and go on).
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("daemon is running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGTERM, wait, then start again on the same cache dir and socket path with the same arguments.
     pub async fn restart(&mut self) {
         self.stop().await;
