@@ -1,7 +1,7 @@
 //! The file:// fetcher: reads modules only below the configured roots, judged after `..` and symlinks
 //! are resolved, so neither a crafted path nor a planted link reaches outside them. Only regular files
-//! are read, judged without blocking (a FIFO would wait for a writer forever, a device has no end), and
-//! every wait on the filesystem is bounded by the fetch timeout.
+//! are read, judged without blocking (a FIFO would wait for a writer forever, a device has no end);
+//! every wait on the filesystem is bounded by the fetch timeout, and the whole read by the fetch deadline.
 
 use std::future::Future;
 use std::io;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
+use super::retry::past_deadline;
 use super::{FetchError, Fetched, Meta, Settings, Sink};
 use crate::source::ModuleUrl;
 
@@ -21,6 +22,8 @@ pub struct FileFetcher {
     max_bytes: u64,
     /// Bound on each wait on the filesystem (a lookup, the open, each read).
     timeout: Duration,
+    /// Bound on the whole read, from the lookup to the last byte.
+    deadline: Duration,
 }
 
 impl FileFetcher {
@@ -36,6 +39,7 @@ impl FileFetcher {
             roots,
             max_bytes: settings.max_bytes,
             timeout: settings.timeout,
+            deadline: settings.deadline,
         })
     }
 
@@ -70,6 +74,19 @@ impl FileFetcher {
         if !self.within_roots(&normalize(path)) {
             return Err(FetchError::OutsideRoots { url: shown });
         }
+        match tokio::time::timeout(self.deadline, self.read(&shown, path, sink)).await {
+            Ok(result) => result,
+            Err(_) => Err(FetchError::Timeout {
+                url: shown,
+                attempts: 1,
+                cause: past_deadline(self.deadline),
+            }),
+        }
+    }
+
+    /// Reads the file at `path` (within the roots lexically) into `sink`.
+    async fn read(&self, shown: &str, path: &Path, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
+        let shown = shown.to_string();
         let real = match self
             .wait(&shown, "resolving the path", tokio::fs::canonicalize(path))
             .await

@@ -69,6 +69,9 @@ pub struct Meta {
 pub struct Settings {
     /// Bound on connecting, and on each wait for the next bytes of a response.
     pub timeout: Duration,
+    /// Bound on one whole attempt: connecting, the response and its whole body (or a whole file read).
+    /// At least `timeout`.
+    pub deadline: Duration,
     pub backoff: retry::Backoff,
     /// Cap on the downloaded payload and, separately, on the unwrapped module.
     pub max_bytes: u64,
@@ -187,6 +190,7 @@ impl Fetchers {
                 clients.unverified.clone(),
                 clients.guard.clone(),
                 settings.backoff.clone(),
+                settings.deadline,
                 settings.max_bytes,
             ),
             http: http::HttpFetcher::new(settings, clients),

@@ -507,6 +507,8 @@ struct Route {
     delay: Duration,
     /// Send the body in 64 KiB frames with this pause between frames.
     throttle: Option<Duration>,
+    /// Answer 200 at once, then send one byte of body after each pause, without end (a slowloris origin).
+    drip: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -667,6 +669,12 @@ impl Origin {
         self.state.with_route(path, |r| r.throttle = Some(pause));
     }
 
+    /// `path` answers 200 with headers at once, then one byte per `pause`, forever: every wait for the next byte
+    /// is short, the body never ends.
+    pub fn drip(&self, path: &str, pause: Duration) {
+        self.state.with_route(path, |r| r.drip = Some(pause));
+    }
+
     /// The request counter of `path`, shared with the server.
     pub fn counter(&self, path: &str) -> Arc<AtomicUsize> {
         self.state.counter(path)
@@ -756,6 +764,20 @@ async fn handle(state: Arc<OriginState>, request: Request<Incoming>) -> Result<R
             .status(route.redirect_status)
             .header("location", location)
             .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+        return Ok(response);
+    }
+    if let Some(pause) = route.drip {
+        let bytes = futures_util::stream::unfold(true, move |first| async move {
+            if !first {
+                tokio::time::sleep(pause).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0"))), false))
+        });
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/wasm")
+            .body(StreamBody::new(bytes).boxed())
             .unwrap();
         return Ok(response);
     }
