@@ -32,6 +32,7 @@ use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
 
 pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
+pub const DEFAULT_FETCH_DEADLINE: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_FETCH_ATTEMPTS: u32 = 5;
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(500);
 pub const DEFAULT_BACKOFF_FACTOR: f64 = 1.5;
@@ -197,6 +198,7 @@ pub const SETTINGS: &[Setting] = &[
     setting("admin-listen", "admin-listen", "WASMCACHE_ADMIN_LISTEN"),
     setting("file-root", "file-root", "WASMCACHE_FILE_ROOT"),
     setting("fetch-timeout", "fetch-timeout", "WASMCACHE_FETCH_TIMEOUT"),
+    setting("fetch-deadline", "fetch-deadline", "WASMCACHE_FETCH_DEADLINE"),
     setting("fetch-attempts", "fetch-attempts", "WASMCACHE_FETCH_ATTEMPTS"),
     setting("retry-backoff", "retry-backoff", "WASMCACHE_RETRY_BACKOFF"),
     setting("max-module-bytes", "max-module-bytes", "WASMCACHE_MAX_MODULE_BYTES"),
@@ -260,6 +262,7 @@ pub struct Overrides {
     pub admin_listen: Option<Option<SocketAddr>>,
     pub file_roots: Option<Vec<PathBuf>>,
     pub fetch_timeout: Option<Duration>,
+    pub fetch_deadline: Option<Duration>,
     pub fetch_attempts: Option<u32>,
     pub retry_backoff: Option<Duration>,
     pub max_module_bytes: Option<u64>,
@@ -316,6 +319,7 @@ layered! {
     admin_listen => "admin-listen",
     file_roots => "file-root",
     fetch_timeout => "fetch-timeout",
+    fetch_deadline => "fetch-deadline",
     fetch_attempts => "fetch-attempts",
     retry_backoff => "retry-backoff",
     max_module_bytes => "max-module-bytes",
@@ -368,6 +372,7 @@ impl Overrides {
         set!(c.admin_listen, self.admin_listen);
         set!(fetch.file_roots, self.file_roots);
         set!(fetch.timeout, self.fetch_timeout);
+        set!(fetch.deadline, self.fetch_deadline);
         set!(fetch.backoff.attempts, self.fetch_attempts);
         set!(fetch.backoff.initial, self.retry_backoff);
         set!(fetch.max_bytes, self.max_module_bytes);
@@ -437,6 +442,7 @@ impl Default for Config {
             socket_group: None,
             fetch: fetch::Settings {
                 timeout: DEFAULT_FETCH_TIMEOUT,
+                deadline: DEFAULT_FETCH_DEADLINE,
                 backoff: Backoff {
                     attempts: DEFAULT_FETCH_ATTEMPTS,
                     initial: DEFAULT_RETRY_BACKOFF,
@@ -534,6 +540,17 @@ impl Config {
         }
         if self.fetch.timeout.is_zero() {
             return Err(invalid("fetch-timeout", "must be greater than zero"));
+        }
+        if self.fetch.deadline < self.fetch.timeout {
+            // The deadline bounds a whole attempt, of which the timeout bounds each wait.
+            return Err(invalid(
+                "fetch-deadline",
+                format!(
+                    "{} must be at least fetch-timeout ({})",
+                    humantime::format_duration(self.fetch.deadline),
+                    humantime::format_duration(self.fetch.timeout)
+                ),
+            ));
         }
         if self.fetch.backoff.attempts == 0 {
             return Err(invalid("fetch-attempts", "must be at least 1"));

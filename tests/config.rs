@@ -235,6 +235,36 @@ fn check_of_a_bad_value_exits_78_naming_the_key_and_line() {
 }
 
 #[test]
+fn check_prints_the_fetch_deadline_of_the_file() {
+    let (_dir, path) = config_file("fetch-deadline = \"2m\"\n");
+    let output = config_check(&path, &[]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(printed.lines().any(|l| l == "fetch-deadline = \"2m\""), "{printed}");
+}
+
+#[test]
+fn check_prints_the_default_fetch_deadline_of_five_minutes() {
+    let (_dir, path) = config_file("");
+    let output = config_check(&path, &[]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(printed.lines().any(|l| l == "fetch-deadline = \"5m\""), "{printed}");
+}
+
+#[test]
+fn check_of_a_fetch_deadline_shorter_than_the_fetch_timeout_exits_78_naming_both_keys() {
+    let (_dir, path) = config_file("socket = \"/s\"\nfetch-timeout = \"30s\"\nfetch-deadline = \"10s\"\n");
+    let output = config_check(&path, &[]);
+    assert_eq!(output.status.code(), Some(78), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("line 3") && err.contains("fetch-deadline") && err.contains("at least fetch-timeout (30s)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_never_prints_the_docker_config_contents() {
     let (dir, path) = config_file("");
     let creds = dir.path().join("docker.json");
@@ -350,6 +380,36 @@ async fn serve_with_a_bad_file_exits_78_before_binding() {
         "{log}"
     );
     assert!(!dir.path().join("file.sock").exists());
+}
+
+#[tokio::test]
+async fn serve_with_a_fetch_deadline_shorter_than_the_fetch_timeout_exits_78_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("flags.sock");
+    let mut serve = Serve::spawn(
+        dir.path(),
+        &[
+            "--cache-dir",
+            dir.path().join("cache").to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--admin-listen",
+            "off",
+            "--fetch-timeout",
+            "30s",
+            "--fetch-deadline",
+            "10s",
+        ],
+        &[],
+    );
+    let status = serve.wait_exit().await;
+    assert_eq!(status.code(), Some(78), "log:\n{}", serve.log());
+    let log = serve.log();
+    assert!(
+        log.contains("fetch-deadline") && log.contains("at least fetch-timeout (30s)"),
+        "{log}"
+    );
+    assert!(!socket.exists());
 }
 
 #[tokio::test]

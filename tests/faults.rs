@@ -218,6 +218,8 @@ enum BlobFault {
     Throttle(Duration),
     /// One byte in the middle of every blob body is flipped (same length, so only a digest check notices).
     Corrupt,
+    /// Blob bodies go out one byte at a time with this pause between bytes (a slowloris registry).
+    Drip(Duration),
 }
 
 struct FaultState {
@@ -350,6 +352,20 @@ async fn fault_handle(state: Arc<FaultState>, request: Request<Incoming>) -> Res
             let middle = bytes.len() / 2;
             bytes[middle] ^= 0x01;
             Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed()
+        }
+        BlobFault::Drip(pause) => {
+            let frames =
+                futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| async move {
+                    if rest.is_empty() {
+                        return None;
+                    }
+                    if !first {
+                        tokio::time::sleep(pause).await;
+                    }
+                    let frame = rest.split_to(1);
+                    Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
+                });
+            StreamBody::new(frames).boxed()
         }
         BlobFault::Throttle(pause) => {
             let sent = state.clone();
@@ -1489,6 +1505,136 @@ async fn registry_that_stops_answering_on_refresh_serves_the_cached_copy_within_
     assert_eq!(info.outcome(), Outcome::Stale);
     assert!(bytes == v1.module);
     assert_hang_bounded(elapsed);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4b'. A slowloris upstream: every wait is short, the whole never ends (issue 9, item 9)
+// ---------------------------------------------------------------------------------------------------------------
+
+/// Each wait for a byte is 200 ms, well within --fetch-timeout; only --fetch-deadline ends the attempt.
+const DRIP: Duration = Duration::from_millis(200);
+/// How long a test waits for an answer, so that a daemon without a deadline fails the test instead of hanging it.
+const DRIP_WAIT: Duration = Duration::from_secs(20);
+
+/// A fetch bounded by `DRIP_WAIT`: its status (it must fail) and how long it took.
+async fn drip_fetch(client: &mut Client, url: &str) -> (Status, Duration) {
+    let started = Instant::now();
+    match tokio::time::timeout(DRIP_WAIT, fetch_unchecked(client, req(url))).await {
+        Err(_) => panic!("{url}: no answer within {DRIP_WAIT:?}: the dripping download was not cut off"),
+        Ok(Ok((info, _))) => panic!("{url}: served {info:?}"),
+        Ok(Err(status)) => {
+            let elapsed = started.elapsed();
+            eprintln!("{url}: {:?} after {elapsed:?}: {}", status.code(), status.message());
+            (status, elapsed)
+        }
+    }
+}
+
+#[tokio::test]
+async fn slowloris_origin_is_deadline_exceeded_at_the_fetch_deadline() {
+    let origin = Origin::start().await;
+    origin.drip("/m.wasm", DRIP);
+    let daemon = Daemon::start(&[
+        "--fetch-timeout",
+        "1s",
+        "--fetch-deadline",
+        "2s",
+        "--fetch-attempts",
+        "1",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+
+    let (status, elapsed) = drip_fetch(&mut client, &origin.url("/m.wasm")).await;
+
+    assert_code(&status, Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("--fetch-deadline") && status.message().contains("2s"),
+        "the message names the deadline: {}",
+        status.message()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(6),
+        "answered after {elapsed:?}; the deadline is 2 s"
+    );
+    assert_eq!(origin.hits("/m.wasm"), 1);
+    assert_ingest_empty(&daemon, "after the deadline");
+    assert!(list(&mut client).await.is_empty(), "nothing listed");
+}
+
+/// An attempt cut off by the deadline is a timed-out attempt: retried like the others, each one bounded.
+#[tokio::test]
+async fn slowloris_attempts_are_each_cut_off_at_the_fetch_deadline_and_retried() {
+    let origin = Origin::start().await;
+    origin.drip("/m.wasm", DRIP);
+    let daemon = Daemon::start(&[
+        "--fetch-timeout",
+        "1s",
+        "--fetch-deadline",
+        "1s",
+        "--fetch-attempts",
+        "3",
+        "--retry-backoff",
+        "10ms",
+    ])
+    .await;
+    let mut client = daemon.client().await;
+
+    let (status, elapsed) = drip_fetch(&mut client, &origin.url("/m.wasm")).await;
+
+    assert_code(&status, Code::DeadlineExceeded);
+    assert!(status.message().contains("3 attempt"), "{}", status.message());
+    assert_eq!(origin.hits("/m.wasm"), 3, "every attempt was made");
+    assert!(
+        elapsed >= Duration::from_millis(2900) && elapsed < Duration::from_secs(8),
+        "answered after {elapsed:?}; three attempts of 1 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_dripping_a_blob_is_deadline_exceeded_at_the_fetch_deadline() {
+    let registry = Registry::shared_plain();
+    let image = registry
+        .push(
+            "faults/drip",
+            Some("v1"),
+            cncf_image(&wasm_module_of_size("drip", 64 * 1024)),
+        )
+        .await;
+    let proxy = FaultProxy::start(registry).await;
+    proxy.set_fault(BlobFault::Drip(DRIP));
+    let daemon = daemon_for(
+        &proxy,
+        &[
+            "--fetch-timeout",
+            "1s",
+            "--fetch-deadline",
+            "2s",
+            "--fetch-attempts",
+            "1",
+        ],
+    )
+    .await;
+    let mut client = daemon.client().await;
+
+    let (status, elapsed) = drip_fetch(&mut client, &proxy.oci("faults/drip:v1")).await;
+
+    assert_code(&status, Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("--fetch-deadline") && status.message().contains("2s"),
+        "the message names the deadline: {}",
+        status.message()
+    );
+    assert!(
+        elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(6),
+        "answered after {elapsed:?}; the deadline is 2 s"
+    );
+    assert_eq!(proxy.blob_gets(), 1);
+    assert_ingest_empty(&daemon, "after the deadline");
+    assert!(
+        !daemon.blob_path(&image.module_digest).exists(),
+        "the module is not stored"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 mod support;
 
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use support::*;
 use tempfile::TempDir;
@@ -219,4 +222,108 @@ async fn gzipped_file_is_unwrapped() {
 
     let (_, bytes) = fetch_ok(&mut client, req(&file_url(&tree.root.join("m.wasm.gz")))).await;
     assert_eq!(bytes, tree.module);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Anything but a regular file (issue 9, item 8)
+// ---------------------------------------------------------------------------------------------------------------
+
+fn c_path(path: &Path) -> CString {
+    CString::new(path.as_os_str().as_bytes()).expect("path without NUL")
+}
+
+fn mkfifo(path: &Path) {
+    // SAFETY: mkfifo(3) reads a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c_path(path).as_ptr(), 0o644) };
+    assert_eq!(rc, 0, "mkfifo {}: {}", path.display(), std::io::Error::last_os_error());
+}
+
+/// Asks for `url` (bounded by `wait`) and says whether it got FAILED_PRECONDITION naming `kind` within a second.
+async fn refused_at_once(daemon: &Daemon, url: &str, kind: &str, wait: Duration) -> Result<(), String> {
+    let mut client = daemon.client().await;
+    let started = Instant::now();
+    let answer = tokio::time::timeout(wait, fetch_unchecked(&mut client, req(url))).await;
+    let elapsed = started.elapsed();
+    match answer {
+        Err(_) => Err(format!("no answer for {url} within {wait:?}")),
+        Ok(Ok((info, _))) => Err(format!("{url} was served: {info:?}")),
+        Ok(Err(status)) if status.code() != Code::FailedPrecondition || !status.message().contains(kind) => {
+            Err(format!(
+                "expected FAILED_PRECONDITION naming {kind:?}, got {:?}: {}",
+                status.code(),
+                status.message()
+            ))
+        }
+        Ok(Err(_)) if elapsed > Duration::from_secs(1) => Err(format!("refused only after {elapsed:?}")),
+        Ok(Err(_)) => Ok(()),
+    }
+}
+
+/// A FIFO under a root used to block the fetch in open(2) forever, holding a blocking thread that then kept the
+/// daemon from exiting on SIGTERM.
+#[tokio::test]
+async fn fifo_under_the_root_is_refused_at_once_and_does_not_block_shutdown() {
+    let tree = tree();
+    let fifo = tree.root.join("pipe.wasm");
+    mkfifo(&fifo);
+    let mut daemon = Daemon::start(&["--file-root", tree.root.to_str().unwrap(), "--shutdown-grace", "2s"]).await;
+
+    let answer = refused_at_once(&daemon, &file_url(&fifo), "a FIFO", Duration::from_secs(5)).await;
+    daemon.signal(libc::SIGTERM);
+    let started = Instant::now();
+    let exit = daemon.exit_within(Duration::from_secs(10)).await;
+
+    let exited = match exit {
+        Some(status) => Ok(status),
+        None => Err("the daemon was still running 10 s after SIGTERM (grace 2 s)".to_string()),
+    };
+    assert_eq!((answer, exited.as_ref().map(|s| s.success())), (Ok(()), Ok(true)));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "exit took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn socket_file_under_the_root_is_refused_naming_it() {
+    let tree = tree();
+    let socket = tree.root.join("socket.wasm");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind a socket file");
+    let daemon = daemon_with_root(&tree.root).await;
+
+    let answer = refused_at_once(&daemon, &file_url(&socket), "a socket", Duration::from_secs(5)).await;
+    assert_eq!(answer, Ok(()));
+}
+
+/// A device node under a root (made with mknod: the tests run as root) with /dev/zero's numbers: it would read
+/// zeros without end.
+#[tokio::test]
+async fn character_device_under_the_root_is_refused_naming_it() {
+    let tree = tree();
+    let device = tree.root.join("zero.wasm");
+    // SAFETY: mknod(2) reads a NUL-terminated path that outlives the call; 1:5 is /dev/zero.
+    let rc = unsafe { libc::mknod(c_path(&device).as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 5)) };
+    assert_eq!(rc, 0, "mknod (needs root): {}", std::io::Error::last_os_error());
+    let daemon = daemon_with_root(&tree.root).await;
+
+    let answer = refused_at_once(
+        &daemon,
+        &file_url(&device),
+        "a character device",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(answer, Ok(()));
+}
+
+#[tokio::test]
+async fn directory_under_the_root_is_refused_naming_it() {
+    let tree = tree();
+    let dir = tree.root.join("dir.wasm");
+    std::fs::create_dir(&dir).unwrap();
+    let daemon = daemon_with_root(&tree.root).await;
+
+    let answer = refused_at_once(&daemon, &file_url(&dir), "a directory", Duration::from_secs(5)).await;
+    assert_eq!(answer, Ok(()));
 }

@@ -941,6 +941,125 @@ async fn unusable_archive_entries_are_never_chosen() {
     check_cases(&daemon, &probe, cases).await;
 }
 
+/// A GNU header block (magic `ustar  `) for one entry: the long-name and long-link entries of GNU tar.
+fn gnu_header(name: &str, type_flag: u8, size: u64) -> [u8; 512] {
+    let mut h = tar_header(name, type_flag, size, "");
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A tar.gz whose first member is a GNU long-name entry (`L`) with a name of `name_len` bytes (for the regular
+/// file `x` after it), followed by a good `plugin.wasm`: a 200 MB name compresses to about 200 KB.
+fn long_name_tar_gz(name_len: u64) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let mut put = |bytes: &[u8]| std::io::Write::write_all(&mut gz, bytes).expect("gzip");
+    put(&gnu_header("././@LongLink", b'L', name_len));
+    let chunk = vec![b'a'; 1 << 20];
+    let mut left = name_len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        put(&chunk[..n]);
+        left -= n as u64;
+    }
+    put(&vec![0u8; (name_len.next_multiple_of(512) - name_len) as usize]);
+    put(&raw_tar(&[
+        ("x", b'0', "", b""),
+        ("plugin.wasm", b'0', "", &wasm_module("long-name")),
+    ]));
+    gz.finish().expect("gzip finish")
+}
+
+/// The daemon's peak resident set (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/<pid>/status");
+    let kib: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .expect("VmHWM in kB");
+    kib * 1024
+}
+
+/// Issue 9, item 5: a 204 KB tar.gz holding a GNU long name of 200 MB cost 481 MB of memory per fetch, since
+/// the name was read whole before anything looked at it. Eight at once must each be refused at the long-name
+/// entry, and the daemon's peak memory must stay far below even one such name.
+#[tokio::test]
+async fn archives_with_a_200_mb_long_name_are_refused_in_bounded_memory() {
+    const FETCHES: usize = 8;
+    const PEAK_LIMIT: u64 = 100 << 20;
+    let archive = bytes::Bytes::from(long_name_tar_gz(200_000_000));
+    assert!(archive.len() < 400_000, "the archive is {} bytes", archive.len());
+    let origin = Origin::start().await;
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+    let urls: Vec<String> = (0..FETCHES)
+        .map(|i| {
+            // One path each: requests for one URL would share a single fetch.
+            let path = format!("/long-name-{i}.tar.gz");
+            origin.serve(&path, archive.clone());
+            origin.url(&path)
+        })
+        .collect();
+
+    let started = std::time::Instant::now();
+    let mut fetches = tokio::task::JoinSet::new();
+    for url in urls {
+        let mut client = daemon.client().await;
+        fetches.spawn(async move {
+            let answer = tokio::time::timeout(Duration::from_secs(60), fetch_unchecked(&mut client, req(&url))).await;
+            (url, answer)
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = fetches.join_next().await {
+        answers.push(joined.expect("fetch task"));
+    }
+    let elapsed = started.elapsed();
+    let peak = peak_rss(daemon.pid());
+    eprintln!(
+        "{FETCHES} long-name archives answered in {elapsed:?}; daemon peak RSS {} MiB",
+        peak >> 20
+    );
+
+    for (url, answer) in answers {
+        let status = match answer {
+            Err(_) => panic!("{url}: no answer within 60 s"),
+            Ok(Ok((info, _))) => panic!(
+                "{url}: served sha256:{} (peak RSS {} MiB), expected the archive refused",
+                info.sha256,
+                peak >> 20
+            ),
+            Ok(Err(status)) => status,
+        };
+        assert_code(&status, Code::FailedPrecondition);
+        let message = status.message().to_lowercase();
+        assert!(
+            message.contains("long name") && message.contains("200000000") && message.contains("limit"),
+            "{url}: message does not name the long name and its limit: {message:.500}"
+        );
+    }
+    assert!(
+        peak < PEAK_LIMIT,
+        "daemon peak RSS {} MiB after {FETCHES} long-name archives (limit {} MiB)",
+        peak >> 20,
+        PEAK_LIMIT >> 20
+    );
+    assert!(elapsed < Duration::from_secs(10), "refusing took {elapsed:?}");
+    assert!(daemon.ingest_files().is_empty(), "an ingest file was left");
+    assert!(
+        list(&mut daemon.client().await).await.is_empty(),
+        "something was cached"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // WasmPlugin files
 // ---------------------------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ pub struct Args {
     /// Bound on connecting and on each wait for response bytes, per attempt [default: 15s]
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     pub fetch_timeout: Option<Duration>,
+    /// Bound on one whole attempt (connecting, the response, the whole body); must be at least --fetch-timeout
+    /// [default: 5m]
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    pub fetch_deadline: Option<Duration>,
     /// Attempts per fetch, the first included [default: 5]
     #[arg(long, value_name = "N")]
     pub fetch_attempts: Option<u32>,
@@ -151,6 +155,7 @@ impl Args {
             admin_listen: args.admin_listen.map(|a| a.0),
             file_roots: some_vec(args.file_roots.clone()),
             fetch_timeout: args.fetch_timeout,
+            fetch_deadline: args.fetch_deadline,
             fetch_attempts: args.fetch_attempts,
             retry_backoff: args.retry_backoff,
             max_module_bytes: args.max_module_bytes,

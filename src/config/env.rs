@@ -18,6 +18,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
         admin_listen: env.one("admin-listen", parse_admin_listen)?,
         file_roots: env.list("file-root", path)?,
         fetch_timeout: env.one("fetch-timeout", parse_duration)?,
+        fetch_deadline: env.one("fetch-deadline", parse_duration)?,
         fetch_attempts: env.one("fetch-attempts", parse_count)?,
         retry_backoff: env.one("retry-backoff", parse_duration)?,
         max_module_bytes: env.one("max-module-bytes", parse_bytes)?,

@@ -100,6 +100,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("admin-listen", "off"),
         ("file-root", "/r"),
         ("fetch-timeout", "1s"),
+        ("fetch-deadline", "1m"),
         ("fetch-attempts", "1"),
         ("retry-backoff", "1s"),
         ("max-module-bytes", "1K"),

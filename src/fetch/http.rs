@@ -10,7 +10,7 @@ use reqwest::{Client, StatusCode};
 use url::Url;
 
 use super::guard::{Blocked, Guard};
-use super::retry::{retryable_status, Backoff};
+use super::retry::{past_deadline, retryable_status, Backoff};
 use super::{Conditions, FetchError, Fetched, Meta, Settings, Sink};
 use crate::source::display_url;
 
@@ -22,6 +22,8 @@ pub struct HttpFetcher {
     insecure_hosts: Vec<String>,
     backoff: Backoff,
     timeout: Duration,
+    /// Bound on each whole attempt, body included.
+    deadline: Duration,
     max_bytes: u64,
 }
 
@@ -107,6 +109,7 @@ impl HttpFetcher {
             insecure_hosts: settings.insecure_hosts.clone(),
             backoff: settings.backoff.clone(),
             timeout: settings.timeout,
+            deadline: settings.deadline,
             max_bytes: settings.max_bytes,
         }
     }
@@ -129,7 +132,17 @@ impl HttpFetcher {
         let mut last = (String::new(), false);
         for attempt in 1..=attempts {
             sink.reset().map_err(FetchError::sink(&shown))?;
-            match self.attempt(url, &shown, conditions, sink).await {
+            // The client's timeouts bound each wait; only this bounds an origin that keeps every wait short
+            // and never finishes (a slowloris).
+            let outcome = tokio::time::timeout(self.deadline, self.attempt(url, &shown, conditions, sink))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AttemptError::Retry {
+                        cause: past_deadline(self.deadline),
+                        timed_out: true,
+                    })
+                });
+            match outcome {
                 Ok(fetched) => return Ok(fetched),
                 Err(AttemptError::Fatal(e)) => return Err(e),
                 Err(AttemptError::Retry { cause, timed_out }) => {

@@ -103,6 +103,9 @@ pub struct Meta {
 pub struct Settings {
     /// Bound on connecting, and on each wait for the next bytes of a response.
     pub timeout: Duration,
+    /// Bound on one whole attempt: connecting, the response and its whole body (or a whole file read).
+    /// At least `timeout`.
+    pub deadline: Duration,
     pub backoff: retry::Backoff,
     /// Cap on the downloaded payload and, separately, on the unwrapped module.
     pub max_bytes: u64,
@@ -147,8 +150,9 @@ pub enum FetchError {
     NoFileRoots { url: String },
     #[error("{url}: path is outside the allowed file roots")]
     OutsideRoots { url: String },
-    #[error("{url}: not a regular file")]
-    NotAFile { url: String },
+    /// `kind`: what the path is instead ("a FIFO", "a character device", ...).
+    #[error("{url}: not a regular file but {kind}")]
+    NotAFile { url: String, kind: &'static str },
     /// `what`: the module, or the manifest (which has its own, smaller limit).
     #[error("{url}: {what} is larger than the {limit}-byte limit")]
     TooLarge {
@@ -220,6 +224,7 @@ impl Fetchers {
                 clients.unverified.clone(),
                 clients.guard.clone(),
                 settings.backoff.clone(),
+                settings.deadline,
                 settings.max_bytes,
             ),
             http: http::HttpFetcher::new(settings, clients),

@@ -22,6 +22,15 @@ impl Backoff {
     }
 }
 
+/// Why an attempt cut off by `--fetch-deadline` failed. Such an attempt counts as timed out: it is retried,
+/// and the last one ends the fetch with DEADLINE_EXCEEDED.
+pub fn past_deadline(deadline: Duration) -> String {
+    format!(
+        "the attempt did not finish within the --fetch-deadline of {}",
+        humantime::format_duration(deadline)
+    )
+}
+
 /// HTTP statuses worth retrying: 429 and 5xx, except those that say the request itself can never work
 /// (501 Not Implemented, 505 HTTP Version Not Supported, 511 Network Authentication Required).
 pub fn retryable_status(status: u16) -> bool {

@@ -245,6 +245,24 @@ impl Daemon {
         }
     }
 
+    /// Waits up to `limit` for the process to exit after a signal: its status, or `None` when it was still
+    /// running (it is then killed, so a test that expected an exit can report the failure and go on).
+    pub async fn exit_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take().expect("daemon is running");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGTERM, wait, then start again on the same cache dir and socket path with the same arguments.
     pub async fn restart(&mut self) {
         self.stop().await;
@@ -491,6 +509,8 @@ struct Route {
     throttle: Option<Duration>,
     /// Sent as `ETag`; a request whose `If-None-Match` names it gets 304.
     etag: Option<String>,
+    /// Answer 200 at once, then send one byte of body after each pause, without end (a slowloris origin).
+    drip: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -657,6 +677,12 @@ impl Origin {
         self.state.with_route(path, |r| r.throttle = Some(pause));
     }
 
+    /// `path` answers 200 with headers at once, then one byte per `pause`, forever: every wait for the next byte
+    /// is short, the body never ends.
+    pub fn drip(&self, path: &str, pause: Duration) {
+        self.state.with_route(path, |r| r.drip = Some(pause));
+    }
+
     /// The request counter of `path`, shared with the server.
     pub fn counter(&self, path: &str) -> Arc<AtomicUsize> {
         self.state.counter(path)
@@ -751,6 +777,20 @@ async fn handle(state: Arc<OriginState>, request: Request<Incoming>) -> Result<R
             .status(route.redirect_status)
             .header("location", location)
             .body(Full::new(Bytes::new()).boxed())
+            .unwrap();
+        return Ok(response);
+    }
+    if let Some(pause) = route.drip {
+        let bytes = futures_util::stream::unfold(true, move |first| async move {
+            if !first {
+                tokio::time::sleep(pause).await;
+            }
+            Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"\0"))), false))
+        });
+        let response = Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/wasm")
+            .body(StreamBody::new(bytes).boxed())
             .unwrap();
         return Ok(response);
     }

@@ -65,10 +65,11 @@ impl OciFetcher {
         unverified: Client,
         guard: Guard,
         backoff: super::retry::Backoff,
+        deadline: std::time::Duration,
         max_bytes: u64,
     ) -> Self {
         OciFetcher {
-            client: RegistryClient::new(verified, unverified, guard, backoff),
+            client: RegistryClient::new(verified, unverified, guard, backoff, deadline),
             settings: settings.clone(),
             max_bytes,
         }

@@ -21,7 +21,7 @@ use super::auth::Credentials;
 use crate::digest::Sha256;
 use crate::fetch::guard::Guard;
 use crate::fetch::http::{find_cause, Transport};
-use crate::fetch::retry::{retryable_status, Backoff};
+use crate::fetch::retry::{past_deadline, retryable_status, Backoff};
 use crate::fetch::{FetchError, Sink};
 
 /// Tokens without `expires_in` are kept this long (the distribution spec's default is 60 s).
@@ -68,6 +68,8 @@ pub struct RegistryClient {
     unverified: Client,
     guard: Guard,
     backoff: Backoff,
+    /// Bound on each whole attempt of a request (its token request and its body included).
+    deadline: Duration,
     tokens: Mutex<HashMap<TokenKey, Token>>,
     /// Hosts that answered over plain HTTP after HTTPS failed (insecure hosts only).
     plain_http: Mutex<HashSet<String>>,
@@ -128,7 +130,7 @@ pub struct Manifest {
 }
 
 impl RegistryClient {
-    pub fn new(verified: Client, unverified: Client, guard: Guard, backoff: Backoff) -> Self {
+    pub fn new(verified: Client, unverified: Client, guard: Guard, backoff: Backoff, deadline: Duration) -> Self {
         let mut salt = [0u8; 32];
         salt.iter_mut().for_each(|b| *b = fastrand::u8(..));
         RegistryClient {
@@ -136,6 +138,7 @@ impl RegistryClient {
             unverified,
             guard,
             backoff,
+            deadline,
             tokens: Mutex::default(),
             plain_http: Mutex::default(),
             basic_hosts: Mutex::default(),
@@ -279,7 +282,9 @@ impl RegistryClient {
         .await
     }
 
-    /// Runs `attempt` until it succeeds, fails for good, or runs out of attempts.
+    /// Runs `attempt` until it succeeds, fails for good, or runs out of attempts. Each attempt (a manifest or
+    /// blob request, with the token request that answers its challenge) is bounded by the deadline as a whole;
+    /// one cut off counts as timed out.
     async fn with_retries<T, F, Fut>(&self, s: &Session<'_>, mut attempt: F) -> Result<T, FetchError>
     where
         F: FnMut() -> Fut,
@@ -288,7 +293,15 @@ impl RegistryClient {
         let attempts = self.backoff.attempts.max(1);
         let mut last = (String::new(), false);
         for n in 1..=attempts {
-            match attempt().await {
+            let result = tokio::time::timeout(self.deadline, attempt())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Failure::Retry {
+                        cause: past_deadline(self.deadline),
+                        timed_out: true,
+                    })
+                });
+            match result {
                 Ok(v) => return Ok(v),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Retry { cause, timed_out }) => last = (cause, timed_out),
@@ -439,7 +452,7 @@ impl RegistryClient {
             Some(Auth::Basic(c)) => request.basic_auth(c.username(), Some(c.password())),
             None => request,
         };
-        // The client's connect and read timeouts bound a stalled registry.
+        // The client's connect and read timeouts bound a stalled registry; `with_retries` bounds a slow one.
         request.send().await
     }
 
