@@ -266,7 +266,10 @@ pub async fn run(
     let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection)
         .add_service(Service::new(cache.clone()).into_server());
-    let unix = crate::transport::serve(UnixListenerStream::new(listeners.unix), routes.clone(), stop.clone());
+    // Clients on the socket may name it as `:authority` (gRPC C-core, grpc-java): see transport::authority.
+    let unix_connections = UnixListenerStream::new(listeners.unix)
+        .map(|accepted| accepted.map(crate::transport::authority::AuthorityRewrite::new));
+    let unix = crate::transport::serve(unix_connections, routes.clone(), stop.clone());
     let tcp = async {
         if let Some(tcp) = listeners.tcp {
             let connections = TcpListenerStream::new(tcp).map(|accepted| {
