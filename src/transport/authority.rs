@@ -91,6 +91,7 @@ pub struct AuthorityRewrite<IO> {
 }
 
 impl<IO> AuthorityRewrite<IO> {
+    /// Wraps a connection accepted on the Unix socket, before any byte of it was read.
     pub fn new(inner: IO) -> AuthorityRewrite<IO> {
         AuthorityRewrite {
             inner,
