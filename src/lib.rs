@@ -14,7 +14,9 @@
 //! - [`digest`]: the sha256 type and a hashing writer.
 //! - [`config`]: `Config` and every default; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
-//! - [`transport`]: HTTP/2 on each accepted connection, with a bounded send buffer per stream.
+//! - [`transport`]: HTTP/2 on each accepted connection, with a bounded send buffer per stream;
+//!   `transport::authority` lets Unix socket clients that send the socket path as `:authority` (gRPC
+//!   C-core, grpc-java) through h2, with its own HPACK decoder (`transport::hpack`).
 //! - [`admin`]: the admin HTTP listener: metrics, health, readiness, modules by digest.
 //! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
 //! - [`systemd`]: readiness and watchdog notifications, and socket activation.

@@ -255,18 +255,24 @@ pub async fn run(
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ModuleCacheServer<Service>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| ServeError::Bind {
-            what: "gRPC reflection".into(),
-            source: std::io::Error::other(e),
-        })?;
+    // Reflection v1, and v1alpha beside it for clients that only speak that (older grpcurl).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_err = |e| ServeError::Bind {
+        what: "gRPC reflection".into(),
+        source: std::io::Error::other(e),
+    };
     let routes = tonic::service::Routes::new(health_service)
-        .add_service(reflection)
+        .add_service(reflection().build_v1().map_err(reflection_err)?)
+        .add_service(reflection().build_v1alpha().map_err(reflection_err)?)
         .add_service(Service::new(cache.clone()).into_server());
-    let unix = crate::transport::serve(UnixListenerStream::new(listeners.unix), routes.clone(), stop.clone());
+    // Clients on the socket may name it as `:authority` (gRPC C-core, grpc-java): see transport::authority.
+    let unix_connections = UnixListenerStream::new(listeners.unix)
+        .map(|accepted| accepted.map(crate::transport::authority::AuthorityRewrite::new));
+    let unix = crate::transport::serve(unix_connections, routes.clone(), stop.clone());
     let tcp = async {
         if let Some(tcp) = listeners.tcp {
             let connections = TcpListenerStream::new(tcp).map(|accepted| {

@@ -5,6 +5,12 @@
 //! bounds it to [`SEND_BUFFER`] per stream and otherwise keeps tonic's behaviour: HTTP/2 only, no limit on
 //! concurrent streams, a call's `grpc-timeout` enforced ([`Deadlines`]), GOAWAY to every connection on stop,
 //! and the listener closed as soon as accepting stops.
+//!
+//! Connections from the Unix socket are wrapped in [`authority::AuthorityRewrite`] first, so that clients
+//! which send the socket path as `:authority` (gRPC C-core, grpc-java) are served too.
+
+pub mod authority;
+mod hpack;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,7 +46,10 @@ where
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(None)
-        .max_send_buf_size(SEND_BUFFER);
+        .max_send_buf_size(SEND_BUFFER)
+        // hyper's default, stated because the Unix socket's authority rewrite relies on it. The header
+        // table size is left unset: the protocol's 4096 (authority::HEADER_TABLE_SIZE).
+        .max_frame_size(authority::MAX_FRAME_SIZE);
     let graceful = GracefulShutdown::new();
     {
         // Dropped when the loop ends, which closes a TCP listener at once.

@@ -1,5 +1,6 @@
 //! The standard gRPC services next to ModuleCache: health (`grpc.health.v1.Health`) and server reflection
-//! (`grpc.reflection.v1`), so that probes and `grpcurl` work without the `.proto` file.
+//! (`grpc.reflection.v1`, and `grpc.reflection.v1alpha` for older clients), so that probes and `grpcurl`
+//! work without the `.proto` file.
 
 mod support;
 
@@ -15,6 +16,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
+use tonic_reflection::pb::v1alpha;
 
 const MODULE_CACHE: &str = "wasmcache.v1.ModuleCache";
 const HEALTH: &str = "grpc.health.v1.Health";
@@ -190,4 +192,39 @@ async fn reflection_describes_module_cache_by_symbol() {
     ] {
         assert!(methods.contains(&rpc), "{rpc} missing from {methods:?}");
     }
+}
+
+/// Older clients (such as older grpcurl releases) ask `grpc.reflection.v1alpha`; it answers with the same services.
+#[tokio::test]
+async fn reflection_v1alpha_lists_module_cache_and_health() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(channel(&daemon).await);
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+
+    let response = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha reflection stream")
+        .into_inner()
+        .message()
+        .await
+        .expect("v1alpha reflection response")
+        .expect("a v1alpha reflection response")
+        .message_response;
+
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response else {
+        panic!("expected a service list, got {response:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&MODULE_CACHE), "services: {names:?}");
+    assert!(names.contains(&HEALTH), "services: {names:?}");
+    assert!(
+        names.contains(&"grpc.reflection.v1alpha.ServerReflection"),
+        "services: {names:?}"
+    );
 }
