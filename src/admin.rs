@@ -149,7 +149,7 @@ async fn module(state: &AdminState, cache: &Cache, hex: &str, req: &Request<Inco
         .header(header::CONTENT_TYPE, "application/wasm")
         .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok());
-    if if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+    if if_none_match.is_some_and(|v| none_match(v, &etag)) {
         return builder
             .status(StatusCode::NOT_MODIFIED)
             .body(empty())
@@ -255,8 +255,43 @@ fn empty() -> Body {
     BodyExt::boxed(Empty::new().map_err(|never| match never {}))
 }
 
+/// True when an `If-None-Match` value names `etag` (a quoted strong tag) or is `*`. The comparison is weak,
+/// as RFC 9110 (13.1.2) requires for If-None-Match: `W/"x"` matches `"x"`. Malformed members match nothing.
+fn none_match(header: &str, etag: &str) -> bool {
+    let wanted = etag.trim_matches('"');
+    let mut rest = header.trim();
+    if rest == "*" {
+        return true;
+    }
+    while !rest.is_empty() {
+        rest = rest.trim_start_matches([',', ' ', '\t']);
+        let tag = rest.strip_prefix("W/").unwrap_or(rest);
+        let Some(quoted) = tag.strip_prefix('"') else {
+            return false;
+        };
+        let Some(end) = quoted.find('"') else {
+            return false;
+        };
+        if &quoted[..end] == wanted {
+            return true;
+        }
+        rest = &quoted[end + 1..];
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn if_none_match_compares_weakly() {
+        let etag = "\"abc\"";
+        for matching in ["\"abc\"", "W/\"abc\"", "\"x\", W/\"abc\"", "*", " \"x\" ,\"abc\" "] {
+            assert!(none_match(matching, etag), "{matching}");
+        }
+        for other in ["\"abcd\"", "abc", "W/abc", "\"x\"", "\"ab", "", "W/\"ab\"c\""] {
+            assert!(!none_match(other, etag), "{other}");
+        }
+    }
     use super::*;
 
     #[test]

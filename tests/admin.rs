@@ -288,6 +288,18 @@ async fn if_none_match_with_the_etag_is_not_modified() {
     assert!(response.body.is_empty());
 }
 
+/// If-None-Match compares weakly (RFC 9110, 13.1.2): a cache that stored the tag as weak still gets 304.
+#[tokio::test]
+async fn if_none_match_with_the_weak_etag_is_not_modified() {
+    let module = wasm_module("weak-etag");
+    let (_origin, _daemon, admin, _client) = cached(&module).await;
+    let list = format!("\"{}\", W/\"{}\"", "0".repeat(64), sha256_hex(&module));
+
+    let response = request(admin, "GET", &module_path(&module), &[("if-none-match", &list)]).await;
+
+    assert_eq!(response.status, 304);
+}
+
 #[tokio::test]
 async fn if_none_match_with_another_etag_gets_the_module() {
     let module = wasm_module("other-etag");
