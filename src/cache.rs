@@ -123,6 +123,7 @@ pub struct Listed {
     pub path: PathBuf,
     pub fetched_at_ms: u64,
     pub last_used_ms: u64,
+    pub pinned: bool,
 }
 
 /// What a removal did.
@@ -581,7 +582,8 @@ impl Cache {
                 fetched_at_ms: e.refs.iter().map(|(_, r)| r.fetched_at_ms).max().unwrap_or(0),
                 urls: e.refs.into_iter().map(|(url, _)| url).collect(),
                 path: e.path,
-                last_used_ms: e.record.map_or(0, |r| r.last_used_ms),
+                last_used_ms: e.record.as_ref().map_or(0, |r| r.last_used_ms),
+                pinned: e.record.is_some_and(|r| r.pinned),
             })
             .collect())
     }

@@ -251,6 +251,7 @@ impl ModuleCache for Service {
                 path: l.path.display().to_string(),
                 fetched_at: timestamp(l.fetched_at_ms),
                 last_used: timestamp(l.last_used_ms),
+                pinned: l.pinned,
             })
             .collect();
         Ok(Response::new(proto::ListResponse { modules }))

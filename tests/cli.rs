@@ -364,3 +364,67 @@ async fn unknown_subcommand_fails() {
     let output = run_cli(&["frobnicate"], &[]).await;
     assert!(!output.status.success());
 }
+
+#[tokio::test]
+async fn ls_shows_which_modules_are_pinned() {
+    let (_origin, daemon, url, module) = setup().await;
+    let mut client = daemon.client().await;
+    fetch_ok(&mut client, req(&url)).await;
+    let pin = wasmcache::proto::PinRequest {
+        target: Some(wasmcache::proto::pin_request::Target::Url(url.clone())),
+    };
+    client.pin(pin).await.expect("pin");
+
+    let text = run_cli(&["ls", "--socket", &sock(&daemon)], &[]).await;
+    let json = run_cli(&["ls", "--socket", &sock(&daemon), "--json"], &[]).await;
+
+    assert_success(&text);
+    let lines = stdout(&text);
+    assert!(lines.lines().next().unwrap_or_default().contains("PINNED"), "{lines}");
+    let row = lines
+        .lines()
+        .find(|l| l.contains(&sha256_hex(&module)))
+        .expect("the module's row");
+    assert!(row.split_whitespace().any(|w| w == "yes"), "{row}");
+    let rows: serde_json::Value = serde_json::from_slice(&json.stdout).expect("ls --json");
+    assert_eq!(rows[0]["pinned"], serde_json::Value::Bool(true), "{rows}");
+}
+
+#[tokio::test]
+async fn fetch_with_output_dash_writes_only_the_module_to_stdout() {
+    let (_origin, daemon, url, module) = setup().await;
+
+    let output = run_cli(&["fetch", "--socket", &sock(&daemon), "-o", "-", &url], &[]).await;
+
+    assert_success(&output);
+    assert!(output.stdout == module, "stdout is exactly the module's bytes");
+    assert!(!std::path::Path::new("-").exists(), "no file named - was written");
+}
+
+/// A failing `serve` reports its error once on stderr, not as a log line and again as a plain line.
+#[tokio::test]
+async fn serve_failure_is_reported_once() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("s.sock");
+    let cache = dir.path().join("cache");
+
+    let output = run_cli(
+        &[
+            "serve",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--socket",
+            socket.to_str().unwrap(),
+            "--admin-listen",
+            &addr,
+        ],
+        &[],
+    )
+    .await;
+
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert_eq!(err.matches(&addr).count(), 1, "the failure once: {err}");
+}

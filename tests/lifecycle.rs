@@ -741,6 +741,22 @@ async fn cli_pin_of_an_uncached_module_fails() {
 // ---------------------------------------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn verify_cli_json_reports_what_it_checked_and_quarantined() {
+    let m = Modules::start().await;
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+    m.fetch(&mut client, "a").await;
+    m.fetch(&mut client, "b").await;
+    alter_blob(&daemon.blob_path(&m.hex("a")));
+
+    let output = cli(&daemon, &["verify", "--json"]).await;
+
+    assert!(!output.status.success(), "a quarantine still exits non-zero");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("one JSON object on stdout");
+    assert_eq!(report, serde_json::json!({"checked": 2, "quarantined": [m.hex("a")]}));
+}
+
+#[tokio::test]
 async fn verify_quarantines_an_altered_blob() {
     let m = Modules::start().await;
     let daemon = Daemon::start(&[]).await;

@@ -31,7 +31,7 @@ pub struct Args {
     /// Version of that resource; with --pull-policy always, a new version re-fetches
     #[arg(long, value_name = "V", requires = "resource")]
     pub resource_version: Option<String>,
-    /// Write the module bytes to FILE
+    /// Write the module bytes to FILE (`-`: to standard output, and print no info)
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     pub output: Option<PathBuf>,
     /// Print the module info as one JSON object
@@ -61,10 +61,40 @@ pub async fn run(args: Args) -> Result<(), CliError> {
     };
     let mut client = args.socket.connect().await?;
     let info = match &args.output {
+        // Standard output carries the module and nothing else, so it can be piped.
+        Some(path) if path.as_os_str() == "-" => return to_stdout(&mut client, request).await,
         None => client.resolve(request).await?.into_inner(),
         Some(path) => save(&mut client, request, path).await?,
     };
     print_info(&info, args.json);
+    Ok(())
+}
+
+/// Streams the module to standard output, checking that what arrived is the whole module the daemon named.
+async fn to_stdout(
+    client: &mut crate::proto::module_cache_client::ModuleCacheClient<tonic::transport::Channel>,
+    request: FetchRequest,
+) -> Result<(), CliError> {
+    let mut stream = client.fetch(request).await?.into_inner();
+    let mut out = crate::digest::HashingWriter::new(std::io::stdout().lock());
+    let mut info = None;
+    let write_err = |e: std::io::Error| CliError(format!("writing to standard output: {e}"));
+    while let Some(message) = stream.message().await? {
+        match message.msg {
+            Some(Msg::Info(i)) => info = Some(i),
+            Some(Msg::Chunk(bytes)) => out.write_all(&bytes).map_err(write_err)?,
+            None => {}
+        }
+    }
+    out.flush().map_err(write_err)?;
+    let info = info.ok_or_else(|| CliError("the daemon sent no module info".into()))?;
+    let (digest, size) = (out.sha256(), out.written());
+    if size != info.size || digest.to_string() != info.sha256 {
+        return Err(CliError(format!(
+            "the stream ended after {size} of {} bytes, or does not hash to sha256:{}",
+            info.size, info.sha256
+        )));
+    }
     Ok(())
 }
 

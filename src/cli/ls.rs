@@ -26,13 +26,17 @@ pub async fn run(args: Args) -> Result<(), CliError> {
                     "path": m.path,
                     "fetched_at": rfc3339(m.fetched_at.as_ref()),
                     "last_used": rfc3339(m.last_used.as_ref()),
+                    "pinned": m.pinned,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<64}  {:>12}  {:<20}  URLS", "SHA256", "SIZE", "LAST_USED");
+    println!(
+        "{:<64}  {:>12}  {:<20}  {:<6}  URLS",
+        "SHA256", "SIZE", "LAST_USED", "PINNED"
+    );
     for m in &modules {
         let urls = if m.urls.is_empty() {
             "-".to_string()
@@ -40,10 +44,11 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             m.urls.join(" ")
         };
         println!(
-            "{:<64}  {:>12}  {:<20}  {urls}",
+            "{:<64}  {:>12}  {:<20}  {:<6}  {urls}",
             m.sha256,
             m.size,
-            rfc3339(m.last_used.as_ref())
+            rfc3339(m.last_used.as_ref()),
+            if m.pinned { "yes" } else { "no" }
         );
     }
     Ok(())

@@ -227,8 +227,10 @@ pub async fn run(args: Args) -> u8 {
     match server::serve(config, crate::signal::shutdown()).await {
         Ok(()) => 0,
         Err(e) => {
-            tracing::error!(cause = %e, "wasmcache stopped");
-            if !json {
+            // Once: as a JSON log event when logs are JSON (every line stays JSON), else as one plain line.
+            if json {
+                tracing::error!(cause = %e, "wasmcache stopped");
+            } else {
                 eprintln!("wasmcache: {e}");
             }
             u8::try_from(e.exit_code()).unwrap_or(1)
