@@ -34,6 +34,12 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabels {
+    provider: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -91,6 +97,47 @@ impl WatchSkip {
     }
 }
 
+/// How a run of a kubelet credential provider plugin ended: the `result` of
+/// `wasmcache_credential_provider_runs_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderRun {
+    /// A valid answer.
+    Success,
+    /// No answer within `--image-credential-provider-timeout`; killed.
+    Timeout,
+    /// It exited with a non-zero status or was killed by a signal.
+    Failed,
+    /// Its answer was not a valid `CredentialProviderResponse`.
+    BadResponse,
+    /// Its answer was over the size limit; killed.
+    TooLarge,
+    /// It could not be started.
+    SpawnFailure,
+}
+
+impl ProviderRun {
+    pub const ALL: [ProviderRun; 6] = [
+        ProviderRun::Success,
+        ProviderRun::Timeout,
+        ProviderRun::Failed,
+        ProviderRun::BadResponse,
+        ProviderRun::TooLarge,
+        ProviderRun::SpawnFailure,
+    ];
+
+    /// The `result` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProviderRun::Success => "success",
+            ProviderRun::Timeout => "timeout",
+            ProviderRun::Failed => "exit_failure",
+            ProviderRun::BadResponse => "bad_response",
+            ProviderRun::TooLarge => "too_large",
+            ProviderRun::SpawnFailure => "spawn_failure",
+        }
+    }
+}
+
 fn fetch_duration_histogram() -> Histogram {
     // 5 ms to about 5 minutes.
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
@@ -108,6 +155,8 @@ pub struct Metrics {
     evictions: Family<ReasonLabel, Counter>,
     over_limit: Counter,
     watch_skipped: Family<ReasonLabel, Counter>,
+    provider_runs: Family<ProviderLabels, Counter>,
+    provider_cache: Family<ProviderLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -130,6 +179,8 @@ impl Metrics {
             evictions: Family::default(),
             over_limit: Counter::default(),
             watch_skipped: Family::default(),
+            provider_runs: Family::default(),
+            provider_cache: Family::default(),
             registry: Registry::default(),
         };
         // Every reason is exported from the start, at zero, so that an alert on its increase needs no
@@ -175,6 +226,16 @@ impl Metrics {
             "watch_skipped",
             "WasmPlugins the watch did not prefetch, by reason; each plugin generation is counted once",
             m.watch_skipped.clone(),
+        );
+        registry.register(
+            "credential_provider_runs",
+            "Runs of kubelet credential provider plugins, by provider and result",
+            m.provider_runs.clone(),
+        );
+        registry.register(
+            "credential_provider_cache_lookups",
+            "Credential provider answers looked for in the cache, by provider: found (hit) or not (miss)",
+            m.provider_cache.clone(),
         );
         registry.register(
             "build",
@@ -230,6 +291,40 @@ impl Metrics {
 
     pub fn over_limit(&self) {
         self.over_limit.inc();
+    }
+
+    /// Exports a configured credential provider's counters at zero.
+    pub fn provider_configured(&self, provider: &str) {
+        for run in ProviderRun::ALL {
+            drop(self.provider_runs.get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+                result: run.label(),
+            }));
+        }
+        for result in ["hit", "miss"] {
+            drop(self.provider_cache.get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+                result,
+            }));
+        }
+    }
+
+    pub fn provider_ran(&self, provider: &str, run: ProviderRun) {
+        self.provider_runs
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+                result: run.label(),
+            })
+            .inc();
+    }
+
+    pub fn provider_cache(&self, provider: &str, hit: bool) {
+        self.provider_cache
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_string(),
+                result: if hit { "hit" } else { "miss" },
+            })
+            .inc();
     }
 
     pub fn watch_skipped(&self, why: WatchSkip) {
@@ -316,6 +411,41 @@ mod tests {
         assert_eq!(sample(&m.encode(), "wasmcache_watch_skipped_total", labels), Some(0.0));
         m.watch_skipped(WatchSkip::PullSecretNotAllowed);
         assert_eq!(sample(&m.encode(), "wasmcache_watch_skipped_total", labels), Some(1.0));
+    }
+
+    #[test]
+    fn credential_provider_counters_start_at_zero_and_count_by_provider() {
+        let m = Metrics::new();
+        m.provider_configured("ecr");
+        let text = m.encode();
+        for run in ProviderRun::ALL {
+            let labels = format!("provider=\"ecr\",result=\"{}\"", run.label());
+            assert_eq!(
+                sample(&text, "wasmcache_credential_provider_runs_total", &labels),
+                Some(0.0),
+                "{labels}"
+            );
+        }
+        m.provider_ran("ecr", ProviderRun::Timeout);
+        m.provider_cache("ecr", true);
+        m.provider_cache("ecr", true);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "wasmcache_credential_provider_runs_total",
+                "provider=\"ecr\",result=\"timeout\""
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "wasmcache_credential_provider_cache_lookups_total",
+                "provider=\"ecr\",result=\"hit\""
+            ),
+            Some(2.0)
+        );
     }
 
     #[test]

@@ -189,6 +189,28 @@ impl DockerConfig {
         Ok(DockerConfig { entries })
     }
 
+    /// A config from `(key, credentials)` pairs in order, as a kubelet credential provider's `auth` map gives
+    /// them. Keys that are not a registry are dropped, as [`DockerConfig::parse`] drops them.
+    pub fn from_entries(entries: impl IntoIterator<Item = (String, Credentials)>) -> DockerConfig {
+        let entries = entries
+            .into_iter()
+            .filter_map(|(key, credentials)| {
+                let pattern = KeyPattern::parse(&key)?;
+                Some(Entry {
+                    key,
+                    pattern,
+                    credentials,
+                })
+            })
+            .collect();
+        DockerConfig { entries }
+    }
+
+    /// This config's entries, then `other`'s: on equally specific keys this one's come first.
+    pub fn extend(&mut self, other: DockerConfig) {
+        self.entries.extend(other.entries);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -395,7 +417,7 @@ fn looks_like_registry(key: &str) -> bool {
     key.contains(['.', ':', '/']) || key.eq_ignore_ascii_case("localhost")
 }
 
-fn strip_scheme(key: &str) -> &str {
+pub(crate) fn strip_scheme(key: &str) -> &str {
     for scheme in ["https://", "http://"] {
         // `get` and not indexing: the key may have a multi-byte character where the scheme would end.
         if key.get(..scheme.len()).is_some_and(|s| s.eq_ignore_ascii_case(scheme)) {
@@ -408,7 +430,7 @@ fn strip_scheme(key: &str) -> &str {
 /// Splits `host[:port]` (or `[v6]:port`) into a lowercase host and a port. With `glob`, the host may
 /// contain `*`. Returns `None` when the host is empty, has an empty label, holds user info or
 /// holds a character that can't be in a host, or when the port is not a number.
-fn parse_authority(authority: &str, glob: bool) -> Option<(String, Option<u16>)> {
+pub(crate) fn parse_authority(authority: &str, glob: bool) -> Option<(String, Option<u16>)> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         let ok = |c: char| c.is_ascii_hexdigit() || matches!(c, ':' | '.');
@@ -443,7 +465,7 @@ fn parse_authority(authority: &str, glob: bool) -> Option<(String, Option<u16>)>
 /// kubelet uses, also knows `?` and `[...]`, but `url.Parse` has already cut a key at `?`, and `[` only
 /// appears in IPv6 literals. This runs in O(pattern × label), with no backtracking blow-up. Both sides
 /// are ASCII, as `parse_authority` checked.
-fn glob_match(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
     let (mut pi, mut ti) = (0, 0);
     // Where the last `*` was, and the text position it currently absorbs up to.

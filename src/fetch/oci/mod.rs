@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod formats;
+pub mod provider;
 pub mod registry;
 
 use reqwest::Client;
