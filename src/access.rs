@@ -23,9 +23,14 @@ pub enum Verdict {
     NotVisible,
 }
 
+/// Whether a module with this record is served to anyone, whatever their credentials.
+pub fn is_public(record: Option<&AccessRecord>) -> bool {
+    record.is_none_or(|r| r.public)
+}
+
 /// Judges a request for `repository` (None for http/file URLs) with credential `fingerprint`.
 pub fn judge(record: Option<&AccessRecord>, repository: Option<&str>, fingerprint: &str) -> Verdict {
-    let Some(record) = record.filter(|r| !r.public) else {
+    let Some(record) = record.filter(|r| !is_public(Some(r))) else {
         return Verdict::Allowed;
     };
     let Some(repository) = repository else {

@@ -18,14 +18,13 @@ use crate::error::Error;
 use crate::fetch::http::has_credentials;
 use crate::fetch::oci::auth::Credentials;
 use crate::fetch::oci::auth::DockerConfig;
+use crate::fetch::oci::Keyring;
 use crate::fetch::unbox::{self, Kind};
 use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Held, HeldImage, Meta, NothingHeld, Sink};
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
 use crate::source::ModuleUrl;
-use crate::store::{
-    now_ms, AccessRecord, Committed, Hold, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport,
-};
+use crate::store::{now_ms, Committed, Hold, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport};
 
 /// A request for a module, as the core sees it.
 #[derive(Clone, Debug)]
@@ -63,11 +62,26 @@ pub struct Module {
 }
 
 /// Who is asking, for the access check: the repository of an OCI request, and the salted fingerprint
-/// of the credentials it would use there.
+/// of the credentials it would use there, with the credentials themselves for the fetch.
 #[derive(Clone, Debug)]
 struct Caller {
     repository: Option<String>,
     fingerprint: String,
+    keyring: Keyring,
+}
+
+/// The caller, worked out when first needed: a hit on a public module needs no credentials, so a credential
+/// provider that fails or hangs does not stand between a request and a public cached module.
+struct LazyCaller<'a> {
+    cache: &'a Cache,
+    req: &'a Request,
+    cell: tokio::sync::OnceCell<Caller>,
+}
+
+impl LazyCaller<'_> {
+    async fn get(&self) -> Result<&Caller, Error> {
+        self.cell.get_or_try_init(|| self.cache.caller(self.req)).await
+    }
 }
 
 /// Whether a cached module may be served to a caller.
@@ -224,10 +238,7 @@ impl Cache {
 
     /// True when the module may be served without credentials (it was never pulled privately).
     pub fn is_public(&self, digest: &Sha256) -> bool {
-        matches!(
-            self.store.index().get_access(digest),
-            Ok(None) | Ok(Some(AccessRecord { public: true, .. }))
-        )
+        matches!(self.store.index().get_access(digest), Ok(record) if access::is_public(record.as_ref()))
     }
 
     /// How often the periodic sweep runs.
@@ -276,7 +287,11 @@ impl Cache {
 
     async fn lookup(&self, req: &Request) -> Result<(Module, OpenBlob), Error> {
         let key = req.url.to_string();
-        let caller = self.caller(req);
+        let caller = LazyCaller {
+            cache: self,
+            req,
+            cell: tokio::sync::OnceCell::new(),
+        };
         let record = self.store.index().get_ref(&key)?;
         let bound = record
             .as_ref()
@@ -377,20 +392,25 @@ impl Cache {
         }
     }
 
-    /// The caller's repository and credential fingerprint (`anonymous` without credentials).
-    fn caller(&self, req: &Request) -> Caller {
-        match &req.url {
-            ModuleUrl::Oci(image) => Caller {
-                repository: Some(image.repository_key()),
-                fingerprint: self
-                    .fetchers
-                    .oci()
-                    .credentials(image, req.pull_secret.as_ref())
-                    .map_or_else(
+    /// The caller's repository and credential fingerprint (`anonymous` without credentials). For an OCI
+    /// request this runs the credential providers that match the image, when its pull secret has nothing for
+    /// the registry.
+    async fn caller(&self, req: &Request) -> Result<Caller, Error> {
+        Ok(match &req.url {
+            ModuleUrl::Oci(image) => {
+                let oci = self.fetchers.oci();
+                let keyring = oci
+                    .keyring(&req.url.to_string(), image, req.pull_secret.as_ref())
+                    .await?;
+                Caller {
+                    repository: Some(image.repository_key()),
+                    fingerprint: oci.credentials(image, &keyring).map_or_else(
                         || access::ANONYMOUS.to_string(),
                         |c| hex::encode(c.fingerprint(&self.salt)),
                     ),
-            },
+                    keyring,
+                }
+            }
             // An http(s) URL is its own scope: what its userinfo credentials fetched is private to them.
             ModuleUrl::Http(url) => Caller {
                 repository: Some(req.url.to_string()),
@@ -400,18 +420,30 @@ impl Cache {
                 } else {
                     access::ANONYMOUS.to_string()
                 },
+                keyring: Keyring::default(),
             },
             ModuleUrl::File(_) => Caller {
                 repository: None,
                 fingerprint: access::ANONYMOUS.to_string(),
+                keyring: Keyring::default(),
             },
-        }
+        })
     }
 
     /// Applies the access check to a cached module; asks the registry when the caller's credentials
     /// are not proven yet, and returns its verdict as the error when it says no.
-    async fn admit(&self, req: &Request, key: &str, caller: &Caller, digest: Sha256) -> Result<Admission, Error> {
+    async fn admit(
+        &self,
+        req: &Request,
+        key: &str,
+        caller: &LazyCaller<'_>,
+        digest: Sha256,
+    ) -> Result<Admission, Error> {
         let record = self.store.index().get_access(&digest)?;
+        if access::is_public(record.as_ref()) {
+            return Ok(Admission::Serve);
+        }
+        let caller = caller.get().await?;
         match access::judge(record.as_ref(), caller.repository.as_deref(), &caller.fingerprint) {
             Verdict::Allowed => Ok(Admission::Serve),
             Verdict::NotVisible => Ok(Admission::Refetch),
@@ -419,10 +451,7 @@ impl Cache {
                 let ModuleUrl::Oci(image) = &req.url else {
                     return Ok(Admission::Refetch);
                 };
-                self.fetchers
-                    .oci()
-                    .check_access(key, image, req.pull_secret.as_ref())
-                    .await?;
+                self.fetchers.oci().check_access(key, image, &caller.keyring).await?;
                 tracing::info!(url = %key, "credentials proven at the registry for a cached private module");
                 let anonymous = caller.fingerprint == access::ANONYMOUS;
                 let updated = access::prove(record, caller.repository.as_deref(), &caller.fingerprint, anonymous);
@@ -472,10 +501,11 @@ impl Cache {
         &self,
         req: &Request,
         key: &str,
-        caller: &Caller,
+        caller: &LazyCaller<'_>,
         conditions: Revalidation,
         outcome: Outcome,
     ) -> Result<(Module, OpenBlob), Error> {
+        let caller = caller.get().await?;
         let mut conditions = conditions;
         for _ in 0..REMOVED_RETRIES {
             let landed = self.flight(req, key, caller, conditions).await.map_err(unshare)?;
@@ -517,7 +547,6 @@ impl Cache {
             key: key.to_string(),
             expected: req.expected,
             conditions,
-            pull_secret: req.pull_secret.clone(),
             caller: caller.clone(),
             downloaded: downloaded.clone(),
             metrics: self.metrics.clone(),
@@ -674,7 +703,6 @@ struct FetchJob {
     key: String,
     expected: Option<Sha256>,
     conditions: Revalidation,
-    pull_secret: Option<DockerConfig>,
     caller: Caller,
     /// Shared with [`Cache::progress`].
     downloaded: Arc<AtomicU64>,
@@ -738,7 +766,7 @@ impl FetchJob {
         let held: &dyn Held = if use_held { &held } else { &NothingHeld };
         let fetched = self
             .fetchers
-            .fetch(&self.url, conditions, self.pull_secret.as_ref(), held, &mut sink)
+            .fetch(&self.url, conditions, &self.caller.keyring, held, &mut sink)
             .await;
         let fetched = match fetched {
             Ok(f) => f,

@@ -84,6 +84,7 @@ impl Error {
             Error::Fetch(FetchError::Format { .. }) => "manifest_failure",
             Error::Fetch(FetchError::Sink { .. }) => "store_failure",
             Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
+            Error::Fetch(FetchError::CredentialProvider { .. }) => "credential_provider",
             Error::Fetch(_) => "download_failure",
             Error::Store(_) => "store_failure",
             Error::NotCached(_) => "not_cached",
@@ -120,6 +121,8 @@ fn fetch_code(e: &FetchError) -> Code {
         FetchError::Format { .. } => Code::FailedPrecondition,
         FetchError::BadSecret(_) => Code::InvalidArgument,
         FetchError::Config(_) => Code::Internal,
+        // The plugin's failure, not the request's: it may well succeed when asked again.
+        FetchError::CredentialProvider { .. } => Code::Unavailable,
     }
 }
 

@@ -152,7 +152,7 @@ async fn serve_with_admin(
     metrics: Arc<Metrics>,
     admin: &AdminState,
 ) -> Result<(), ServeError> {
-    let fetchers = Arc::new(Fetchers::new(&config.fetch)?);
+    let fetchers = Arc::new(Fetchers::new(&config.fetch, metrics.clone())?);
     let dir = config.cache_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await

@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use self::oci::auth::DockerConfig;
 use crate::digest::Sha256;
 use crate::source::ModuleUrl;
 
@@ -204,6 +203,12 @@ pub enum FetchError {
     BadSecret(#[from] oci::auth::SecretError),
     #[error("fetcher configuration: {0}")]
     Config(String),
+    #[error("{url}: {source}")]
+    CredentialProvider {
+        url: String,
+        #[source]
+        source: oci::provider::ProviderError,
+    },
 }
 
 /// Every fetcher, chosen by URL scheme.
@@ -215,17 +220,15 @@ pub struct Fetchers {
 }
 
 impl Fetchers {
-    pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+    pub fn new(settings: &Settings, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<Self, FetchError> {
         let clients = http::Clients::new(settings)?;
         Ok(Fetchers {
             oci: oci::OciFetcher::new(
-                &settings.oci,
+                settings,
                 clients.verified.clone(),
                 clients.unverified.clone(),
                 clients.guard.clone(),
-                settings.backoff.clone(),
-                settings.deadline,
-                settings.max_bytes,
+                metrics,
             ),
             http: http::HttpFetcher::new(settings, clients),
             file: file::FileFetcher::new(settings)?,
@@ -242,13 +245,13 @@ impl Fetchers {
         self.max_bytes
     }
 
-    /// Fetches `url` into `sink`. `secret` holds the request's registry credentials (OCI only); `held`
+    /// Fetches `url` into `sink`. `keyring` holds the request's registry credentials (OCI only); `held`
     /// says what need not be downloaded again (OCI only: http and file content is only known once read).
     pub async fn fetch(
         &self,
         url: &ModuleUrl,
         conditions: &Conditions,
-        secret: Option<&DockerConfig>,
+        keyring: &oci::Keyring,
         held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
@@ -257,7 +260,7 @@ impl Fetchers {
             ModuleUrl::File(p) => self.file.fetch(url, p, sink).await,
             ModuleUrl::Oci(image) => {
                 self.oci
-                    .fetch(&url.to_string(), image, conditions, secret, held, sink)
+                    .fetch(&url.to_string(), image, conditions, keyring, held, sink)
                     .await
             }
         }

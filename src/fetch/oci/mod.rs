@@ -8,16 +8,21 @@ pub mod formats;
 pub mod provider;
 pub mod registry;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use reqwest::Client;
 use url::Url;
 
 use self::auth::{Credentials, DockerConfig};
 use self::formats::Document;
+use self::provider::{CredentialProviders, ProviderConfig};
 use self::registry::{Endpoint, RegistryClient, Session};
 use super::guard::Guard;
 use super::http::host_matches;
 use super::{Conditions, FetchError, Fetched, Held, Meta, Sink};
 use crate::digest::Sha256;
+use crate::metrics::Metrics;
 use crate::source::ImageRef;
 
 /// Registry settings, filled in by [`crate::config`].
@@ -29,6 +34,11 @@ pub struct OciSettings {
     pub mirrors: Vec<(String, Url)>,
     /// Credentials for requests that bring no pull secret (the `--docker-config` file).
     pub default_credentials: DockerConfig,
+    /// Kubelet credential providers (`--image-credential-provider-config`), asked when a request's pull
+    /// secret has nothing for the registry.
+    pub credential_providers: ProviderConfig,
+    /// How long a credential provider plugin may run.
+    pub provider_timeout: Duration,
     /// `os/arch[/variant]` chosen from an index when it has no Wasm platform.
     pub platform: String,
     pub max_manifest_bytes: u64,
@@ -40,6 +50,8 @@ impl Default for OciSettings {
             insecure_registries: Vec::new(),
             mirrors: Vec::new(),
             default_credentials: DockerConfig::default(),
+            credential_providers: ProviderConfig::default(),
+            provider_timeout: provider::DEFAULT_TIMEOUT,
             platform: "linux/amd64".into(),
             max_manifest_bytes: 4 << 20,
         }
@@ -49,7 +61,18 @@ impl Default for OciSettings {
 pub struct OciFetcher {
     client: RegistryClient,
     settings: OciSettings,
+    providers: CredentialProviders,
     max_bytes: u64,
+}
+
+/// The credentials one request may use, in the kubelet's order: the request's pull secret; then, when it has
+/// no entry for the image's registry, what the credential providers answered for the image; then the
+/// `--docker-config` file. Made once per request by [`OciFetcher::keyring`], so that the access check and
+/// the fetch use the same credentials.
+#[derive(Clone, Debug, Default)]
+pub struct Keyring {
+    secret: Option<DockerConfig>,
+    provided: Option<DockerConfig>,
 }
 
 /// Docker Hub's registry API host; references name it `docker.io`.
@@ -60,34 +83,86 @@ fn is_docker_hub(registry: &str) -> bool {
 }
 
 impl OciFetcher {
+    /// A fetcher with the registry settings of `settings.oci`, and its retries, deadline and size cap.
     pub fn new(
-        settings: &OciSettings,
+        settings: &super::Settings,
         verified: Client,
         unverified: Client,
         guard: Guard,
-        backoff: super::retry::Backoff,
-        deadline: std::time::Duration,
-        max_bytes: u64,
+        metrics: Arc<Metrics>,
     ) -> Self {
+        let oci = &settings.oci;
         OciFetcher {
-            client: RegistryClient::new(verified, unverified, guard, backoff, deadline),
-            settings: settings.clone(),
-            max_bytes,
+            client: RegistryClient::new(verified, unverified, guard, settings.backoff.clone(), settings.deadline),
+            providers: CredentialProviders::new(&oci.credential_providers, oci.provider_timeout, metrics),
+            settings: oci.clone(),
+            max_bytes: settings.max_bytes,
         }
     }
 
-    /// The credentials used for `image` at its registry: from the request's pull secret when it has a
-    /// matching entry, else from the daemon's default file; `None` pulls anonymously.
-    pub fn credentials(&self, image: &ImageRef, secret: Option<&DockerConfig>) -> Option<Credentials> {
-        self.credentials_for_host(image.registry(), image.repository(), secret)
+    /// The credentials a request with `secret` may use for `image` (see [`Keyring`]). Runs the credential
+    /// providers that match the image when the secret has no entry for its registry.
+    ///
+    /// A provider that fails is logged, as the kubelet logs it, and the pull goes on with the other
+    /// credentials: another provider's, or the `--docker-config` file's. When none of those has an entry for
+    /// the registry either, the request fails with the provider's error rather than pulling anonymously
+    /// without saying why.
+    pub async fn keyring(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        secret: Option<&DockerConfig>,
+    ) -> Result<Keyring, FetchError> {
+        let secret = secret.filter(|s| !s.is_empty()).cloned();
+        let (registry, repository) = (image.registry(), image.repository());
+        let has_entry = |config: &DockerConfig| !config.lookup(registry, repository).is_empty();
+        if self.providers.is_empty() || secret.as_ref().is_some_and(has_entry) {
+            return Ok(Keyring { secret, provided: None });
+        }
+        let provided = self.providers.provide(&image.repository_key()).await;
+        for failure in &provided.failures {
+            tracing::warn!(
+                url,
+                provider = failure.provider(),
+                cause = %failure,
+                "credential provider failed"
+            );
+        }
+        if let Some(first) = provided.failures.first() {
+            if !has_entry(&provided.keyring) {
+                if !has_entry(&self.settings.default_credentials) {
+                    return Err(FetchError::CredentialProvider {
+                        url: url.to_string(),
+                        source: first.clone(),
+                    });
+                }
+                tracing::warn!(
+                    url,
+                    "using the --docker-config credentials instead of the failed credential provider's"
+                );
+            }
+        }
+        Ok(Keyring {
+            secret,
+            provided: Some(provided.keyring),
+        })
     }
 
-    fn credentials_for_host(&self, host: &str, repository: &str, secret: Option<&DockerConfig>) -> Option<Credentials> {
-        let config = match secret {
-            Some(s) if !s.is_empty() => s,
-            _ => &self.settings.default_credentials,
-        };
-        config.lookup(host, repository).into_iter().next().cloned()
+    /// The credentials used for `image` at its registry; `None` pulls anonymously.
+    pub fn credentials(&self, image: &ImageRef, keyring: &Keyring) -> Option<Credentials> {
+        self.credentials_for_host(image.registry(), image.repository(), keyring)
+    }
+
+    /// The first of: the pull secret's entry for `host`, the providers', the `--docker-config` file's.
+    fn credentials_for_host(&self, host: &str, repository: &str, keyring: &Keyring) -> Option<Credentials> {
+        [
+            keyring.secret.as_ref(),
+            keyring.provided.as_ref(),
+            Some(&self.settings.default_credentials),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|config| config.lookup(host, repository).into_iter().next().cloned())
     }
 
     /// The endpoints to try for a registry: its mirrors in order, then the registry itself.
@@ -129,14 +204,14 @@ impl OciFetcher {
         url: &str,
         image: &ImageRef,
         conditions: &Conditions,
-        secret: Option<&DockerConfig>,
+        keyring: &Keyring,
         held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
         let endpoints = self.endpoints(image.registry())?;
         let last = endpoints.len() - 1;
         for (i, endpoint) in endpoints.iter().enumerate() {
-            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), secret);
+            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), keyring);
             let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
             match self.fetch_from(&session, image, conditions, held, sink).await {
                 Ok(fetched) => return Ok(fetched),
@@ -259,15 +334,10 @@ impl OciFetcher {
 
     /// Asks the registry (never a mirror: mirrors may not enforce the registry's permissions) whether
     /// these credentials may pull `image`. `Ok` when they may.
-    pub async fn check_access(
-        &self,
-        url: &str,
-        image: &ImageRef,
-        secret: Option<&DockerConfig>,
-    ) -> Result<(), FetchError> {
+    pub async fn check_access(&self, url: &str, image: &ImageRef, keyring: &Keyring) -> Result<(), FetchError> {
         let endpoints = self.endpoints(image.registry())?;
         let origin = endpoints.last().expect("the registry itself is always an endpoint");
-        let credentials = self.credentials_for_host(&origin.host, image.repository(), secret);
+        let credentials = self.credentials_for_host(&origin.host, image.repository(), keyring);
         let session = Session::new(origin, image.repository(), credentials.as_ref(), url);
         self.client
             .manifest_digest(&session, &image.manifest_reference(), self.settings.max_manifest_bytes)
