@@ -69,6 +69,10 @@ pub struct Config {
     /// The file `fetch.oci.default_credentials` was read from; `config check` prints this path, never the
     /// file's contents.
     pub docker_config: Option<PathBuf>,
+    /// The kubelet `CredentialProviderConfig` file that `fetch.oci.credential_providers` was read from, and
+    /// the directory holding the plugins; `config check` prints the paths.
+    pub credential_provider_config: Option<PathBuf>,
+    pub credential_provider_bin_dir: Option<PathBuf>,
     /// Serve the cached copy (outcome STALE) when a refresh fails.
     pub serve_stale: bool,
     /// How long in-flight streams may run after a shutdown signal.
@@ -214,6 +218,21 @@ pub const SETTINGS: &[Setting] = &[
     setting("insecure-registry", "registry.insecure", "WASMCACHE_INSECURE_REGISTRY"),
     setting("registry-mirror", "registry.mirrors", "WASMCACHE_REGISTRY_MIRROR"),
     setting("docker-config", "registry.docker-config", "WASMCACHE_DOCKER_CONFIG"),
+    setting(
+        "image-credential-provider-config",
+        "registry.image-credential-provider-config",
+        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+    ),
+    setting(
+        "image-credential-provider-bin-dir",
+        "registry.image-credential-provider-bin-dir",
+        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+    ),
+    setting(
+        "image-credential-provider-timeout",
+        "registry.image-credential-provider-timeout",
+        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_TIMEOUT",
+    ),
     setting("platform", "registry.platform", "WASMCACHE_PLATFORM"),
     setting(
         "max-manifest-bytes",
@@ -275,6 +294,9 @@ pub struct Overrides {
     /// `(registry, mirror)` pairs; a registry's mirrors are tried in this order.
     pub registry_mirrors: Option<Vec<(String, url::Url)>>,
     pub docker_config: Option<PathBuf>,
+    pub credential_provider_config: Option<PathBuf>,
+    pub credential_provider_bin_dir: Option<PathBuf>,
+    pub credential_provider_timeout: Option<Duration>,
     pub platform: Option<String>,
     pub max_manifest_bytes: Option<u64>,
     pub watch: Option<bool>,
@@ -331,6 +353,9 @@ layered! {
     insecure_registries => "insecure-registry",
     registry_mirrors => "registry-mirror",
     docker_config => "docker-config",
+    credential_provider_config => "image-credential-provider-config",
+    credential_provider_bin_dir => "image-credential-provider-bin-dir",
+    credential_provider_timeout => "image-credential-provider-timeout",
     platform => "platform",
     max_manifest_bytes => "max-manifest-bytes",
     watch => "watch-wasmplugins",
@@ -354,7 +379,8 @@ impl Overrides {
         env::read(var)
     }
 
-    /// The layered values over the defaults; reads the docker-config file. Not yet validated.
+    /// The layered values over the defaults; reads the docker-config and credential provider files. Not yet
+    /// validated.
     fn fill(self) -> Result<Config, ConfigError> {
         let mut c = Config::default();
         let fetch = &mut c.fetch;
@@ -388,6 +414,27 @@ impl Overrides {
         if let Some(path) = self.docker_config {
             fetch.oci.default_credentials = load_docker_config(&path)?;
             c.docker_config = Some(path);
+        }
+        set!(fetch.oci.provider_timeout, self.credential_provider_timeout);
+        match (self.credential_provider_config, self.credential_provider_bin_dir) {
+            (Some(path), Some(bin_dir)) => {
+                fetch.oci.credential_providers = load_credential_providers(&path, &bin_dir)?;
+                c.credential_provider_config = Some(path);
+                c.credential_provider_bin_dir = Some(bin_dir);
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "image-credential-provider-config",
+                    "needs image-credential-provider-bin-dir, the directory of the plugins",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "image-credential-provider-bin-dir",
+                    "only used with image-credential-provider-config",
+                ))
+            }
+            (None, None) => {}
         }
         if self.watch == Some(true) {
             c.watch = Some(crate::watch::WatchConfig {
@@ -457,6 +504,8 @@ impl Default for Config {
                 oci: fetch::oci::OciSettings::default(),
             },
             docker_config: None,
+            credential_provider_config: None,
+            credential_provider_bin_dir: None,
             serve_stale: true,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             watch: None,
@@ -575,6 +624,12 @@ impl Config {
             }
         }
         parse_platform(&self.fetch.oci.platform).map_err(|e| invalid("platform", e))?;
+        if self.fetch.oci.provider_timeout.is_zero() {
+            return Err(invalid(
+                "image-credential-provider-timeout",
+                "must be greater than zero",
+            ));
+        }
         if self.fetch.oci.max_manifest_bytes == 0 {
             return Err(invalid("max-manifest-bytes", "must be greater than zero"));
         }
@@ -769,6 +824,16 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 pub fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))?;
     DockerConfig::parse(&bytes).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))
+}
+
+/// Reads and validates a kubelet `CredentialProviderConfig` and checks its plugins in `bin_dir`. The error
+/// names the file and the field (`/etc/kubernetes/credential-providers.yaml: providers[0].apiVersion: ...`).
+pub fn load_credential_providers(
+    path: &Path,
+    bin_dir: &Path,
+) -> Result<fetch::oci::provider::ProviderConfig, ConfigError> {
+    fetch::oci::provider::ProviderConfig::load(path, bin_dir)
+        .map_err(|e| invalid("image-credential-provider-config", format!("{}: {e}", path.display())))
 }
 
 /// The directory that will hold the socket; created on start when missing.

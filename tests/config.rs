@@ -492,3 +492,122 @@ async fn serve_watch_pull_secrets_without_watching_exits_78_naming_the_flag() {
     );
     assert!(!socket.exists());
 }
+
+// [registry] image-credential-provider-* (kubelet credential providers)
+
+const PROVIDER_FILE: &str = "apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: team-registry
+    matchImages: [\"*.registry.example.com\", \"registry.example.com:5000/team\"]
+    defaultCacheDuration: 10m
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    env:
+      - name: PROVIDER_TOKEN
+        value: env-s3cret-value
+";
+
+/// A config file naming a credential provider file holding `providers` and a bin dir with an executable
+/// `team-registry` (`bin` picks the bin dir as the file gives it).
+fn provider_setup(providers: &str, bin: impl Fn(&Path) -> PathBuf) -> (TempDir, PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, path) = config_file("");
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let program = plugins.join("team-registry");
+    std::fs::write(&program, "#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let providers_file = dir.path().join("providers.yaml");
+    std::fs::write(&providers_file, providers).unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "[registry]\nimage-credential-provider-config = {}\nimage-credential-provider-bin-dir = {}\n",
+            toml_str(&providers_file),
+            toml_str(&bin(&plugins))
+        ),
+    )
+    .unwrap();
+    (dir, path, providers_file)
+}
+
+#[test]
+fn check_accepts_a_credential_provider_file_and_prints_its_paths_only() {
+    let (_dir, path, providers_file) = provider_setup(PROVIDER_FILE, Path::to_path_buf);
+    let output = config_check(&path, &[]);
+    assert!(output.status.success(), "stderr: {}", stderr(&output));
+    let printed = stdout(&output);
+    assert!(
+        printed.contains(&format!(
+            "image-credential-provider-config = {}",
+            toml_str(&providers_file)
+        )) && printed.contains("image-credential-provider-timeout = \"1m\""),
+        "{printed}"
+    );
+    assert!(!printed.contains("env-s3cret-value"), "{printed}");
+}
+
+/// Where the bin dir is, given the directory that holds the plugin.
+type BinDir = fn(&Path) -> PathBuf;
+
+/// Each problem in the provider file (or its bin dir) is exit 78 naming the provider file and the field.
+#[test]
+fn check_of_a_bad_credential_provider_file_exits_78_naming_the_file_and_field() {
+    let cases: [(String, BinDir, &str, &str); 5] = [
+        (
+            PROVIDER_FILE.replace("kubelet.config.k8s.io/v1", "kubelet.config.k8s.io/v1beta1"),
+            Path::to_path_buf,
+            "apiVersion",
+            "not supported",
+        ),
+        (
+            PROVIDER_FILE.to_string(),
+            |plugins| plugins.join("missing"),
+            "bin dir",
+            "missing",
+        ),
+        (
+            PROVIDER_FILE.replace("\"*.registry.example.com\"", "\"registry.example.com:*\""),
+            Path::to_path_buf,
+            "providers[0].matchImages[0]",
+            "is not a host glob",
+        ),
+        (
+            PROVIDER_FILE.replace("    env:", "    cacheKey: Image\n    env:"),
+            Path::to_path_buf,
+            "providers[0].cacheKey",
+            "unknown field",
+        ),
+        (
+            PROVIDER_FILE.replace("name: team-registry", "name: other"),
+            Path::to_path_buf,
+            "providers[0].name",
+            "other",
+        ),
+    ];
+    for (providers, bin, field, reason) in cases {
+        let (_dir, path, providers_file) = provider_setup(&providers, bin);
+        let output = config_check(&path, &[]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(78), "{field}: {err}");
+        assert!(
+            err.contains("registry.image-credential-provider-config")
+                && err.contains(&format!("{}: {field}", providers_file.display()))
+                && err.contains(reason),
+            "{field}: {err}"
+        );
+        assert!(!err.contains("env-s3cret-value"), "{err}");
+    }
+}
+
+#[test]
+fn check_of_a_credential_provider_file_without_bin_dir_exits_78() {
+    let (_dir, path) = config_file("[registry]\nimage-credential-provider-config = \"/etc/providers.yaml\"\n");
+    let output = config_check(&path, &[]);
+    assert_eq!(output.status.code(), Some(78));
+    let err = stderr(&output);
+    assert!(
+        err.contains("image-credential-provider-config") && err.contains("needs image-credential-provider-bin-dir"),
+        "{err}"
+    );
+}

@@ -80,6 +80,16 @@ pub struct Args {
     /// Registry credentials for requests without a pull secret (the ~/.docker/config.json format)
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+    /// Kubelet CredentialProviderConfig file (kubelet.config.k8s.io/v1): exec plugins that supply registry
+    /// credentials for requests whose pull secret has none for the registry
+    #[arg(long = "image-credential-provider-config", value_name = "FILE")]
+    pub credential_provider_config: Option<PathBuf>,
+    /// Directory holding the credential provider plugins named in --image-credential-provider-config
+    #[arg(long = "image-credential-provider-bin-dir", value_name = "DIR")]
+    pub credential_provider_bin_dir: Option<PathBuf>,
+    /// How long a credential provider plugin may run before it is killed [default: 1m, as the kubelet]
+    #[arg(long = "image-credential-provider-timeout", value_name = "DURATION", value_parser = config::parse_duration)]
+    pub credential_provider_timeout: Option<Duration>,
     /// Platform taken from an image index that has no Wasm platform [default: linux/amd64]
     #[arg(long, value_name = "OS/ARCH", value_parser = config::parse_platform)]
     pub platform: Option<String>,
@@ -168,6 +178,9 @@ impl Args {
             insecure_registries: some_vec(args.insecure_registries.clone()),
             registry_mirrors: some_vec(args.registry_mirrors.clone()),
             docker_config: args.docker_config.clone(),
+            credential_provider_config: args.credential_provider_config.clone(),
+            credential_provider_bin_dir: args.credential_provider_bin_dir.clone(),
+            credential_provider_timeout: args.credential_provider_timeout,
             platform: args.platform.clone(),
             max_manifest_bytes: args.max_manifest_bytes,
             watch: args.watch_wasmplugins.then_some(true),

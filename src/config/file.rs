@@ -103,6 +103,9 @@ struct RawRegistry {
     /// Registry → its mirrors in order. Registry names are quoted keys (`"docker.io" = [...]`).
     mirrors: Option<BTreeMap<String, Spanned<Value>>>,
     docker_config: Raw,
+    image_credential_provider_config: Raw,
+    image_credential_provider_bin_dir: Raw,
+    image_credential_provider_timeout: Raw,
     platform: Raw,
     max_manifest_bytes: Raw,
 }
@@ -162,6 +165,21 @@ impl Reader<'_> {
             insecure_registries: self.one("insecure-registry", registry.insecure, list(text))?,
             registry_mirrors: registry.mirrors.map(|m| self.mirrors(m)).transpose()?,
             docker_config: self.one("docker-config", registry.docker_config, path)?,
+            credential_provider_config: self.one(
+                "image-credential-provider-config",
+                registry.image_credential_provider_config,
+                path,
+            )?,
+            credential_provider_bin_dir: self.one(
+                "image-credential-provider-bin-dir",
+                registry.image_credential_provider_bin_dir,
+                path,
+            )?,
+            credential_provider_timeout: self.one(
+                "image-credential-provider-timeout",
+                registry.image_credential_provider_timeout,
+                duration,
+            )?,
             platform: self.one("platform", registry.platform, with(parse_platform))?,
             max_manifest_bytes: self.one("max-manifest-bytes", registry.max_manifest_bytes, bytes)?,
             watch: self.one("watch-wasmplugins", watch.enabled, boolean)?,
@@ -417,6 +435,9 @@ pub(super) fn to_toml(c: &Config) -> String {
         registry: OutRegistry {
             insecure: c.fetch.oci.insecure_registries.clone(),
             docker_config: c.docker_config.as_deref().map(show),
+            image_credential_provider_config: c.credential_provider_config.as_deref().map(show),
+            image_credential_provider_bin_dir: c.credential_provider_bin_dir.as_deref().map(show),
+            image_credential_provider_timeout: show_duration(c.fetch.oci.provider_timeout),
             platform: c.fetch.oci.platform.clone(),
             max_manifest_bytes: show_bytes(c.fetch.oci.max_manifest_bytes),
             mirrors,
@@ -476,6 +497,11 @@ struct OutRegistry {
     insecure: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     docker_config: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_credential_provider_config: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_credential_provider_bin_dir: Option<String>,
+    image_credential_provider_timeout: String,
     platform: String,
     max_manifest_bytes: String,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
