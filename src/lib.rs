@@ -8,7 +8,8 @@
 //! - [`policy`]: the pull policy as a pure function of the request and what is cached.
 //! - [`access`]: who may be served a module pulled with credentials (proven credentials only).
 //! - [`fetch`]: fetchers by scheme (http(s), file, oci), the SSRF guard, retries, archive unwrapping;
-//!   `fetch::oci` speaks the registry protocol and reads every Wasm image layout.
+//!   `fetch::oci` speaks the registry protocol and reads every Wasm image layout, and
+//!   `fetch::oci::provider` gets registry credentials from kubelet credential provider plugins.
 //! - [`store`]: the content-addressed blob store (ingest -> verify -> commit) and its sled index.
 //! - [`source`]: module URL parsing, and the credential-free form used in logs and the index.
 //! - [`digest`]: the sha256 type and a hashing writer.

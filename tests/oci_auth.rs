@@ -142,6 +142,30 @@ async fn docker_config_supplies_default_credentials() {
     assert_module(&info, &bytes, &image);
 }
 
+/// The kubelet's union of keyrings: a pull secret with no entry for the registry leaves it to the `--docker-config`
+/// entry, which a request without a secret would get too.
+#[tokio::test]
+async fn secret_without_the_registry_falls_back_to_docker_config() {
+    let registry = Registry::shared_tls_auth();
+    let proxy = registry.proxy().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, secret(&proxy, USER_A)).expect("write docker config");
+    let (_daemon, mut client) = start_daemon(registry, &["--docker-config", config.to_str().unwrap()]).await;
+    let image = push_private(registry, "auth/secret-elsewhere").await;
+
+    let (info, bytes) = fetch_ok(
+        &mut client,
+        req_secret(
+            &proxy.oci("auth/secret-elsewhere:v1"),
+            docker_config_json("registry.example.invalid", USER_B.0, USER_B.1),
+        ),
+    )
+    .await;
+
+    assert_module(&info, &bytes, &image);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Access check on cached private modules
 // ---------------------------------------------------------------------------------------------------------------
