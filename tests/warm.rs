@@ -539,6 +539,34 @@ async fn always_plugin_is_refetched_when_its_resource_version_changes() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The command line: what is refused before any daemon is contacted
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `wasmcache warm ARGS` with no daemon behind `--socket`.
+async fn warm_without_daemon(args: &[&str]) -> Warmed {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("nobody.sock");
+    let mut all = vec!["warm", "--socket", path_str(&socket)];
+    all.extend_from_slice(args);
+    Warmed {
+        output: run_cli(&all, &[]).await,
+    }
+}
+
+#[tokio::test]
+async fn warm_without_files_or_cluster_is_a_usage_error() {
+    let run = warm_without_daemon(&[]).await;
+
+    assert_eq!(run.output.status.code(), Some(64), "{}", run.describe());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("--filename") && stderr.contains("--from-cluster") && stderr.contains("Usage:"),
+        "a usage message naming -f and --from-cluster:\n{}",
+        run.describe()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Pull secrets
 // ---------------------------------------------------------------------------------------------------------------
 

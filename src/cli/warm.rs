@@ -15,6 +15,9 @@ use crate::warm::{self, Secrets};
 use crate::wasmplugin::{self, WasmPlugin};
 
 #[derive(Debug, clap::Args)]
+// Plugins come from files, from the cluster, or both; with neither there is nothing to do, which is a
+// wrong command line (exit 64 with the usage), not a failed warm-up.
+#[group(id = "input", required = true, multiple = true, args = ["files", "from_cluster"])]
 pub struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
@@ -78,9 +81,6 @@ impl Row {
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
-    if args.files.is_empty() && !args.from_cluster {
-        return Err(CliError("warm needs -f FILE|DIR|- or --from-cluster".into()));
-    }
     let mut rows: Vec<Row> = Vec::new();
     let mut plugins: Vec<WasmPlugin> = Vec::new();
     for path in &args.files {
