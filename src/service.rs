@@ -350,7 +350,8 @@ impl ModuleCache for Service {
 /// Largest warm-up request: a cluster's worth of plugins, with room.
 const MAX_WARM_ITEMS: usize = 10_000;
 const DEFAULT_WARM_CONCURRENCY: usize = 4;
-const MAX_WARM_CONCURRENCY: usize = 64;
+/// Most items one warm-up fetches at once; `wasmcache warm --concurrency` refuses more.
+pub const MAX_WARM_CONCURRENCY: usize = 64;
 /// How often a warm-up reports download progress.
 const WARM_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 

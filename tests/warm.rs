@@ -553,6 +553,16 @@ async fn warm_without_daemon(args: &[&str]) -> Warmed {
     }
 }
 
+/// A file of one valid plugin, whose URL nothing listens on.
+fn one_plugin_file(dir: &Path) -> PathBuf {
+    write_file(
+        dir,
+        "plugins.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: ok\n\
+         spec:\n  url: http://127.0.0.1:9/m.wasm\n",
+    )
+}
+
 #[tokio::test]
 async fn warm_without_files_or_cluster_is_a_usage_error() {
     let run = warm_without_daemon(&[]).await;
@@ -564,6 +574,28 @@ async fn warm_without_files_or_cluster_is_a_usage_error() {
         "a usage message naming -f and --from-cluster:\n{}",
         run.describe()
     );
+}
+
+#[tokio::test]
+async fn concurrency_outside_1_to_64_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = one_plugin_file(dir.path());
+
+    for n in ["0", "65"] {
+        let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run", "--concurrency", n]).await;
+
+        assert_eq!(
+            run.output.status.code(),
+            Some(64),
+            "--concurrency {n}:\n{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr().contains("--concurrency") && run.stderr().contains("64"),
+            "--concurrency {n}: the message names the flag and its bound:\n{}",
+            run.describe()
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

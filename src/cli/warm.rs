@@ -52,8 +52,15 @@ pub struct Args {
     /// Only read and validate the resources; fetch nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Modules fetched at the same time
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Modules fetched at the same time, 1 to 64
+    // The daemon caps `concurrency` at its bound and reads 0 as its default: out of range here, a value
+    // would be silently changed, so it is a usage error instead.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=crate::service::MAX_WARM_CONCURRENCY as i64)
+    )]
     pub concurrency: u32,
 }
 
