@@ -364,3 +364,61 @@ async fn unknown_subcommand_fails() {
     let output = run_cli(&["frobnicate"], &[]).await;
     assert!(!output.status.success());
 }
+
+/// A socket path nothing listens on: for what must be decided before any daemon is contacted.
+fn no_daemon() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock").to_str().unwrap().to_string();
+    (dir, socket)
+}
+
+#[tokio::test]
+async fn fetch_with_resource_but_no_resource_version_is_a_usage_error() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &socket,
+            "--resource",
+            "ns/plugin",
+            "http://127.0.0.1:9/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--resource <NAME>") && err.contains("--resource-version <V>"),
+        "the message names both flags: {err}"
+    );
+}
+
+/// Held before `--resource` required `--resource-version` too: the other half of the pair.
+#[tokio::test]
+async fn fetch_with_resource_version_but_no_resource_is_a_usage_error() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &socket,
+            "--resource-version",
+            "7",
+            "http://127.0.0.1:9/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--resource <NAME>") && err.contains("--resource-version <V>"),
+        "the message names both flags: {err}"
+    );
+}

@@ -25,10 +25,12 @@ pub struct Args {
     /// Docker config JSON with registry credentials
     #[arg(long, value_name = "FILE")]
     pub pull_secret: Option<PathBuf>,
-    /// Name of the resource asking (e.g. namespace/name of a WasmPlugin)
-    #[arg(long, value_name = "NAME")]
+    /// Name of the resource asking (e.g. namespace/name of a WasmPlugin); needs --resource-version
+    // The daemon records the pair and compares both: a name alone would be stored with an empty version,
+    // which never matches, so `Always` would re-check upstream on every request.
+    #[arg(long, value_name = "NAME", requires = "resource_version")]
     pub resource: Option<String>,
-    /// Version of that resource; with --pull-policy always, a new version re-fetches
+    /// Version of that resource; with --pull-policy always, a new version re-fetches; needs --resource
     #[arg(long, value_name = "V", requires = "resource")]
     pub resource_version: Option<String>,
     /// Write the module bytes to FILE
