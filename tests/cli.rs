@@ -422,3 +422,21 @@ async fn fetch_with_resource_version_but_no_resource_is_a_usage_error() {
         "the message names both flags: {err}"
     );
 }
+
+/// Without `--pull-policy` the request's policy is unspecified, which the daemon reads as `Always` for an OCI
+/// `latest` tag (or no tag) and `IfNotPresent` otherwise (src/policy.rs): the help says so.
+#[tokio::test]
+async fn fetch_help_states_the_default_pull_policy() {
+    let output = run_cli(&["fetch", "--help"], &[]).await;
+
+    assert_success(&output);
+    let help = stdout(&output);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("--pull-policy"))
+        .unwrap_or_else(|| panic!("no --pull-policy line in:\n{help}"));
+    assert!(
+        line.contains("always for an OCI reference tagged latest or untagged, if-not-present otherwise"),
+        "the default is stated as the daemon applies it: {line}"
+    );
+}

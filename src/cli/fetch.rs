@@ -19,7 +19,8 @@ pub struct Args {
     /// Expected sha256 of the module (64 hex characters, `sha256:` prefix optional)
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
-    /// Pull policy [default: unspecified, which behaves as if-not-present]
+    /// Pull policy [default: unspecified: always for an OCI reference tagged latest or untagged, if-not-present otherwise]
+    // What policy::decide does with `PullPolicy::Unspecified` (the Kubernetes rule).
     #[arg(long, value_enum)]
     pub pull_policy: Option<PolicyArg>,
     /// Docker config JSON with registry credentials
