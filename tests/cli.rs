@@ -440,3 +440,42 @@ async fn fetch_help_states_the_default_pull_policy() {
         "the default is stated as the daemon applies it: {line}"
     );
 }
+
+/// Exited 64 (a wrong command line), saying what a digest needs rather than taking `5f3c` for a URL.
+#[track_caller]
+fn assert_short_digest_refused(output: &Output) {
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(output));
+    let err = stderr(output);
+    assert!(
+        err.contains("5f3c") && err.contains("64 hex characters, got 4"),
+        "the message names the argument and what a digest needs: {err}"
+    );
+}
+
+#[tokio::test]
+async fn rm_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_origin, daemon, url, _) = setup().await;
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+
+    let output = run_cli(&["rm", "--socket", &sock(&daemon), "5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
+
+#[tokio::test]
+async fn pin_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(&["pin", "--socket", &socket, "sha256:5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
+
+#[tokio::test]
+async fn unpin_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(&["unpin", "--socket", &socket, "5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
