@@ -52,23 +52,64 @@ impl Service {
 
 /// Validates a wire request into a core request.
 pub(crate) fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
-    let url = ModuleUrl::parse(req.url.trim())?;
-    let expected = Sha256::parse_optional(&req.sha256)?;
+    check_request(req).map_err(|refused| refused.error)
+}
+
+/// The field of a `FetchRequest` a refusal is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestField {
+    Url,
+    Sha256,
+    PullPolicy,
+    PullSecret,
+}
+
+/// A request refused before anything is fetched: the error the daemon answers, and the field it is about.
+#[derive(Debug)]
+pub(crate) struct Refused {
+    pub field: RequestField,
+    pub error: Error,
+}
+
+impl Refused {
+    /// What is wrong, for a message that names the field itself (`spec.sha256: ...`): the error without its
+    /// own mention of the field where it has one.
+    pub fn reason(&self) -> String {
+        match &self.error {
+            Error::Digest(e) => e.to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// [`core_request`], naming the refused field: what `wasmcache warm` runs on each request before sending
+/// it (and instead of sending it, with `--dry-run`), so that it refuses exactly what the daemon would.
+pub(crate) fn check_request(req: &proto::FetchRequest) -> Result<cache::Request, Refused> {
+    fn refused<E: Into<Error>>(field: RequestField) -> impl FnOnce(E) -> Refused {
+        move |error| Refused {
+            field,
+            error: error.into(),
+        }
+    }
+    let url = ModuleUrl::parse(req.url.trim()).map_err(refused(RequestField::Url))?;
+    let expected = Sha256::parse_optional(&req.sha256).map_err(refused(RequestField::Sha256))?;
     let policy = match proto::PullPolicy::try_from(req.pull_policy) {
         Ok(proto::PullPolicy::UnspecifiedPolicy) => PullPolicy::Unspecified,
         Ok(proto::PullPolicy::IfNotPresent) => PullPolicy::IfNotPresent,
         Ok(proto::PullPolicy::Always) => PullPolicy::Always,
         Err(_) => {
-            return Err(Error::InvalidArgument(format!(
+            return Err(refused(RequestField::PullPolicy)(Error::InvalidArgument(format!(
                 "pull_policy {} is not one of UNSPECIFIED_POLICY, IfNotPresent, Always",
                 req.pull_policy
-            )))
+            ))))
         }
     };
     // Only registries take credentials; a secret sent along with another URL is not read.
     let pull_secret = match &url {
         ModuleUrl::Oci(_) if !req.pull_secret.is_empty() => Some(
-            DockerConfig::parse(&req.pull_secret).map_err(|e| Error::InvalidArgument(format!("pull secret: {e}")))?,
+            DockerConfig::parse(&req.pull_secret)
+                .map_err(|e| Error::InvalidArgument(format!("pull secret: {e}")))
+                .map_err(refused(RequestField::PullSecret))?,
         ),
         _ => None,
     };
@@ -351,7 +392,8 @@ impl ModuleCache for Service {
 /// Largest warm-up request: a cluster's worth of plugins, with room.
 const MAX_WARM_ITEMS: usize = 10_000;
 const DEFAULT_WARM_CONCURRENCY: usize = 4;
-const MAX_WARM_CONCURRENCY: usize = 64;
+/// Most items one warm-up fetches at once; `wasmcache warm --concurrency` refuses more.
+pub const MAX_WARM_CONCURRENCY: usize = 64;
 /// How often a warm-up reports download progress.
 const WARM_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 

@@ -32,38 +32,18 @@ pub struct ImageRef {
 }
 
 impl ImageRef {
-    /// Parses a reference without the `oci://` prefix.
+    /// Parses a reference without the `oci://` prefix. A malformed one is refused naming the offending part
+    /// and the rule it breaks (`repository "Team/x" must be lowercase`), checked here before the reference
+    /// parser, which only knows "invalid reference format"; the error shows the reference with `oci://`.
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
+        let redacted = redact_reference(raw);
         let bad = |reason: String| UrlError::BadReference {
-            reference: redact_reference(raw),
+            reference: format!("oci://{redacted}"),
             reason,
         };
-        // The reference parser only says "invalid reference format" for a digest too short for its pattern
-        // (`@sha256:abc`); the digest is checked first so that the message names the problem.
-        let last_component = &raw[raw.rfind('/').map_or(0, |i| i + 1)..];
-        if let Some((_, digest)) = last_component.rsplit_once('@') {
-            if let Some((algorithm, _)) = digest.split_once(':').filter(|(a, _)| *a != "sha256") {
-                // Named only when it looks like one: in a mistyped reference it may be anything.
-                let plausible = algorithm.len() <= 32
-                    && algorithm
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c));
-                let named = if plausible {
-                    format!(" {algorithm:?}")
-                } else {
-                    String::new()
-                };
-                return Err(bad(format!("digest algorithm{named} is not supported (only sha256)")));
-            }
-            digest.parse::<Sha256>().map_err(|e| bad(e.to_string()))?;
-        }
+        check_reference(raw, &redacted).map_err(bad)?;
+        // What the checks let through, the parser accepts; should they ever disagree, its word is final.
         let inner = oci_client::Reference::try_from(raw).map_err(|e| bad(e.to_string()))?;
-        // The parser lets an uppercase first component through when it is not a registry
-        // (`Team/filter` is `docker.io/Team/filter`), though repository names are lowercase: such a reference
-        // would display as one that no longer parses.
-        if inner.repository().chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(bad("repository name must be lowercase".into()));
-        }
         let digest = match inner.digest() {
             None => None,
             Some(d) if d.starts_with("sha256:") => {
@@ -299,6 +279,217 @@ fn redact_reference(raw: &str) -> String {
     }
 }
 
+/// The parts of a reference as written, before Docker Hub's defaults: `[REGISTRY/]REPOSITORY[:TAG][@DIGEST]`.
+/// Split as the reference grammar does: the digest after the last `@` of the last path component, the tag
+/// after the first `:` of what is left of it, and the first component is the registry when it has a `.` or
+/// a `:` or is `localhost` (a `:` before the last `/` is a port).
+struct Parts<'a> {
+    registry: Option<&'a str>,
+    repository: &'a str,
+    tag: Option<&'a str>,
+    digest: Option<&'a str>,
+}
+
+impl<'a> Parts<'a> {
+    fn split(raw: &'a str) -> Self {
+        let last = raw.rfind('/').map_or(0, |i| i + 1);
+        let (rest, digest) = match raw[last..].rfind('@') {
+            Some(at) => (&raw[..last + at], Some(&raw[last + at + 1..])),
+            None => (raw, None),
+        };
+        let (name, tag) = match rest[last..].find(':') {
+            Some(colon) => (&rest[..last + colon], Some(&rest[last + colon + 1..])),
+            None => (rest, None),
+        };
+        let (registry, repository) = match name.split_once('/') {
+            Some((first, path)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), path),
+            _ => (None, name),
+        };
+        Parts {
+            registry,
+            repository,
+            tag,
+            digest,
+        }
+    }
+}
+
+/// The rules of the OCI distribution spec's reference grammar, each broken one named with its part: the
+/// digest first (the part most often mistyped), then the registry, the repository and the tag. They refuse
+/// what the reference parser refuses, in more words; the one addition is that a tag is ASCII, as the spec
+/// says (the parser's `\w` also took other letters).
+///
+/// A part is quoted only when `redacted` (the reference as the error shows it) shows it too, so no check
+/// repeats user info that redaction removed.
+fn check_reference(raw: &str, redacted: &str) -> Result<(), String> {
+    /// How much of a part a message repeats.
+    const MAX_SHOWN: usize = 72;
+    let named = |what: &str, part: &str| {
+        if part.is_empty() || !redacted.contains(part) {
+            return format!("the {what}");
+        }
+        match part.char_indices().nth(MAX_SHOWN) {
+            None => format!("{what} {part:?}"),
+            Some((end, _)) => format!("{what} {:?}", format!("{}...", &part[..end])),
+        }
+    };
+    let parts = Parts::split(raw);
+    if let Some(digest) = parts.digest {
+        check_digest(digest, &named)?;
+    }
+    if let Some(registry) = parts.registry {
+        check_registry(registry, &named)?;
+    }
+    check_repository(parts.repository, &named)?;
+    if let Some(tag) = parts.tag {
+        check_tag(tag, &named)?;
+    }
+    Ok(())
+}
+
+/// `sha256:` and 64 hex characters: the only digest the cache verifies.
+fn check_digest(digest: &str, named: &dyn Fn(&str, &str) -> String) -> Result<(), String> {
+    if digest.is_empty() {
+        return Err("the digest after '@' is empty".into());
+    }
+    let Some((algorithm, hex)) = digest.split_once(':') else {
+        return Err(format!(
+            "{} must be \"sha256:\" and 64 hex characters",
+            named("digest", digest)
+        ));
+    };
+    if algorithm != "sha256" {
+        // Named only when it looks like one: in a mistyped reference it may be anything.
+        let plausible = algorithm.len() <= 32
+            && algorithm
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+._-".contains(c));
+        let named = if plausible {
+            format!(" {algorithm:?}")
+        } else {
+            String::new()
+        };
+        return Err(format!("digest algorithm{named} is not supported (only sha256)"));
+    }
+    let rule = "a sha256 digest is 64 hex characters";
+    if let Some(c) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{}: {rule}, and this has a non-hex character {c:?}",
+            named("digest", digest)
+        ));
+    }
+    if hex.len() != 64 {
+        return Err(format!("{}: {rule}, got {}", named("digest", digest), hex.len()));
+    }
+    Ok(())
+}
+
+/// `HOST[:PORT]`: host labels of letters (either case), digits and inner dashes, joined by dots; a port of
+/// digits. An `_` is let through, as the reference parser does.
+fn check_registry(registry: &str, named: &dyn Fn(&str, &str) -> String) -> Result<(), String> {
+    if registry.contains('@') {
+        return Err(
+            "the registry part holds user info (user:password@), which does not belong in a reference: use a pull \
+             secret"
+                .into(),
+        );
+    }
+    let it = named("registry", registry);
+    if registry.starts_with('[') {
+        return Err(format!(
+            "{it}: IPv6 addresses are not supported in references; use a host name"
+        ));
+    }
+    let (host, port) = match registry.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (registry, None),
+    };
+    if host.is_empty() {
+        return Err(format!("{it}: the host before ':' is empty"));
+    }
+    if let Some(c) = host
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Err(format!("{it}: host has {c:?}, outside [A-Za-z0-9.-]"));
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(format!("{it}: host has an empty label"));
+        }
+        if label.starts_with(['-', '_']) || label.ends_with(['-', '_']) {
+            return Err(format!(
+                "{it}: {} must start and end with a letter or a digit",
+                named("host label", label)
+            ));
+        }
+    }
+    match port {
+        Some("") => Err(format!("{it}: the port after ':' is empty")),
+        Some(port) if !port.chars().all(|c| c.is_ascii_digit()) => {
+            Err(format!("{it}: {} must be digits", named("port", port)))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Path components of lowercase letters and digits, joined within a component by one `.`, one or two `_`,
+/// or any number of `-`.
+fn check_repository(repository: &str, named: &dyn Fn(&str, &str) -> String) -> Result<(), String> {
+    if repository.is_empty() {
+        return Err("the repository is empty".into());
+    }
+    let it = named("repository", repository);
+    if repository.chars().any(|c| c.is_ascii_uppercase()) {
+        return Err(format!("{it} must be lowercase"));
+    }
+    if let Some(c) = repository
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(*c)))
+    {
+        return Err(format!("{it} has {c:?}, outside [a-z0-9._-] and '/'"));
+    }
+    for component in repository.split('/') {
+        if component.is_empty() {
+            return Err(format!("{it} has an empty path component"));
+        }
+        let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        if !component.starts_with(alphanumeric) || !component.ends_with(alphanumeric) {
+            return Err(format!(
+                "{it}: {} must start and end with a lowercase letter or a digit",
+                named("path component", component)
+            ));
+        }
+        for separator in component.split(alphanumeric).filter(|s| !s.is_empty()) {
+            if !matches!(separator, "." | "_" | "__") && !separator.chars().all(|c| c == '-') {
+                return Err(format!(
+                    "{it}: {} joins with {separator:?}, where only '.', '_', '__' or dashes may",
+                    named("path component", component)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// At most 128 of `[A-Za-z0-9_.-]`, the first not `.` or `-`.
+fn check_tag(tag: &str, named: &dyn Fn(&str, &str) -> String) -> Result<(), String> {
+    if tag.is_empty() {
+        return Err("the tag after ':' is empty".into());
+    }
+    let it = named("tag", tag);
+    if let Some(c) = tag.chars().find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c))) {
+        return Err(format!("{it} has {c:?}, outside [A-Za-z0-9_.-]"));
+    }
+    if tag.starts_with(['.', '-']) {
+        return Err(format!("{it} must start with a letter, a digit or '_'"));
+    }
+    if tag.len() > 128 {
+        return Err(format!("{it} is {} characters, more than 128", tag.len()));
+    }
+    Ok(())
+}
+
 /// `algorithm:hex`, the shape of an OCI digest (whether or not the algorithm is supported).
 fn looks_like_digest(text: &str) -> bool {
     text.split_once(':').is_some_and(|(algorithm, hex)| {
@@ -473,6 +664,164 @@ mod tests {
             );
         }
         assert!(ModuleUrl::parse("oci://Registry.Example.com:5000/team/filter").is_ok());
+    }
+
+    /// The message of a reference refused as malformed.
+    #[track_caller]
+    fn refusal(raw: &str) -> String {
+        match ModuleUrl::parse(raw) {
+            Err(e @ UrlError::BadReference { .. }) => e.to_string(),
+            other => panic!("{raw}: expected a malformed reference, got {other:?}"),
+        }
+    }
+
+    /// `refusal(raw)` without the `oci reference "..." is malformed: ` that every one starts with.
+    #[track_caller]
+    fn reason(raw: &str) -> String {
+        let message = refusal(raw);
+        let prefix = format!("oci reference {raw:?} is malformed: ");
+        message
+            .strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{raw}: {message:?} does not start with {prefix:?}"))
+            .to_string()
+    }
+
+    #[test]
+    fn uppercase_in_the_repository_is_named_with_the_rule() {
+        assert_eq!(
+            refusal("oci://r.io/Team/x:v1"),
+            r#"oci reference "oci://r.io/Team/x:v1" is malformed: repository "Team/x" must be lowercase"#
+        );
+        // Without a registry the whole name is the (Docker Hub) repository.
+        assert_eq!(
+            reason("oci://team/fiLter"),
+            r#"repository "team/fiLter" must be lowercase"#
+        );
+    }
+
+    /// Host names are case-insensitive and tags may hold uppercase: neither is refused.
+    #[test]
+    fn uppercase_is_allowed_in_the_registry_host_and_the_tag() {
+        let ModuleUrl::Oci(r) = ModuleUrl::parse("oci://Registry.Example.com:5000/team/filter:V1.0-RC_1").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.registry(), "Registry.Example.com:5000");
+        assert_eq!(r.repository(), "team/filter");
+        assert_eq!(r.tag(), Some("V1.0-RC_1"));
+    }
+
+    #[test]
+    fn tag_with_a_character_outside_its_set_is_named() {
+        assert_eq!(
+            reason("oci://r.io/a/b:v1+build"),
+            r#"tag "v1+build" has '+', outside [A-Za-z0-9_.-]"#
+        );
+        assert_eq!(
+            reason("oci://r.io/a/b:bad tag"),
+            r#"tag "bad tag" has ' ', outside [A-Za-z0-9_.-]"#
+        );
+    }
+
+    #[test]
+    fn tag_over_128_characters_is_named() {
+        let tag = "a".repeat(129);
+        assert!(ModuleUrl::parse(&format!("oci://r.io/a/b:{}", &tag[1..])).is_ok());
+        let reason = reason(&format!("oci://r.io/a/b:{tag}"));
+        assert!(reason.ends_with(" is 129 characters, more than 128"), "{reason}");
+        assert!(reason.starts_with(r#"tag "aaaa"#), "{reason}");
+    }
+
+    #[test]
+    fn tag_starting_with_a_dot_or_a_dash_is_named() {
+        for tag in [".v1", "-v1"] {
+            assert_eq!(
+                reason(&format!("oci://r.io/a/b:{tag}")),
+                format!("tag {tag:?} must start with a letter, a digit or '_'")
+            );
+        }
+    }
+
+    #[test]
+    fn empty_tag_is_named() {
+        assert_eq!(reason("oci://r.io/a/b:"), "the tag after ':' is empty");
+    }
+
+    #[test]
+    fn digest_of_the_wrong_length_is_named_with_the_rule() {
+        assert_eq!(
+            reason("oci://r.io/a/b@sha256:abc"),
+            r#"digest "sha256:abc": a sha256 digest is 64 hex characters, got 3"#
+        );
+    }
+
+    #[test]
+    fn digest_with_a_non_hex_character_is_named_with_the_rule() {
+        let digest = format!("sha256:{}x", "a".repeat(63));
+        assert_eq!(
+            reason(&format!("oci://r.io/a/b@{digest}")),
+            format!("digest {digest:?}: a sha256 digest is 64 hex characters, and this has a non-hex character 'x'")
+        );
+    }
+
+    #[test]
+    fn digest_without_its_algorithm_is_named_with_the_rule() {
+        let hex = "a".repeat(64);
+        assert_eq!(
+            reason(&format!("oci://r.io/a/b@{hex}")),
+            format!(r#"digest "{hex}" must be "sha256:" and 64 hex characters"#)
+        );
+    }
+
+    #[test]
+    fn repository_path_components_follow_the_grammar() {
+        for (raw, expected) in [
+            ("oci://r.io/a//b:v1", r#"repository "a//b" has an empty path component"#),
+            (
+                "oci://r.io/-a/b:v1",
+                r#"repository "-a/b": path component "-a" must start and end with a lowercase letter or a digit"#,
+            ),
+            (
+                "oci://r.io/a..b:v1",
+                r#"repository "a..b": path component "a..b" joins with "..", where only '.', '_', '__' or dashes may"#,
+            ),
+            (
+                "oci://r.io/a/b$c:v1",
+                r#"repository "a/b$c" has '$', outside [a-z0-9._-] and '/'"#,
+            ),
+            ("oci://r.io/:v1", "the repository is empty"),
+        ] {
+            assert_eq!(reason(raw), expected, "{raw}");
+        }
+    }
+
+    #[test]
+    fn registry_host_and_port_are_named_with_the_rule() {
+        for (raw, expected) in [
+            (
+                "oci://r!x.io/a:v1",
+                r#"registry "r!x.io": host has '!', outside [A-Za-z0-9.-]"#,
+            ),
+            ("oci://r..io/a:v1", r#"registry "r..io": host has an empty label"#),
+            (
+                "oci://r.-io/a:v1",
+                r#"registry "r.-io": host label "-io" must start and end with a letter or a digit"#,
+            ),
+            (
+                "oci://r.io:50a0/a:v1",
+                r#"registry "r.io:50a0": port "50a0" must be digits"#,
+            ),
+            ("oci://:5000/a:v1", r#"registry ":5000": the host before ':' is empty"#),
+        ] {
+            assert_eq!(reason(raw), expected, "{raw}");
+        }
+        // User info is named, and never shown.
+        let message = refusal("oci://alice:hunter2-secret@r.io/a:v1");
+        assert!(
+            message.ends_with("registry part holds user info (user:password@), which does not belong in a reference: use a pull secret"),
+            "{message}"
+        );
+        assert!(!message.contains("hunter2"), "{message}");
     }
 
     #[test]

@@ -12,22 +12,26 @@ use crate::wasmplugin::WasmPlugin;
 /// Largest secret file read from a secret directory.
 const MAX_SECRET_FILE: u64 = 1 << 20;
 
+/// Why a plugin's request could not be built: the plugin (`namespace/name`), and what is wrong with the pull
+/// secret its `spec.imagePullSecret` names.
 #[derive(Debug, thiserror::Error)]
-pub enum WarmError {
-    #[error("{plugin}: image pull secret {secret:?} is named, but no --pull-secret-dir or --from-cluster says where secrets are")]
-    NoSecretSource { plugin: String, secret: String },
-    #[error("{plugin}: image pull secret {path}: {reason}")]
-    SecretFile {
-        plugin: String,
-        path: String,
-        reason: String,
-    },
-    #[error("{plugin}: {source}")]
-    Cluster {
-        plugin: String,
-        #[source]
-        source: crate::cluster::ClusterError,
-    },
+#[error("{plugin}: {problem}")]
+pub struct WarmError {
+    pub plugin: String,
+    pub problem: SecretProblem,
+}
+
+/// What is wrong with a plugin's pull secret; [`WarmError`] says whose it is.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretProblem {
+    #[error(
+        "image pull secret {secret:?} is named, but no --pull-secret-dir or --from-cluster says where secrets are"
+    )]
+    NoSource { secret: String },
+    #[error("image pull secret {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("{0}")]
+    Cluster(#[source] crate::cluster::ClusterError),
 }
 
 /// Where `spec.imagePullSecret` names are looked up.
@@ -51,18 +55,20 @@ pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<pr
             let namespace = id.split('/').next().unwrap_or("default");
             match secrets {
                 Secrets::None => {
-                    return Err(WarmError::NoSecretSource {
+                    return Err(WarmError {
                         plugin: id,
-                        secret: name.to_string(),
+                        problem: SecretProblem::NoSource {
+                            secret: name.to_string(),
+                        },
                     });
                 }
                 Secrets::Dir(dir) => read_secret_file(&id, &dir.join(namespace).join(name))?,
                 Secrets::Cluster(client) => {
                     crate::cluster::pull_secret(client, namespace, name)
                         .await
-                        .map_err(|source| WarmError::Cluster {
+                        .map_err(|e| WarmError {
                             plugin: id.clone(),
-                            source,
+                            problem: SecretProblem::Cluster(e),
                         })?
                 }
             }
@@ -85,10 +91,12 @@ pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<pr
 /// Reads a secret file: a Kubernetes Secret manifest (its `.dockerconfigjson` or `.dockercfg`, from
 /// `data` in base64 or from `stringData`), or else the raw docker config JSON itself.
 pub fn read_secret_file(plugin: &str, path: &Path) -> Result<Vec<u8>, WarmError> {
-    let fail = |reason: String| WarmError::SecretFile {
+    let fail = |reason: String| WarmError {
         plugin: plugin.to_string(),
-        path: path.display().to_string(),
-        reason,
+        problem: SecretProblem::File {
+            path: path.display().to_string(),
+            reason,
+        },
     };
     let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
     if meta.len() > MAX_SECRET_FILE {

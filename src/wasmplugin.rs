@@ -450,6 +450,32 @@ impl PluginError {
     }
 }
 
+/// Where in its file [`load_located`] read a plugin: the document (counted from 1) and, for an item of a
+/// list document, the item's index. Problems found with the plugin after loading are reported at it in
+/// the form of [`load`]'s own errors (`plugins.yaml doc 2: items[1].spec.url: ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: String,
+    pub doc: usize,
+    /// `Some(i)` for `items[i]` of a list document; `None` for a document that is the plugin itself.
+    pub item: Option<usize>,
+}
+
+impl Location {
+    /// A problem at `field` of the plugin read here: `field` is a path within the plugin (`spec.sha256`).
+    pub fn error(&self, field: &str, problem: Problem) -> PluginError {
+        let path = match self.item {
+            Some(index) => format!("items[{index}].{field}"),
+            None => field.to_owned(),
+        };
+        PluginError::Invalid {
+            file: self.file.clone(),
+            doc: self.doc,
+            error: FieldError { path, problem },
+        }
+    }
+}
+
 /// A problem at one field of a resource: `spec.match[0].mode: "BOTH" is not one of ...`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{problem}", path_prefix(.path))]
@@ -481,6 +507,10 @@ pub enum Problem {
     /// The document or list item is some other resource.
     #[error("expected {expected}, found {found}")]
     WrongKind { expected: &'static str, found: String },
+    /// A value the resource's schema allows but a fetch request may not carry (found after loading, by
+    /// the daemon's own request checks): `reason` is the daemon's.
+    #[error("{reason}")]
+    Refused { reason: String },
 }
 
 impl FieldError {
@@ -518,7 +548,19 @@ pub fn load(source_name: &str, text: &str) -> Vec<Result<WasmPlugin, PluginError
     load_within(source_name, text, LIMITS)
 }
 
+/// [`load`], with the [`Location`] of each plugin read, for reporting problems found with it later.
+pub fn load_located(source_name: &str, text: &str) -> Vec<Result<(Location, WasmPlugin), PluginError>> {
+    located_within(source_name, text, LIMITS)
+}
+
 fn load_within(source_name: &str, text: &str, limits: Limits) -> Vec<Result<WasmPlugin, PluginError>> {
+    located_within(source_name, text, limits)
+        .into_iter()
+        .map(|result| result.map(|(_, plugin)| plugin))
+        .collect()
+}
+
+fn located_within(source_name: &str, text: &str, limits: Limits) -> Vec<Result<(Location, WasmPlugin), PluginError>> {
     let mut loader = Loader {
         file: source_name,
         limits,
@@ -544,7 +586,7 @@ fn load_within(source_name: &str, text: &str, limits: Limits) -> Vec<Result<Wasm
 struct Loader<'a> {
     file: &'a str,
     limits: Limits,
-    results: Vec<Result<WasmPlugin, PluginError>>,
+    results: Vec<Result<(Location, WasmPlugin), PluginError>>,
     values: usize,
 }
 
@@ -632,14 +674,28 @@ impl Loader<'_> {
             return false;
         }
         let file = self.file;
-        self.results
-            .extend(plugins_in_document(value).into_iter().map(|result| {
-                result.map_err(|error| PluginError::Invalid {
-                    file: file.to_owned(),
-                    doc,
-                    error,
-                })
-            }));
+        // A list yields one result per item, in order (or one error for the list itself).
+        let in_list = matches!(document_kind(&value), Some(LIST_KIND | CORE_LIST_KIND));
+        self.results.extend(
+            plugins_in_document(value)
+                .into_iter()
+                .enumerate()
+                .map(|(index, result)| match result {
+                    Ok(plugin) => Ok((
+                        Location {
+                            file: file.to_owned(),
+                            doc,
+                            item: in_list.then_some(index),
+                        },
+                        plugin,
+                    )),
+                    Err(error) => Err(PluginError::Invalid {
+                        file: file.to_owned(),
+                        doc,
+                        error,
+                    }),
+                }),
+        );
         true
     }
 
@@ -687,11 +743,7 @@ fn count_values(value: &Value) -> usize {
 /// The plugins of one non-empty document: one result for a `WasmPlugin`, one per item for a
 /// list, or one error when the document is neither.
 fn plugins_in_document(value: Value) -> Vec<Result<WasmPlugin, FieldError>> {
-    let kind = match &value {
-        Value::Object(fields) => fields.get("kind").and_then(Value::as_str),
-        _ => None,
-    };
-    match kind {
+    match document_kind(&value) {
         Some(LIST_KIND) => list_items(value, LIST_KIND, API_VERSION, true),
         Some(CORE_LIST_KIND) => list_items(value, CORE_LIST_KIND, CORE_LIST_API_VERSION, false),
         // A missing or non-string kind, or a document that is not a mapping, is reported by the
@@ -704,6 +756,14 @@ fn plugins_in_document(value: Value) -> Vec<Result<WasmPlugin, FieldError>> {
                 found: quote(other),
             },
         ))],
+    }
+}
+
+/// The `kind` of a document, when it is a mapping with a string `kind`.
+fn document_kind(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(fields) => fields.get("kind").and_then(Value::as_str),
+        _ => None,
     }
 }
 

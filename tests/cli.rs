@@ -365,6 +365,121 @@ async fn unknown_subcommand_fails() {
     assert!(!output.status.success());
 }
 
+/// A socket path nothing listens on: for what must be decided before any daemon is contacted.
+fn no_daemon() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock").to_str().unwrap().to_string();
+    (dir, socket)
+}
+
+#[tokio::test]
+async fn fetch_with_resource_but_no_resource_version_is_a_usage_error() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &socket,
+            "--resource",
+            "ns/plugin",
+            "http://127.0.0.1:9/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--resource <NAME>") && err.contains("--resource-version <V>"),
+        "the message names both flags: {err}"
+    );
+}
+
+/// Held before `--resource` required `--resource-version` too: the other half of the pair.
+#[tokio::test]
+async fn fetch_with_resource_version_but_no_resource_is_a_usage_error() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(
+        &[
+            "fetch",
+            "--socket",
+            &socket,
+            "--resource-version",
+            "7",
+            "http://127.0.0.1:9/m.wasm",
+        ],
+        &[],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(&output));
+    let err = stderr(&output);
+    assert!(
+        err.contains("--resource <NAME>") && err.contains("--resource-version <V>"),
+        "the message names both flags: {err}"
+    );
+}
+
+/// Without `--pull-policy` the request's policy is unspecified, which the daemon reads as `Always` for an OCI
+/// `latest` tag (or no tag) and `IfNotPresent` otherwise (src/policy.rs): the help says so.
+#[tokio::test]
+async fn fetch_help_states_the_default_pull_policy() {
+    let output = run_cli(&["fetch", "--help"], &[]).await;
+
+    assert_success(&output);
+    let help = stdout(&output);
+    let line = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("--pull-policy"))
+        .unwrap_or_else(|| panic!("no --pull-policy line in:\n{help}"));
+    assert!(
+        line.contains("always for an OCI reference tagged latest or untagged, if-not-present otherwise"),
+        "the default is stated as the daemon applies it: {line}"
+    );
+}
+
+/// Exited 64 (a wrong command line), saying what a digest needs rather than taking `5f3c` for a URL.
+#[track_caller]
+fn assert_short_digest_refused(output: &Output) {
+    assert_eq!(output.status.code(), Some(64), "stderr: {}", stderr(output));
+    let err = stderr(output);
+    assert!(
+        err.contains("5f3c") && err.contains("64 hex characters, got 4"),
+        "the message names the argument and what a digest needs: {err}"
+    );
+}
+
+#[tokio::test]
+async fn rm_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_origin, daemon, url, _) = setup().await;
+    fetch_ok(&mut daemon.client().await, req(&url)).await;
+
+    let output = run_cli(&["rm", "--socket", &sock(&daemon), "5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
+
+#[tokio::test]
+async fn pin_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(&["pin", "--socket", &socket, "sha256:5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
+
+#[tokio::test]
+async fn unpin_of_a_short_digest_says_a_digest_needs_64_hex_characters() {
+    let (_dir, socket) = no_daemon();
+
+    let output = run_cli(&["unpin", "--socket", &socket, "5f3c"], &[]).await;
+
+    assert_short_digest_refused(&output);
+}
+
 #[tokio::test]
 async fn ls_shows_which_modules_are_pinned() {
     let (_origin, daemon, url, module) = setup().await;

@@ -406,6 +406,47 @@ async fn from_cluster_missing_secret_fails_that_plugin_naming_the_secret() {
     assert_eq!(stub.secret_gets("team-a", "absent").len(), 1, "{}", stub.describe());
 }
 
+/// What the daemon would refuse is found by the dry run without any daemon, and named at the plugin and field as
+/// file errors are.
+#[tokio::test]
+async fn from_cluster_dry_run_refuses_a_short_sha256_naming_the_plugin_and_field() {
+    let stub = KubeStub::start().await;
+    stub.put_plugin(wasmplugin(
+        "team-a",
+        "short-sha",
+        &[],
+        "http://127.0.0.1:9/m.wasm",
+        json!({"sha256": "abc123"}),
+    ));
+    let kubeconfig = stub.kubeconfig("team-a", Some(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nobody.sock");
+
+    let run = Warmed {
+        output: run_cli(
+            &[
+                "warm",
+                "--socket",
+                path_str(&socket),
+                "--from-cluster",
+                "--kubeconfig",
+                path_str(&kubeconfig),
+                "--dry-run",
+            ],
+            &[],
+        )
+        .await,
+    };
+
+    run.assert_failure();
+    let expected = "cluster team-a/short-sha: spec.sha256: sha256 digest must be 64 hex characters, got 6 characters";
+    assert!(
+        run.row("team-a/short-sha").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // serve --watch-wasmplugins
 // ---------------------------------------------------------------------------------------------------------------

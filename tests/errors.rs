@@ -105,3 +105,18 @@ async fn daemon_serves_after_bad_requests() {
     let (_, bytes) = fetch_ok(&mut client, req(&origin.url("/m.wasm"))).await;
     assert_eq!(bytes, module);
 }
+
+/// README (OCI registries): a malformed reference is INVALID_ARGUMENT naming the offending part and the rule.
+#[tokio::test]
+async fn malformed_oci_reference_names_the_part_and_the_rule() {
+    let daemon = Daemon::start(&[]).await;
+    let mut client = daemon.client().await;
+
+    let status = fetch_err(&mut client, req("oci://r.io/Team/x:v1")).await;
+
+    assert_code(&status, Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        r#"oci reference "oci://r.io/Team/x:v1" is malformed: repository "Team/x" must be lowercase"#
+    );
+}

@@ -539,6 +539,244 @@ async fn always_plugin_is_refetched_when_its_resource_version_changes() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The command line: what is refused before any daemon is contacted
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `wasmcache warm ARGS` with no daemon behind `--socket`.
+async fn warm_without_daemon(args: &[&str]) -> Warmed {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("nobody.sock");
+    let mut all = vec!["warm", "--socket", path_str(&socket)];
+    all.extend_from_slice(args);
+    Warmed {
+        output: run_cli(&all, &[]).await,
+    }
+}
+
+/// A file of one valid plugin, whose URL nothing listens on.
+fn one_plugin_file(dir: &Path) -> PathBuf {
+    write_file(
+        dir,
+        "plugins.yaml",
+        "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: ok\n\
+         spec:\n  url: http://127.0.0.1:9/m.wasm\n",
+    )
+}
+
+#[tokio::test]
+async fn warm_without_files_or_cluster_is_a_usage_error() {
+    let run = warm_without_daemon(&[]).await;
+
+    assert_eq!(run.output.status.code(), Some(64), "{}", run.describe());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("--filename") && stderr.contains("--from-cluster") && stderr.contains("Usage:"),
+        "a usage message naming -f and --from-cluster:\n{}",
+        run.describe()
+    );
+}
+
+#[tokio::test]
+async fn concurrency_outside_1_to_64_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = one_plugin_file(dir.path());
+
+    for n in ["0", "65"] {
+        let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run", "--concurrency", n]).await;
+
+        assert_eq!(
+            run.output.status.code(),
+            Some(64),
+            "--concurrency {n}:\n{}",
+            run.describe()
+        );
+        assert!(
+            run.stderr().contains("--concurrency") && run.stderr().contains("64"),
+            "--concurrency {n}: the message names the flag and its bound:\n{}",
+            run.describe()
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// What the daemon would refuse, found before sending: by the dry run without any daemon, and by a real run
+// before the request goes out. Reported at the file, document and field, as invalid documents are.
+// ---------------------------------------------------------------------------------------------------------------
+
+/// A WasmPlugin document named `name` whose spec is `spec` (lines of `  key: value`).
+fn plugin_doc(name: &str, spec: &str) -> String {
+    format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: {name}\n  namespace: team-a\nspec:\n{spec}")
+}
+
+/// An http URL nothing listens on: the dry run must not need it.
+const NOWHERE: &str = "http://127.0.0.1:9/m.wasm";
+
+#[tokio::test]
+async fn dry_run_refuses_a_short_sha256_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}---\n{}",
+        plugin_doc("ok", &format!("  url: {NOWHERE}\n")),
+        plugin_doc("short-sha", &format!("  url: {NOWHERE}\n  sha256: abc123\n"))
+    );
+    let input = write_file(dir.path(), "plugins.yaml", &text);
+
+    let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
+
+    assert_eq!(run.output.status.code(), Some(1), "{}", run.describe());
+    let expected = "plugins.yaml doc 2: spec.sha256: sha256 digest must be 64 hex characters, got 6 characters";
+    assert!(
+        run.row("team-a/short-sha").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+    assert_eq!(run.outcome("team-a/ok"), "VALID", "{}", run.describe());
+}
+
+#[tokio::test]
+async fn dry_run_accepts_a_sha256_with_its_prefix_as_the_daemon_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let sha = format!("sha256:{}", "AB".repeat(32));
+    let input = write_file(
+        dir.path(),
+        "plugins.yaml",
+        &plugin_doc("prefixed", &format!("  url: {NOWHERE}\n  sha256: \"{sha}\"\n")),
+    );
+
+    let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
+
+    run.assert_success();
+    assert_eq!(run.outcome("team-a/prefixed"), "VALID", "{}", run.describe());
+}
+
+#[tokio::test]
+async fn dry_run_refuses_a_malformed_oci_reference_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(
+        dir.path(),
+        "plugins.yaml",
+        &plugin_doc("upper", "  url: oci://r.io/Team/x:v1\n"),
+    );
+
+    let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
+
+    run.assert_failure();
+    let expected = r#"plugins.yaml doc 1: spec.url: oci reference "oci://r.io/Team/x:v1" is malformed: repository "Team/x" must be lowercase"#;
+    assert!(
+        run.row("team-a/upper").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+}
+
+#[tokio::test]
+async fn dry_run_names_the_list_item_of_a_refused_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let list = serde_json::json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPluginList",
+        "items": [
+            {"metadata": {"name": "ok", "namespace": "team-a"}, "spec": {"url": NOWHERE}},
+            {"metadata": {"name": "no-scheme", "namespace": "team-a"}, "spec": {"url": "ghcr.io/team/filter:v1"}},
+        ],
+    });
+    let input = write_file(dir.path(), "plugins.json", &list.to_string());
+
+    let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
+
+    run.assert_failure();
+    let expected = "plugins.json doc 1: items[1].spec.url: url \"ghcr.io/team/filter:v1\" is malformed";
+    assert!(
+        run.row("team-a/no-scheme").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+    assert_eq!(run.outcome("team-a/ok"), "VALID", "{}", run.describe());
+}
+
+#[tokio::test]
+async fn dry_run_refuses_a_malformed_pull_secret_naming_file_document_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(secrets.join("team-a")).unwrap();
+    std::fs::write(secrets.join("team-a").join("regcred"), r#"{"auths": "not an object"}"#).unwrap();
+    let input = write_file(
+        dir.path(),
+        "plugins.yaml",
+        &plugin_doc("private", "  url: oci://r.io/team/x:v1\n  imagePullSecret: regcred\n"),
+    );
+
+    let run = warm_without_daemon(&[
+        "-f",
+        path_str(&input),
+        "--pull-secret-dir",
+        path_str(&secrets),
+        "--dry-run",
+    ])
+    .await;
+
+    run.assert_failure();
+    let expected = "plugins.yaml doc 1: spec.imagePullSecret: pull secret: ";
+    assert!(
+        run.row("team-a/private").contains(expected),
+        "the row says {expected:?}...:\n{}",
+        run.describe()
+    );
+}
+
+#[tokio::test]
+async fn dry_run_names_file_document_and_field_of_a_pull_secret_it_cannot_find() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_file(
+        dir.path(),
+        "plugins.yaml",
+        &plugin_doc("private", "  url: oci://r.io/team/x:v1\n  imagePullSecret: regcred\n"),
+    );
+
+    let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
+
+    run.assert_failure();
+    let expected = "plugins.yaml doc 1: spec.imagePullSecret: image pull secret \"regcred\" is named, but no \
+                    --pull-secret-dir or --from-cluster says where secrets are";
+    assert!(
+        run.row("team-a/private").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+}
+
+/// A real run checks each request as the daemon would before sending it: the refused plugin is reported as the
+/// dry run reports it, never reaches the daemon, and the others warm.
+#[tokio::test]
+async fn warm_refuses_what_the_daemon_would_before_sending_it() {
+    let origin = Origin::start().await;
+    origin.serve("/good.wasm", wasm_module("warm-checked-good"));
+    origin.serve("/bad.wasm", wasm_module("warm-checked-bad"));
+    let daemon = Daemon::start(&["--retry-backoff", "10ms"]).await;
+    let text = format!(
+        "{}---\n{}",
+        plugin_doc("good", &format!("  url: {}\n", origin.url("/good.wasm"))),
+        plugin_doc(
+            "bad",
+            &format!("  url: {}\n  sha256: abc123\n", origin.url("/bad.wasm"))
+        )
+    );
+    let input = write_file(daemon.dir(), "plugins.yaml", &text);
+
+    let run = warm(&daemon, &["-f", path_str(&input)]).await;
+
+    run.assert_failure();
+    let expected = "plugins.yaml doc 2: spec.sha256: sha256 digest must be 64 hex characters, got 6 characters";
+    assert!(
+        run.row("team-a/bad").contains(expected),
+        "the row says {expected:?}:\n{}",
+        run.describe()
+    );
+    assert_eq!(run.outcome("team-a/good"), "FETCHED", "{}", run.describe());
+    assert_eq!(origin.hits("/bad.wasm"), 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Pull secrets
 // ---------------------------------------------------------------------------------------------------------------
 

@@ -19,16 +19,19 @@ pub struct Args {
     /// Expected sha256 of the module (64 hex characters, `sha256:` prefix optional)
     #[arg(long, value_name = "HEX")]
     pub sha256: Option<String>,
-    /// Pull policy [default: unspecified, which behaves as if-not-present]
+    /// Pull policy [default: unspecified: always for an OCI reference tagged latest or untagged, if-not-present otherwise]
+    // What policy::decide does with `PullPolicy::Unspecified` (the Kubernetes rule).
     #[arg(long, value_enum)]
     pub pull_policy: Option<PolicyArg>,
     /// Docker config JSON with registry credentials
     #[arg(long, value_name = "FILE")]
     pub pull_secret: Option<PathBuf>,
-    /// Name of the resource asking (e.g. namespace/name of a WasmPlugin)
-    #[arg(long, value_name = "NAME")]
+    /// Name of the resource asking (e.g. namespace/name of a WasmPlugin); needs --resource-version
+    // The daemon records the pair and compares both: a name alone would be stored with an empty version,
+    // which never matches, so `Always` would re-check upstream on every request.
+    #[arg(long, value_name = "NAME", requires = "resource_version")]
     pub resource: Option<String>,
-    /// Version of that resource; with --pull-policy always, a new version re-fetches
+    /// Version of that resource; with --pull-policy always, a new version re-fetches; needs --resource
     #[arg(long, value_name = "V", requires = "resource")]
     pub resource_version: Option<String>,
     /// Write the module bytes to FILE (`-`: to standard output, and print no info)

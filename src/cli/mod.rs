@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::digest::Sha256;
 use crate::proto::module_cache_client::ModuleCacheClient;
 
 #[derive(Debug, Parser)]
@@ -74,6 +75,46 @@ impl SocketArg {
             ))
         })?;
         Ok(ModuleCacheClient::new(channel).max_decoding_message_size(4 << 20))
+    }
+}
+
+/// What `rm`, `pin` and `unpin` act on: a module URL or a module digest, told apart when the command line is
+/// parsed. Every URL the daemon accepts has a `scheme://`; anything else must be a whole sha256 digest, so a
+/// mistyped or shortened digest is a usage error naming what a digest needs, instead of being sent to the
+/// daemon as a URL and refused there as a malformed one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleTarget {
+    Url(String),
+    Digest(Sha256),
+}
+
+impl std::str::FromStr for ModuleTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let text = s.trim();
+        if text.contains("://") {
+            return Ok(ModuleTarget::Url(text.to_string()));
+        }
+        if let Ok(digest) = text.parse::<Sha256>() {
+            return Ok(ModuleTarget::Digest(digest));
+        }
+        let hex = text.strip_prefix("sha256:");
+        let digits = hex.unwrap_or(text);
+        let all_hex = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_hexdigit());
+        Err(match (hex, all_hex) {
+            (_, true) => format!(
+                "a sha256 digest needs 64 hex characters, got {} (digest prefixes are not matched; `wasmcache \
+                 ls` lists whole digests)",
+                digits.len()
+            ),
+            (Some(_), false) => {
+                "a sha256 digest needs 64 hex characters after `sha256:`, and this has a non-hex character".into()
+            }
+            (None, false) => {
+                "neither a URL (scheme://...) nor a sha256 digest (64 hex characters, `sha256:` prefix optional)".into()
+            }
+        })
     }
 }
 
@@ -144,5 +185,33 @@ pub(crate) fn outcome_name(outcome: i32) -> &'static str {
         Ok(Outcome::Refreshed) => "REFRESHED",
         Ok(Outcome::Stale) => "STALE",
         _ => "UNSPECIFIED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_target_is_a_url_with_a_scheme_or_else_a_whole_digest() {
+        let hex = "5f".repeat(32);
+        let url = "oci://r.io/team/filter:v1";
+        assert_eq!(url.parse(), Ok(ModuleTarget::Url(url.into())));
+        for digest in [hex.clone(), format!("sha256:{hex}"), hex.to_uppercase()] {
+            assert_eq!(
+                digest.parse(),
+                Ok(ModuleTarget::Digest(hex.parse().unwrap())),
+                "{digest}"
+            );
+        }
+        for (bad, says) in [
+            ("5f3c", "64 hex characters, got 4"),
+            ("sha256:5f3c", "64 hex characters, got 4"),
+            ("sha256:xyz", "non-hex"),
+            ("r.io/team/filter:v1", "neither a URL"),
+        ] {
+            let err = bad.parse::<ModuleTarget>().unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 }

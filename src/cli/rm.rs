@@ -1,7 +1,6 @@
 //! `wasmcache rm`: forget a URL, or delete a module by digest.
 
-use super::{CliError, SocketArg};
-use crate::digest::Sha256;
+use super::{CliError, ModuleTarget, SocketArg};
 use crate::proto::{remove_request::Target, RemoveRequest};
 
 #[derive(Debug, clap::Args)]
@@ -9,14 +8,14 @@ pub struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// A module URL, or a sha256 digest (64 hex characters, `sha256:` prefix optional)
-    pub target: String,
+    #[arg(value_name = "URL|DIGEST")]
+    pub target: ModuleTarget,
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
-    let target = if args.target.parse::<Sha256>().is_ok() {
-        Target::Sha256(args.target.clone())
-    } else {
-        Target::Url(args.target.clone())
+    let target = match args.target {
+        ModuleTarget::Url(url) => Target::Url(url),
+        ModuleTarget::Digest(digest) => Target::Sha256(digest.to_string()),
     };
     let mut client = args.socket.connect().await?;
     let removed = client

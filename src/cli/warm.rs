@@ -11,10 +11,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use super::{outcome_name, CliError, SocketArg};
 use crate::cluster::{self, Scope};
 use crate::proto::{warm_event::Event, WarmItem, WarmRequest};
+use crate::service::{self, RequestField};
 use crate::warm::{self, Secrets};
-use crate::wasmplugin::{self, WasmPlugin};
+use crate::wasmplugin::{self, Problem, WasmPlugin};
 
 #[derive(Debug, clap::Args)]
+// Plugins come from files, from the cluster, or both; with neither there is nothing to do, which is a
+// wrong command line (exit 64 with the usage), not a failed warm-up.
+#[group(id = "input", required = true, multiple = true, args = ["files", "from_cluster"])]
 pub struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
@@ -46,11 +50,18 @@ pub struct Args {
     /// Kubeconfig for --from-cluster [default: in-cluster service account, $KUBECONFIG, ~/.kube/config]
     #[arg(long, value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
-    /// Only read and validate the resources; fetch nothing
+    /// Read the resources and their pull secrets and check each request as the daemon would; contact no daemon, fetch nothing
     #[arg(long)]
     pub dry_run: bool,
-    /// Modules fetched at the same time
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    /// Modules fetched at the same time, 1 to 64
+    // The daemon caps `concurrency` at its bound and reads 0 as its default: out of range here, a value
+    // would be silently changed, so it is a usage error instead.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..=crate::service::MAX_WARM_CONCURRENCY as i64)
+    )]
     pub concurrency: u32,
 }
 
@@ -78,16 +89,13 @@ impl Row {
 }
 
 pub async fn run(args: Args) -> Result<(), CliError> {
-    if args.files.is_empty() && !args.from_cluster {
-        return Err(CliError("warm needs -f FILE|DIR|- or --from-cluster".into()));
-    }
     let mut rows: Vec<Row> = Vec::new();
-    let mut plugins: Vec<WasmPlugin> = Vec::new();
+    let mut plugins: Vec<(Origin, WasmPlugin)> = Vec::new();
     for path in &args.files {
         for (name, text) in read_inputs(path)? {
-            for result in wasmplugin::load(&name, &text) {
+            for result in wasmplugin::load_located(&name, &text) {
                 match result {
-                    Ok(plugin) => plugins.push(plugin),
+                    Ok((location, plugin)) => plugins.push((Origin::File(location), plugin)),
                     Err(e) => rows.push(Row::failed(
                         format!("{name} doc {}", e.doc().unwrap_or(0)),
                         String::new(),
@@ -119,7 +127,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         {
             let name = object_name(&value);
             match WasmPlugin::from_api_object(value) {
-                Ok(plugin) => plugins.push(plugin),
+                Ok(plugin) => plugins.push((Origin::Cluster(name), plugin)),
                 Err(e) => rows.push(Row::failed(name.clone(), String::new(), format!("cluster {name}: {e}"))),
             }
         }
@@ -133,18 +141,31 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         (None, None) => Secrets::None,
     };
     let mut items = Vec::new();
-    for plugin in &plugins {
-        match warm::request_for(plugin, secrets).await {
-            Ok(request) => items.push(WarmItem {
-                id: plugin.resource_name(),
-                request: Some(request),
-            }),
-            Err(e) => rows.push(Row::failed(
+    for (origin, plugin) in &plugins {
+        let refused = |field: &str, reason: String| {
+            Row::failed(
                 plugin.resource_name(),
                 plugin.spec.url.clone(),
-                e.to_string(),
-            )),
+                origin.problem(field, reason),
+            )
+        };
+        let request = match warm::request_for(plugin, secrets).await {
+            Ok(request) => request,
+            Err(e) => {
+                rows.push(refused("spec.imagePullSecret", e.problem.to_string()));
+                continue;
+            }
+        };
+        // The daemon's own checks, so that what it would refuse is refused here, before anything is sent
+        // (and with --dry-run, without a daemon at all), and named at the plugin's field.
+        if let Err(refusal) = service::check_request(&request) {
+            rows.push(refused(spec_field(refusal.field), refusal.reason()));
+            continue;
         }
+        items.push(WarmItem {
+            id: plugin.resource_name(),
+            request: Some(request),
+        });
     }
     if args.dry_run {
         for item in &items {
@@ -167,6 +188,33 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         return Err(CliError(format!("{failed} of {} plugin(s) failed", rows.len())));
     }
     Ok(())
+}
+
+/// Where a plugin was read, for reporting what is found wrong with it after loading as the loader reports
+/// its own errors: `plugins.yaml doc 2: spec.sha256: ...`, `cluster team-a/authz: spec.url: ...`.
+enum Origin {
+    File(wasmplugin::Location),
+    /// `namespace/name` of a plugin listed from the cluster.
+    Cluster(String),
+}
+
+impl Origin {
+    fn problem(&self, field: &str, reason: String) -> String {
+        match self {
+            Origin::File(location) => location.error(field, Problem::Refused { reason }).to_string(),
+            Origin::Cluster(name) => format!("cluster {name}: {field}: {reason}"),
+        }
+    }
+}
+
+/// The WasmPlugin field a fetch request's field comes from (see `warm::request_for`).
+fn spec_field(field: RequestField) -> &'static str {
+    match field {
+        RequestField::Url => "spec.url",
+        RequestField::Sha256 => "spec.sha256",
+        RequestField::PullPolicy => "spec.imagePullPolicy",
+        RequestField::PullSecret => "spec.imagePullSecret",
+    }
 }
 
 /// `(name, text)` of every input: a file, the YAML and JSON files of a directory (sorted), or stdin.

@@ -651,6 +651,48 @@ fn wasm_plugin_list_item_error_names_the_item_index() {
     );
 }
 
+/// A problem found after loading is reported where [`load`] would have reported it: same file, document and
+/// path, the item index included.
+#[test]
+fn located_plugins_report_later_problems_at_their_document_and_item() {
+    let list = json!({
+        "apiVersion": "extensions.istio.io/v1alpha1",
+        "kind": "WasmPluginList",
+        "items": [
+            {"metadata": {"name": "a"}, "spec": {"url": "oci://x/a:v1", "phase": "FIRST"}},
+            {"metadata": {"name": "b"}, "spec": {"url": "oci://x/b:v1"}}
+        ]
+    });
+    let text = format!("{}---\n{list}\n", plugin_yaml("single", ""));
+    let results = load_located("plugins.yaml", &text);
+    let located: Vec<&Location> = results.iter().filter_map(|r| r.as_ref().ok()).map(|(l, _)| l).collect();
+    let refused = |location: &Location| {
+        location
+            .error(
+                "spec.sha256",
+                Problem::Refused {
+                    reason: "too short".into(),
+                },
+            )
+            .to_string()
+    };
+    assert_eq!(
+        located.iter().map(|l| refused(l)).collect::<Vec<_>>(),
+        [
+            "plugins.yaml doc 1: spec.sha256: too short",
+            "plugins.yaml doc 2: items[1].spec.sha256: too short"
+        ]
+    );
+    assert_eq!(
+        outcomes(&load("plugins.yaml", &text)),
+        [
+            "ok default/single",
+            r#"err plugins.yaml doc 2: items[0].spec.phase: "FIRST" is not one of UNSPECIFIED_PHASE, AUTHN, AUTHZ, STATS"#,
+            "ok default/b"
+        ]
+    );
+}
+
 #[test]
 fn wasm_plugin_list_with_wrong_api_version_is_one_error() {
     let text = "apiVersion: v1\nkind: WasmPluginList\nitems:\n- metadata: {name: a}\n  spec: {url: oci://x/a:v1}\n";
