@@ -1,7 +1,7 @@
 //! The signature module against generated sigstore material (a test Fulcio, CT log and Rekor) and against real
 //! artifacts from production sigstore (tests/fixtures/sigstore, see its README).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::glob::Glob;
@@ -1017,4 +1017,122 @@ fn reasons_have_labels_and_refusals_read_as_a_sentence() {
         refused.to_string(),
         "rule team-a refused it: signed by an untrusted key: signed by key SHA256:00"
     );
+}
+
+// ---------------------------------------------------------------- artifacts from elsewhere
+
+/// tests/fixtures/sigstore: see its README for where each file came from.
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sigstore")
+        .join(name)
+}
+
+const SIGSTORE_JS_RELEASE: &str =
+    "https://github.com/sigstore/sigstore-js/.github/workflows/release.yml@refs/heads/main";
+
+/// A rule for npm tarballs against the production sigstore root: build provenance by `subject` counts.
+fn npm_policy(world: &World, subject: &str, predicate_types: &str) -> Policy {
+    world.load(&format!(
+        "[[rule]]\nname = \"npm\"\nurls = [\"https://registry.npmjs.org/**\"]\ntrusted-root = '{}'\n{predicate_types}\n\
+         [[rule.identity]]\nissuer = \"{ISSUER}\"\nsubject = '{subject}'\n",
+        fixture("production_trusted_root.json").display()
+    ))
+}
+
+const PROVENANCE: &str = "predicate-types = [\"https://slsa.dev/provenance/v1\"]";
+
+/// (tarball, its npm provenance bundle) as fetched from the npm registry.
+fn npm_artifact(version: &str) -> (Vec<u8>, Vec<u8>) {
+    let tarball = std::fs::read(fixture(&format!("npm/sigstore-{version}.tgz"))).unwrap();
+    let bundle = std::fs::read(fixture(&format!("npm/sigstore-{version}.tgz.provenance.sigstore.json"))).unwrap();
+    (tarball, bundle)
+}
+
+#[test]
+fn real_npm_provenance_verifies_offline_against_the_production_root() {
+    let world = World::new();
+    let policy = npm_policy(
+        &world,
+        "https://github\\.com/sigstore/sigstore-js/\\.github/workflows/release\\.yml@refs/heads/main",
+        PROVENANCE,
+    );
+    let target = Target::Url("https://registry.npmjs.org/sigstore/-/sigstore-2.0.0.tgz");
+    let rule = policy.rule_for(&target).expect("the npm rule");
+    // v0.1 (2023) and v0.3 (2026): DSSE statements naming the tarball's sha512, as npm writes them.
+    for version in ["2.0.0", "5.0.0"] {
+        let (tarball, json) = npm_artifact(version);
+        let evidence = bundle(Sha256::of(&tarball), json);
+        let verified = rule
+            .judge(&blob_subject(&tarball), &evidence, SystemTime::now())
+            .unwrap_or_else(|r| panic!("{version}: {r}"));
+        assert_eq!(
+            verified.by,
+            format!("keyless issuer={ISSUER} subject={SIGSTORE_JS_RELEASE}"),
+            "{version}"
+        );
+    }
+}
+
+#[test]
+fn real_npm_provenance_is_refused_for_another_identity_tarball_or_predicate() {
+    let world = World::new();
+    let (tarball, json) = npm_artifact("2.0.0");
+    let judge = |policy: &Policy, tarball: &[u8], json: Vec<u8>| {
+        rule(policy).judge(
+            &blob_subject(tarball),
+            &bundle(Sha256::of(tarball), json),
+            SystemTime::now(),
+        )
+    };
+
+    let other_repo = npm_policy(
+        &world,
+        "https://github\\.com/sigstore/sigstore-js/\\.github/workflows/release\\.yml@refs/tags/.*",
+        PROVENANCE,
+    );
+    let refused = judge(&other_repo, &tarball, json.clone()).unwrap_err();
+    assert_eq!(refused.reason, Reason::IdentityMismatch, "{refused}");
+    assert!(refused.detail.contains(SIGSTORE_JS_RELEASE), "{}", refused.detail);
+
+    let subject = "https://github\\.com/sigstore/sigstore-js/.+";
+    let (other_tarball, _) = npm_artifact("5.0.0");
+    let refused = judge(&npm_policy(&world, subject, PROVENANCE), &other_tarball, json.clone()).unwrap_err();
+    assert_eq!(refused.reason, Reason::PayloadDigestMismatch, "{refused}");
+
+    // Build provenance is not a signature unless the rule says so.
+    let refused = judge(&npm_policy(&world, subject, ""), &tarball, json).unwrap_err();
+    assert_eq!(refused.reason, Reason::NoSignature, "{refused}");
+}
+
+#[test]
+fn key_bundles_made_by_sigstore_js_verify() {
+    let world = World::new();
+    let dir = fixture("sigstore-js");
+    let module = std::fs::read(dir.join("module.wasm")).unwrap();
+    let policy = world.load(&format!(
+        "[[rule]]\nname = \"js\"\nurls = [\"https://**\"]\nkeys = ['{}']\n",
+        dir.join("key.pub").display()
+    ));
+    for name in ["module.wasm.sigstore.json", "module.wasm.dsse.sigstore.json"] {
+        let json = std::fs::read(dir.join(name)).unwrap();
+        let verified = rule(&policy)
+            .judge(
+                &blob_subject(&module),
+                &bundle(Sha256::of(&module), json.clone()),
+                SystemTime::now(),
+            )
+            .unwrap_or_else(|r| panic!("{name}: {r}"));
+        assert!(verified.by.contains("key.pub"), "{}", verified.by);
+
+        let stranger = world.keyed(&[&TestKey::generate(KeyKind::P256)], false);
+        let refused = rule(&stranger)
+            .judge(
+                &blob_subject(&module),
+                &bundle(Sha256::of(&module), json),
+                SystemTime::now(),
+            )
+            .unwrap_err();
+        assert_eq!(refused.reason, Reason::InvalidSignature, "{name}: {refused}");
+    }
 }
