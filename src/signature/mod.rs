@@ -15,6 +15,11 @@
 //! (`sha256-<hex>.sig`) and `sign-blob --bundle` JSON, are converted to a v0.1 bundle when they carry a
 //! certificate or Rekor data, and are verified with the key directly when they do not. When nothing verifies, the
 //! refusal carries the most specific reason seen (see [`Reason`]).
+//!
+//! Known limits, each refused rather than guessed at: keyless evidence needs an authenticated signing time (a
+//! Rekor SET, or an RFC 3161 timestamp in the bundle), as sigstore-verify requires; an Ed25519 message signature
+//! over a digest cannot be checked (Ed25519 signs whole messages; DSSE and simple signing are fine); and the log
+//! check of an RSA-PSS key signature fails, since sigstore-verify assumes PKCS#1 v1.5 for RSA keys.
 
 mod glob;
 mod keys;
