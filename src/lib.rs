@@ -13,6 +13,8 @@
 //! - [`store`]: the content-addressed blob store (ingest -> verify -> commit) and its sled index.
 //! - [`source`]: module URL parsing, and the credential-free form used in logs and the index.
 //! - [`digest`]: the sha256 type and a hashing writer.
+//! - [`signature`]: the verification policy (TOML) and the judging of cosign/sigstore signatures found next to
+//!   a module: keys, keyless Fulcio identities, Rekor and CT evidence; pure, fed by the fetchers.
 //! - [`config`]: `Config` and every default; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
 //! - [`transport`]: HTTP/2 on each accepted connection, with a bounded send buffer per stream;
@@ -45,6 +47,7 @@ pub mod policy;
 pub mod server;
 pub mod service;
 pub mod signal;
+pub mod signature;
 pub mod source;
 pub mod store;
 pub mod systemd;

@@ -12,6 +12,7 @@
 
 pub mod kube;
 pub mod registry;
+pub mod sigstore;
 pub mod token;
 pub mod warm;
 
