@@ -2,6 +2,8 @@
 //! per module at a time (single flight), unwraps and verifies what fetchers bring, and commits it. The
 //! only module that sees policy, fetchers and store together.
 
+mod judge;
+
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::PathBuf;
@@ -23,8 +25,11 @@ use crate::fetch::unbox::{self, Kind};
 use crate::fetch::{Conditions, FetchError, Fetched, Fetchers, Held, HeldImage, Meta, NothingHeld, Sink};
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, PullPolicy, UrlFacts};
+use crate::signature::Policy;
 use crate::source::ModuleUrl;
-use crate::store::{now_ms, Committed, Hold, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport};
+use crate::store::{
+    now_ms, Committed, Hold, Ingest, OpenBlob, RefRecord, Store, StoreError, SweepPolicy, SweepReport, Verification,
+};
 
 /// A request for a module, as the core sees it.
 #[derive(Clone, Debug)]
@@ -59,6 +64,8 @@ pub struct Module {
     pub outcome: Outcome,
     /// Until when the module is leased to the caller (Resolve only), unix ms.
     pub lease_until_ms: Option<u64>,
+    /// Which signature rule verified the module for this URL, and by which key or identity.
+    pub verified_by: Option<String>,
 }
 
 /// Who is asking, for the access check: the repository of an OCI request, and the salted fingerprint
@@ -100,6 +107,7 @@ struct Landed {
     /// Keeps the module from eviction until every caller waiting on this fetch has opened it (each then
     /// holds it through its own reader): the eviction that makes room for it must not take it.
     _hold: Arc<Hold>,
+    verification: Option<Verification>,
 }
 
 /// The modules named by the WasmPlugins the daemon watches, by plugin (`namespace/name`): in use, so
@@ -138,6 +146,8 @@ pub struct Listed {
     pub fetched_at_ms: u64,
     pub last_used_ms: u64,
     pub pinned: bool,
+    /// URL -> what its signature rule found, for the URLs a rule judged.
+    pub verified_by: std::collections::BTreeMap<String, String>,
 }
 
 /// What a removal did.
@@ -160,6 +170,8 @@ pub struct Cache {
     tasks: TaskTracker,
     lifecycle: Lifecycle,
     watched: Watched,
+    /// The signature verification policy (`--verify-policy`), swapped on SIGHUP.
+    policy: std::sync::RwLock<Option<Arc<Policy>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -181,8 +193,20 @@ impl Cache {
             tasks: TaskTracker::new(),
             lifecycle,
             watched: Watched::default(),
+            policy: Default::default(),
             metrics,
         })
+    }
+
+    /// Puts a signature verification policy in force (`None`: none). Fetches already running finish under
+    /// the policy they started with; every binding judged under another policy is judged again before it
+    /// is served.
+    pub fn set_policy(&self, policy: Option<Arc<Policy>>) {
+        *self.policy.write().unwrap() = policy;
+    }
+
+    fn policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().unwrap().clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -303,6 +327,7 @@ impl Cache {
                 manifest_digest: r.manifest_digest.as_deref().and_then(|m| m.parse().ok()),
                 index_digest: r.index_digest.as_deref().and_then(|m| m.parse().ok()),
                 resource: r.resource.clone(),
+                judged: !judge::needs_judgement(self.policy().as_deref(), &req.url, &key, r),
             }),
         };
         let image = match &req.url {
@@ -330,10 +355,9 @@ impl Cache {
                             .as_ref()
                             .expect("a cached decision comes from the URL's binding");
                         let fetched_at = record.as_ref().map_or(0, |r| r.fetched_at_ms);
-                        Ok((
-                            self.module(req, digest, url.manifest_digest, fetched_at, &blob, Outcome::Hit),
-                            blob,
-                        ))
+                        let mut module = self.module(req, digest, url.manifest_digest, fetched_at, &blob, Outcome::Hit);
+                        module.verified_by = verified_by(record.as_ref());
+                        Ok((module, blob))
                     }
                     // Removed (rm, eviction) since the lookup: fetch it again.
                     Err(Error::Store(StoreError::NotFound(_))) => {
@@ -381,10 +405,10 @@ impl Cache {
                         };
                         tracing::warn!(cause = %e, %digest, "refresh failed; serving the cached copy");
                         let manifest = facts.url.as_ref().and_then(|u| u.manifest_digest);
-                        Ok((
-                            self.module(req, digest, manifest, record.fetched_at_ms, &blob, Outcome::Stale),
-                            blob,
-                        ))
+                        let mut module =
+                            self.module(req, digest, manifest, record.fetched_at_ms, &blob, Outcome::Stale);
+                        module.verified_by = verified_by(Some(&record));
+                        Ok((module, blob))
                     }
                     Err(e) => Err(e),
                 }
@@ -481,6 +505,7 @@ impl Cache {
             fetched_at_ms,
             outcome,
             lease_until_ms: None,
+            verified_by: None,
         }
     }
 
@@ -511,7 +536,7 @@ impl Cache {
             let landed = self.flight(req, key, caller, conditions).await.map_err(unshare)?;
             match self.open(landed.digest).await {
                 Ok(blob) => {
-                    let module = self.module(
+                    let mut module = self.module(
                         req,
                         landed.digest,
                         landed.manifest_digest,
@@ -519,6 +544,7 @@ impl Cache {
                         &blob,
                         outcome,
                     );
+                    module.verified_by = landed.verification.as_ref().map(Verification::describe);
                     return Ok((module, blob));
                 }
                 // Removed (rm, eviction) between landing and opening: fetch it again.
@@ -559,6 +585,7 @@ impl Cache {
             watched: self.watched.clone(),
             resource: (!req.resource_name.is_empty() || !req.resource_version.is_empty())
                 .then(|| (req.resource_name.clone(), req.resource_version.clone())),
+            policy: self.policy(),
         };
         let registry = self.flights.clone();
         let cleanup_key = flight_key.clone();
@@ -609,6 +636,11 @@ impl Cache {
                 digest: e.digest,
                 size: e.size,
                 fetched_at_ms: e.refs.iter().map(|(_, r)| r.fetched_at_ms).max().unwrap_or(0),
+                verified_by: e
+                    .refs
+                    .iter()
+                    .filter_map(|(url, r)| Some((url.clone(), r.verification.as_ref()?.describe())))
+                    .collect(),
                 urls: e.refs.into_iter().map(|(url, _)| url).collect(),
                 path: e.path,
                 last_used_ms: e.record.as_ref().map_or(0, |r| r.last_used_ms),
@@ -686,6 +718,28 @@ fn is_access_verdict(e: &Error) -> bool {
     )
 }
 
+/// The digests an image's signatures may be for: the index the reference named, and the platform manifest.
+fn image_digests(meta: &Meta) -> Vec<Sha256> {
+    meta.index_digest.into_iter().chain(meta.manifest_digest).collect()
+}
+
+/// The sha256 and sha512 of a downloaded payload as it came (before any unwrapping): what a detached
+/// signature of an http(s) file covers.
+async fn payload_digests(raw: &Ingest) -> Result<judge::Signed, Error> {
+    let sha256 = raw.sha256();
+    let path = raw.path().to_path_buf();
+    let sha512 = tokio::task::spawn_blocking(move || crate::digest::sha512_of_file(&path))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("hashing the downloaded payload: {e}")))?;
+    Ok(judge::Signed::Blob { sha256, sha512 })
+}
+
+/// What the URL's recorded verdict says, for ModuleInfo.
+fn verified_by(record: Option<&RefRecord>) -> Option<String> {
+    record.and_then(|r| r.verification.as_ref()).map(Verification::describe)
+}
+
 /// Turns a shared flight error back into an owned one, keeping its gRPC code and message.
 fn unshare(e: Arc<Error>) -> Error {
     Arc::try_unwrap(e).unwrap_or_else(|shared| Error::Shared {
@@ -711,6 +765,8 @@ struct FetchJob {
     limit: Option<SweepPolicy>,
     watched: Watched,
     resource: Option<(String, String)>,
+    /// The signature policy in force when the fetch started.
+    policy: Option<Arc<Policy>>,
 }
 
 impl FetchJob {
@@ -776,6 +832,14 @@ impl FetchJob {
             }
         };
         let now = now_ms();
+        let judge = judge::Judge {
+            policy: self.policy.clone(),
+            fetchers: &self.fetchers,
+            url: &self.url,
+            key: &self.key,
+            keyring: &self.caller.keyring,
+            metrics: &self.metrics,
+        };
         let landed = match fetched {
             Fetched::NotModified(meta) => {
                 let record = self.store.index().get_ref(&self.key)?;
@@ -785,6 +849,17 @@ impl FetchJob {
                 else {
                     return Ok(None);
                 };
+                if judge::needs_judgement(self.policy.as_deref(), &self.url, &self.key, &record) {
+                    let signed: Vec<Sha256> = [&record.index_digest, &record.manifest_digest]
+                        .into_iter()
+                        .filter_map(|d| d.as_deref().and_then(|d| d.parse().ok()))
+                        .collect();
+                    if signed.is_empty() {
+                        // Not modified, but what a signature covers (the payload) was not kept: download it.
+                        return Ok(None);
+                    }
+                    record.verification = judge.judge(judge::Signed::Image(signed)).await?;
+                }
                 record.resource = self.resource.clone();
                 record.fetched_at_ms = now;
                 self.store.index().put_ref(&self.key, &record)?;
@@ -796,6 +871,7 @@ impl FetchJob {
                     manifest_digest,
                     fetched_at_ms: now,
                     _hold: Arc::new(self.store.hold(digest)),
+                    verification: record.verification,
                 }
             }
             Fetched::Held { meta, module } => {
@@ -812,13 +888,20 @@ impl FetchJob {
                     }
                 }
                 tracing::debug!(url = %self.key, %module, "upstream named a module already cached; nothing downloaded");
-                self.bind(module, false, &meta, now).await?
+                let verification = judge.judge(judge::Signed::Image(image_digests(&meta))).await?;
+                self.bind(module, false, &meta, now, verification).await?
             }
             Fetched::Complete(meta) => {
                 // An OCI request may name the image manifest or index instead of the module.
                 let names_image = self.expected.is_some()
                     && (self.expected == meta.manifest_digest || self.expected == meta.index_digest);
                 let expected_module = if names_image { None } else { self.expected };
+                // Judged before anything is committed: a refused module is never stored.
+                let verification = match &self.url {
+                    ModuleUrl::Oci(_) => judge.judge(judge::Signed::Image(image_digests(&meta))).await?,
+                    _ if judge.applies() => judge.judge(payload_digests(&raw).await?).await?,
+                    _ => None,
+                };
                 let store = self.store.clone();
                 let max_bytes = self.fetchers.max_bytes();
                 let key = self.key.clone();
@@ -838,7 +921,8 @@ impl FetchJob {
                     }
                     other => other,
                 })?;
-                self.bind(committed.digest, committed.created, &meta, now).await?
+                self.bind(committed.digest, committed.created, &meta, now, verification)
+                    .await?
             }
         };
         Ok(Some(landed))
@@ -847,7 +931,14 @@ impl FetchJob {
     /// Binds the URL to a module its upstream just led to, records who may be served it, and makes both
     /// durable before anyone is told. When that fails, a blob this fetch created is deleted again: a failed
     /// fetch leaves no blob that no URL leads to.
-    async fn bind(&self, digest: Sha256, created: bool, meta: &Meta, now: u64) -> Result<Landed, Error> {
+    async fn bind(
+        &self,
+        digest: Sha256,
+        created: bool,
+        meta: &Meta,
+        now: u64,
+        verification: Option<Verification>,
+    ) -> Result<Landed, Error> {
         let record = RefRecord {
             digest: digest.to_string(),
             manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
@@ -855,6 +946,7 @@ impl FetchJob {
             resource: self.resource.clone(),
             etag: meta.etag.clone(),
             fetched_at_ms: now,
+            verification: verification.clone(),
         };
         let hold = Arc::new(self.store.hold(digest));
         let index = self.store.index();
@@ -874,6 +966,7 @@ impl FetchJob {
             manifest_digest: meta.manifest_digest,
             fetched_at_ms: now,
             _hold: hold,
+            verification,
         })
     }
 

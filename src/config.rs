@@ -81,6 +81,8 @@ pub struct Config {
     pub watch: Option<crate::watch::WatchConfig>,
     /// The admin HTTP listener (metrics, health, modules by digest); `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
+    /// The signature verification policy (`--verify-policy`), loaded and checked.
+    pub verify: Option<VerifyPolicy>,
     pub lifecycle: Lifecycle,
     pub log: LogConfig,
 }
@@ -215,6 +217,7 @@ pub const SETTINGS: &[Setting] = &[
     ),
     setting("no-serve-stale", "serve-stale", "WASMCACHE_NO_SERVE_STALE"),
     setting("shutdown-grace", "shutdown-grace", "WASMCACHE_SHUTDOWN_GRACE"),
+    setting("verify-policy", "verify-policy", "WASMCACHE_VERIFY_POLICY"),
     setting("insecure-registry", "registry.insecure", "WASMCACHE_INSECURE_REGISTRY"),
     setting("registry-mirror", "registry.mirrors", "WASMCACHE_REGISTRY_MIRROR"),
     setting("docker-config", "registry.docker-config", "WASMCACHE_DOCKER_CONFIG"),
@@ -290,6 +293,7 @@ pub struct Overrides {
     pub insecure_hosts: Option<Vec<String>>,
     pub serve_stale: Option<bool>,
     pub shutdown_grace: Option<Duration>,
+    pub verify_policy: Option<PathBuf>,
     pub insecure_registries: Option<Vec<String>>,
     /// `(registry, mirror)` pairs; a registry's mirrors are tried in this order.
     pub registry_mirrors: Option<Vec<(String, url::Url)>>,
@@ -350,6 +354,7 @@ layered! {
     insecure_hosts => "insecure-skip-verify",
     serve_stale => "no-serve-stale",
     shutdown_grace => "shutdown-grace",
+    verify_policy => "verify-policy",
     insecure_registries => "insecure-registry",
     registry_mirrors => "registry-mirror",
     docker_config => "docker-config",
@@ -414,6 +419,9 @@ impl Overrides {
         if let Some(path) = self.docker_config {
             fetch.oci.default_credentials = load_docker_config(&path)?;
             c.docker_config = Some(path);
+        }
+        if let Some(path) = self.verify_policy {
+            c.verify = Some(VerifyPolicy::load(path)?);
         }
         set!(fetch.oci.provider_timeout, self.credential_provider_timeout);
         match (self.credential_provider_config, self.credential_provider_bin_dir) {
@@ -504,6 +512,7 @@ impl Default for Config {
                 oci: fetch::oci::OciSettings::default(),
             },
             docker_config: None,
+            verify: None,
             credential_provider_config: None,
             credential_provider_bin_dir: None,
             serve_stale: true,
@@ -834,6 +843,29 @@ pub fn load_credential_providers(
 ) -> Result<fetch::oci::provider::ProviderConfig, ConfigError> {
     fetch::oci::provider::ProviderConfig::load(path, bin_dir)
         .map_err(|e| invalid("image-credential-provider-config", format!("{}: {e}", path.display())))
+}
+
+/// A loaded signature verification policy and the file it came from (reloaded from there on SIGHUP).
+#[derive(Clone)]
+pub struct VerifyPolicy {
+    pub path: PathBuf,
+    pub policy: std::sync::Arc<crate::signature::Policy>,
+}
+
+impl VerifyPolicy {
+    pub fn load(path: PathBuf) -> Result<VerifyPolicy, ConfigError> {
+        let policy = crate::signature::Policy::load(&path).map_err(|e| invalid("verify-policy", e.to_string()))?;
+        Ok(VerifyPolicy {
+            path,
+            policy: std::sync::Arc::new(policy),
+        })
+    }
+}
+
+impl std::fmt::Debug for VerifyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VerifyPolicy({})", self.path.display())
+    }
 }
 
 /// The directory that will hold the socket; created on start when missing.

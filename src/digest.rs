@@ -129,6 +129,14 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// The sha512 of a file (in-toto subjects of detached signatures may name it instead of sha256).
+pub fn sha512_of_file(path: &std::path::Path) -> io::Result<[u8; 64]> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha512::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hasher.finalize().into())
+}
+
 /// Hashes everything a reader yields, in 1 MiB steps; returns the digest and the byte count.
 pub fn hash_reader(mut reader: impl io::Read) -> io::Result<(Sha256, u64)> {
     let mut hasher = Hasher::new();

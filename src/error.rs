@@ -37,6 +37,12 @@ pub enum Error {
     },
     #[error("{0} is not cached")]
     NotCached(String),
+    /// A `--verify-policy` rule in `enforce` mode refused the module; nothing was stored.
+    #[error("{url}: signature check failed: {refused}; nothing was stored")]
+    SignatureRefused {
+        url: String,
+        refused: crate::signature::Refused,
+    },
     /// The module kept being removed (rm, eviction) before it could be served; the call may be retried.
     #[error("{0}: module was removed while it was being fetched; try again")]
     Removed(String),
@@ -60,6 +66,7 @@ impl Error {
             Error::ChecksumMismatch { .. } | Error::CorruptNotRefetched { .. } => Code::DataLoss,
             Error::NotCached(_) => Code::NotFound,
             Error::Removed(_) => Code::Unavailable,
+            Error::SignatureRefused { .. } => Code::PermissionDenied,
             Error::Internal(_) => Code::Internal,
             Error::Shared { code, .. } => *code,
         }
@@ -89,6 +96,7 @@ impl Error {
             Error::Store(_) => "store_failure",
             Error::NotCached(_) => "not_cached",
             Error::Removed(_) => "removed",
+            Error::SignatureRefused { .. } => "signature_refused",
             Error::Internal(_) => "internal",
             Error::Shared { reason, .. } => reason,
         }

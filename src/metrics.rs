@@ -40,6 +40,13 @@ struct ProviderLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SignatureLabels {
+    rule: String,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -157,6 +164,28 @@ pub struct Metrics {
     watch_skipped: Family<ReasonLabel, Counter>,
     provider_runs: Family<ProviderLabels, Counter>,
     provider_cache: Family<ProviderLabels, Counter>,
+    signatures: Family<SignatureLabels, Counter>,
+    policy_reloads: Family<ResultLabel, Counter>,
+}
+
+/// What a signature check came to: `verified`, `refused` (enforce: the module is not stored), or `warned`
+/// (warn: served anyway). `reason` is the refusal's ([`crate::signature::Reason::label`]), `unavailable` when
+/// the signatures could not be fetched, `none` when verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureResult {
+    Verified,
+    Refused,
+    Warned,
+}
+
+impl SignatureResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            SignatureResult::Verified => "verified",
+            SignatureResult::Refused => "refused",
+            SignatureResult::Warned => "warned",
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -181,6 +210,8 @@ impl Metrics {
             watch_skipped: Family::default(),
             provider_runs: Family::default(),
             provider_cache: Family::default(),
+            signatures: Family::default(),
+            policy_reloads: Family::default(),
             registry: Registry::default(),
         };
         // Every reason is exported from the start, at zero, so that an alert on its increase needs no
@@ -236,6 +267,16 @@ impl Metrics {
             "credential_provider_cache_lookups",
             "Credential provider answers looked for in the cache, by provider: found (hit) or not (miss)",
             m.provider_cache.clone(),
+        );
+        registry.register(
+            "signature_checks",
+            "Signature checks of fetched modules under --verify-policy, by rule, result and reason",
+            m.signatures.clone(),
+        );
+        registry.register(
+            "verify_policy_reloads",
+            "Reloads of the --verify-policy file on SIGHUP, by result (success, failure: the old policy stays)",
+            m.policy_reloads.clone(),
         );
         registry.register(
             "build",
@@ -325,6 +366,21 @@ impl Metrics {
                 result: if hit { "hit" } else { "miss" },
             })
             .inc();
+    }
+
+    pub fn signature_checked(&self, rule: &str, result: SignatureResult, reason: &'static str) {
+        self.signatures
+            .get_or_create(&SignatureLabels {
+                rule: rule.to_string(),
+                result: result.label(),
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn policy_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.policy_reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
     pub fn watch_skipped(&self, why: WatchSkip) {

@@ -43,6 +43,9 @@ pub struct UrlFacts {
     pub index_digest: Option<Sha256>,
     /// `(resource_name, resource_version)` recorded at that fetch.
     pub resource: Option<(String, String)>,
+    /// False when a signature rule applies and the binding was not judged under the policy in force:
+    /// it is judged again (with what upstream says) before it is served.
+    pub judged: bool,
 }
 
 impl UrlFacts {
@@ -68,6 +71,9 @@ pub fn decide(ask: &Ask<'_>, facts: &Facts) -> Decision {
     let Some(url) = &facts.url else {
         return Decision::Fetch;
     };
+    if !url.judged {
+        return Decision::Revalidate { stale_ok: false };
+    }
     match ask.expected {
         // Pinned content the URL is known to lead to: upstream has nothing to add, whatever the policy.
         Some(expected) if url.satisfies(expected) => return Decision::UseCached(url.digest),
@@ -127,6 +133,7 @@ mod tests {
                 manifest_digest: None,
                 index_digest: None,
                 resource: version.map(|v| ("ns/plugin".to_string(), v.to_string())),
+                judged: true,
             }),
         }
     }
@@ -208,6 +215,7 @@ mod tests {
                 manifest_digest: Some(d(7)),
                 index_digest: Some(d(8)),
                 resource: None,
+                judged: true,
             }),
         };
         for expected in [d(7), d(8)] {
@@ -250,6 +258,18 @@ mod tests {
             ..ask(PullPolicy::Always, None, "")
         };
         assert_eq!(decide(&pinned, &cached(d(2), None)), Decision::UseCached(d(2)));
+    }
+
+    #[test]
+    fn binding_not_judged_under_the_policy_in_force_is_judged_again_whatever_else() {
+        let mut facts = cached(d(2), Some("7"));
+        facts.url.as_mut().unwrap().judged = false;
+        for (policy, expected) in [(PullPolicy::IfNotPresent, None), (PullPolicy::Always, Some(d(2)))] {
+            assert_eq!(
+                decide(&ask(policy, expected, "7"), &facts),
+                Decision::Revalidate { stale_ok: false }
+            );
+        }
     }
 
     #[test]

@@ -168,7 +168,12 @@ async fn serve_with_admin(
         metrics,
     )
     .map_err(ServeError::Cache)?;
+    cache.set_policy(config.verify.as_ref().map(|v| v.policy.clone()));
     let cache = Arc::new(cache);
+    let reloads = PolicyReloads {
+        path: config.verify.as_ref().map(|v| v.path.clone()),
+        hangups: crate::signal::hangups(),
+    };
     let (activated_unix, activated_tcp) = activated_listeners()?;
     // A socket passed by systemd belongs to systemd: it is neither chmodded nor removed by us.
     let (unix, owned_path) = match activated_unix {
@@ -240,7 +245,44 @@ async fn serve_with_admin(
         }
         admin.ready.store(false, Ordering::SeqCst);
     };
-    run(listeners, cache, shutdown, config.shutdown_grace).await
+    run(listeners, cache, shutdown, config.shutdown_grace, reloads).await
+}
+
+/// Where the verification policy is reloaded from, and the hangups that ask for it.
+pub struct PolicyReloads {
+    pub path: Option<PathBuf>,
+    pub hangups: Option<tokio::signal::unix::Signal>,
+}
+
+impl PolicyReloads {
+    /// Reloads the policy on every SIGHUP. A file that no longer loads leaves the policy in force as it
+    /// was: a typo must not switch verification off.
+    async fn run(mut self, cache: &Cache) {
+        let Some(hangups) = self.hangups.as_mut() else {
+            return std::future::pending().await;
+        };
+        while hangups.recv().await.is_some() {
+            let Some(path) = &self.path else {
+                tracing::info!("SIGHUP: no --verify-policy to reload");
+                continue;
+            };
+            let path = path.clone();
+            let loaded = tokio::task::spawn_blocking(move || config::VerifyPolicy::load(path)).await;
+            match loaded {
+                Ok(Ok(policy)) => {
+                    tracing::info!(policy = %policy.path.display(), fingerprint = policy.policy.fingerprint(), "verification policy reloaded; cached modules are judged again as they are asked for");
+                    cache.set_policy(Some(policy.policy));
+                    cache.metrics().policy_reloaded(true);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(cause = %e, "verification policy not reloaded; the previous one stays in force");
+                    cache.metrics().policy_reloaded(false);
+                }
+                Err(e) => tracing::error!(cause = %e, "policy reload task failed"),
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 /// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls and
@@ -251,6 +293,7 @@ pub async fn run(
     cache: Arc<Cache>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
+    reloads: PolicyReloads,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -309,6 +352,7 @@ pub async fn run(
         () = watchdog() => unreachable!("the watchdog never returns"),
         () = purge(&cache) => unreachable!("the purge loop never returns"),
         () = recover_index(&cache, &health) => unreachable!("the index recovery loop never returns"),
+        () = reloads.run(&cache) => unreachable!("the policy reload loop never returns"),
     };
     if let Some(path) = &listeners.unix_path {
         if let Err(e) = std::fs::remove_file(path) {

@@ -145,6 +145,7 @@ fn module_info(m: &cache::Module) -> proto::ModuleInfo {
             Outcome::Stale => proto::Outcome::Stale,
         } as i32,
         lease_expires_at: m.lease_until_ms.and_then(timestamp),
+        verified_by: m.verified_by.clone().unwrap_or_default(),
     }
 }
 
@@ -163,6 +164,7 @@ fn log_result(wire: &proto::FetchRequest, started: Instant, result: Result<&cach
             duration_ms,
             resource = %resource,
             resource_version = %version,
+            verified_by = m.verified_by.as_deref().unwrap_or(""),
             "module served"
         ),
         Err(e) => tracing::warn!(
@@ -293,6 +295,7 @@ impl ModuleCache for Service {
                 fetched_at: timestamp(l.fetched_at_ms),
                 last_used: timestamp(l.last_used_ms),
                 pinned: l.pinned,
+                verified_by: l.verified_by.into_iter().collect(),
             })
             .collect();
         Ok(Response::new(proto::ListResponse { modules }))

@@ -1,4 +1,4 @@
-//! The shutdown signal.
+//! The shutdown signal, and SIGHUP for reloading the verification policy.
 
 use std::future::Future;
 
@@ -17,6 +17,19 @@ pub fn shutdown() -> impl Future<Output = ()> + Send {
         tokio::select! {
             _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
             _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+        }
+    }
+}
+
+/// Installs the SIGHUP handler now (SIGHUP's default action ends the process, and `systemctl reload` sends
+/// it) and returns the stream of hangups. `None` when the handler cannot be installed.
+pub fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot install the SIGHUP handler; the verification policy is not reloaded");
+            None
         }
     }
 }

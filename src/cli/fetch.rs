@@ -212,6 +212,7 @@ fn print_info(info: &ModuleInfo, json: bool) {
             "path": info.path,
             "fetched_at": fetched_at,
             "outcome": outcome_name(info.outcome),
+            "verified_by": info.verified_by,
         });
         println!("{value}");
         return;
@@ -225,4 +226,7 @@ fn print_info(info: &ModuleInfo, json: bool) {
     println!("path:            {}", info.path);
     println!("fetched_at:      {fetched_at}");
     println!("outcome:         {}", outcome_name(info.outcome));
+    if !info.verified_by.is_empty() {
+        println!("verified_by:     {}", info.verified_by);
+    }
 }

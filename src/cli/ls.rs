@@ -27,6 +27,7 @@ pub async fn run(args: Args) -> Result<(), CliError> {
                     "fetched_at": rfc3339(m.fetched_at.as_ref()),
                     "last_used": rfc3339(m.last_used.as_ref()),
                     "pinned": m.pinned,
+                    "verified_by": m.verified_by,
                 })
             })
             .collect();
@@ -50,6 +51,11 @@ pub async fn run(args: Args) -> Result<(), CliError> {
             rfc3339(m.last_used.as_ref()),
             if m.pinned { "yes" } else { "no" }
         );
+        let mut verified: Vec<_> = m.verified_by.iter().collect();
+        verified.sort();
+        for (url, by) in verified {
+            println!("  {url}: {by}");
+        }
     }
     Ok(())
 }

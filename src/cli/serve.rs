@@ -77,6 +77,9 @@ pub struct Args {
     /// Mirror tried before a registry, in the order given (repeatable), e.g. docker.io=https://mirror.local
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = config::parse_mirror)]
     pub registry_mirrors: Vec<(String, url::Url)>,
+    /// Signature verification policy (TOML; see the README's Signatures section); reloaded on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub verify_policy: Option<PathBuf>,
     /// Registry credentials for requests without a pull secret (the ~/.docker/config.json format)
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
@@ -178,6 +181,7 @@ impl Args {
             insecure_registries: some_vec(args.insecure_registries.clone()),
             registry_mirrors: some_vec(args.registry_mirrors.clone()),
             docker_config: args.docker_config.clone(),
+            verify_policy: args.verify_policy.clone(),
             credential_provider_config: args.credential_provider_config.clone(),
             credential_provider_bin_dir: args.credential_provider_bin_dir.clone(),
             credential_provider_timeout: args.credential_provider_timeout,

@@ -28,6 +28,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
         // WASMCACHE_NO_SERVE_STALE=true turns serving stale copies off, as the flag does.
         serve_stale: env.one("no-serve-stale", parse_bool)?.map(|no| !no),
         shutdown_grace: env.one("shutdown-grace", parse_duration)?,
+        verify_policy: env.one("verify-policy", path)?,
         insecure_registries: env.list("insecure-registry", text)?,
         registry_mirrors: env.list("registry-mirror", parse_mirror)?,
         docker_config: env.one("docker-config", path)?,

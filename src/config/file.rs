@@ -86,6 +86,7 @@ struct RawFile {
     insecure_skip_verify: Raw,
     serve_stale: Raw,
     shutdown_grace: Raw,
+    verify_policy: Raw,
     #[serde(default)]
     registry: RawRegistry,
     #[serde(default)]
@@ -162,6 +163,7 @@ impl Reader<'_> {
             insecure_hosts: self.one("insecure-skip-verify", raw.insecure_skip_verify, list(text))?,
             serve_stale: self.one("no-serve-stale", raw.serve_stale, boolean)?,
             shutdown_grace: self.one("shutdown-grace", raw.shutdown_grace, duration)?,
+            verify_policy: self.one("verify-policy", raw.verify_policy, path)?,
             insecure_registries: self.one("insecure-registry", registry.insecure, list(text))?,
             registry_mirrors: registry.mirrors.map(|m| self.mirrors(m)).transpose()?,
             docker_config: self.one("docker-config", registry.docker_config, path)?,
@@ -432,6 +434,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         insecure_skip_verify: c.fetch.insecure_hosts.clone(),
         serve_stale: c.serve_stale,
         shutdown_grace: show_duration(c.shutdown_grace),
+        verify_policy: c.verify.as_ref().map(|v| show(&v.path)),
         registry: OutRegistry {
             insecure: c.fetch.oci.insecure_registries.clone(),
             docker_config: c.docker_config.as_deref().map(show),
@@ -485,6 +488,8 @@ struct OutFile {
     insecure_skip_verify: Vec<String>,
     serve_stale: bool,
     shutdown_grace: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify_policy: Option<String>,
     registry: OutRegistry,
     watch: OutWatch,
     lifecycle: OutLifecycle,

@@ -109,6 +109,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("insecure-skip-verify", "h"),
         ("no-serve-stale", "true"),
         ("shutdown-grace", "1s"),
+        ("verify-policy", "/v.toml"),
         ("insecure-registry", "r"),
         ("registry-mirror", "docker.io=https://m"),
         ("docker-config", "/d"),

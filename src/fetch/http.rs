@@ -124,6 +124,31 @@ impl HttpFetcher {
 
     /// Downloads `url` into `sink`, retrying transient failures with backoff.
     pub async fn fetch(&self, url: &Url, conditions: &Conditions, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
+        self.fetch_capped(url, conditions, sink, (self.max_bytes, "module"))
+            .await
+    }
+
+    /// Downloads a small document (a detached signature bundle) of at most `max` bytes into memory, as a
+    /// module is downloaded (guard, retries, deadline); `Ok(None)` when the origin has none (404, 410).
+    pub async fn document(&self, url: &Url, max: u64, what: &'static str) -> Result<Option<Vec<u8>>, FetchError> {
+        let mut bytes = super::MemorySink::default();
+        match self
+            .fetch_capped(url, &Conditions::default(), &mut bytes, (max, what))
+            .await
+        {
+            Ok(_) => Ok(Some(bytes.0)),
+            Err(FetchError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn fetch_capped(
+        &self,
+        url: &Url,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+        limit: (u64, &'static str),
+    ) -> Result<Fetched, FetchError> {
         let shown = display_url(url);
         if let Err(source) = self.clients.guard.check_url(url) {
             return Err(FetchError::Blocked { url: shown, source });
@@ -134,7 +159,7 @@ impl HttpFetcher {
             sink.reset().map_err(FetchError::sink(&shown))?;
             // The client's timeouts bound each wait; only this bounds an origin that keeps every wait short
             // and never finishes (a slowloris).
-            let outcome = tokio::time::timeout(self.deadline, self.attempt(url, &shown, conditions, sink))
+            let outcome = tokio::time::timeout(self.deadline, self.attempt(url, &shown, conditions, sink, limit))
                 .await
                 .unwrap_or_else(|_| {
                     Err(AttemptError::Retry {
@@ -176,6 +201,7 @@ impl HttpFetcher {
         shown: &str,
         conditions: &Conditions,
         sink: &mut dyn Sink,
+        (max_bytes, what): (u64, &'static str),
     ) -> Result<Fetched, AttemptError> {
         let authenticated = has_credentials(url);
         let mut request = self.client_for(url).get(url.clone());
@@ -224,11 +250,11 @@ impl HttpFetcher {
                 })
             }
         }
-        if response.content_length().is_some_and(|len| len > self.max_bytes) {
+        if response.content_length().is_some_and(|len| len > max_bytes) {
             return fatal(FetchError::TooLarge {
                 url,
-                what: "module",
-                limit: self.max_bytes,
+                what,
+                limit: max_bytes,
             });
         }
         let etag = response
@@ -242,11 +268,11 @@ impl HttpFetcher {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     received += chunk.len() as u64;
-                    if received > self.max_bytes {
+                    if received > max_bytes {
                         return fatal(FetchError::TooLarge {
                             url,
-                            what: "module",
-                            limit: self.max_bytes,
+                            what,
+                            limit: max_bytes,
                         });
                     }
                     sink.write_chunk(&chunk)

@@ -32,6 +32,22 @@ pub trait Sink: Send {
     }
 }
 
+/// A sink into memory, for small documents (signatures, bundles) whose size the fetcher bounds.
+#[derive(Default)]
+pub struct MemorySink(pub Vec<u8>);
+
+impl Sink for MemorySink {
+    fn reset(&mut self) -> io::Result<()> {
+        self.0.clear();
+        Ok(())
+    }
+
+    fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()> {
+        self.0.extend_from_slice(chunk);
+        Ok(())
+    }
+}
+
 /// What the caller already has, for a conditional re-check upstream.
 #[derive(Clone, Debug, Default)]
 pub struct Conditions {
@@ -243,6 +259,13 @@ impl Fetchers {
     /// The cap on downloaded and on unwrapped sizes.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
+    }
+
+    /// The detached signature bundle of an http(s) module at `bundle_url`; `Ok(None)` when there is none.
+    pub async fn http_bundle(&self, bundle_url: &url::Url) -> Result<Option<Vec<u8>>, FetchError> {
+        self.http
+            .document(bundle_url, oci::signatures::MAX_SIGNATURE_BYTES, "signature bundle")
+            .await
     }
 
     /// Fetches `url` into `sink`. `keyring` holds the request's registry credentials (OCI only); `held`

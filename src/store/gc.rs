@@ -233,6 +233,7 @@ mod tests {
             resource: None,
             etag: None,
             fetched_at_ms: 1,
+            verification: None,
         };
         store.index.put_ref("oci://r/old:v1", &record).unwrap();
         age(&store, &old, 2 * 3_600_000);

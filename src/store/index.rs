@@ -31,6 +31,32 @@ pub struct RefRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub etag: Option<String>,
     pub fetched_at_ms: u64,
+    /// How a signature policy judged the binding, when a rule applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// A signature policy's verdict on a URL's module, recorded with the binding.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verification {
+    /// Fingerprint of the policy that judged it: another one judges again.
+    pub policy: String,
+    pub rule: String,
+    /// False when the rule only warns and the module did not verify.
+    pub verified: bool,
+    /// Who signed it (verified), or why it did not verify (warned).
+    pub detail: String,
+}
+
+impl Verification {
+    /// `rule NAME: DETAIL`, or `rule NAME (warn): not verified: DETAIL`, for ModuleInfo, `ls` and logs.
+    pub fn describe(&self) -> String {
+        if self.verified {
+            format!("rule {}: {}", self.rule, self.detail)
+        } else {
+            format!("rule {} (warn): not verified: {}", self.rule, self.detail)
+        }
+    }
 }
 
 impl RefRecord {

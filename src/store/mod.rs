@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use index::{AccessRecord, BlobRecord, Failure, Index, RefRecord};
+pub use index::{AccessRecord, BlobRecord, Failure, Index, RefRecord, Verification};
 pub use ingest::Ingest;
 pub use layout::Layout;
 

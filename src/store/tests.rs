@@ -40,6 +40,7 @@ fn record(digest: Sha256) -> RefRecord {
         resource: None,
         etag: None,
         fetched_at_ms: 1,
+        verification: None,
     }
 }
 

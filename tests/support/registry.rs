@@ -421,6 +421,78 @@ impl Registry {
         digest
     }
 
+    /// Publishes cosign simple-signing signatures of `signed` (a `sha256:<hex>` manifest digest) in `repo` the way
+    /// cosign does: an image manifest at tag `sha256-<hex>.sig` whose layers are the payloads, each with its
+    /// annotations (`dev.cosignproject.cosign/signature`, and optionally certificate, chain, Rekor bundle).
+    pub async fn push_cosign_signatures(
+        &self,
+        repo: &str,
+        signed: &str,
+        layers: &[SignatureLayer<'_>],
+    ) -> String {
+        let config = br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
+        self.push_blob(repo, &config).await;
+        let mut descriptors = Vec::new();
+        for (payload, annotations) in layers {
+            self.push_blob(repo, payload).await;
+            let annotations: serde_json::Map<String, Value> = annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
+                .collect();
+            descriptors.push(json!({
+                "mediaType": "application/vnd.dev.cosign.simplesigning.v1+json",
+                "digest": digest_of(payload),
+                "size": payload.len(),
+                "annotations": annotations,
+            }));
+        }
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
+            "layers": descriptors,
+        }))
+        .unwrap();
+        let tag = format!("{}.sig", signed.replace(':', "-"));
+        self.push_manifest(repo, &tag, OCI_MANIFEST, &manifest).await
+    }
+
+    /// Attaches a sigstore bundle to manifest `subject` (its `sha256:<hex>` digest, media type and size) in `repo` as an
+    /// OCI 1.1 referrer, as cosign v3 does: an artifact manifest (artifactType = the bundle's media type, an empty
+    /// config, the bundle as its one layer, `subject` set), pushed by digest. Returns the referrer's descriptor
+    /// (for a referrers index: the registry has no referrers API, so the tests serve or tag the index).
+    pub async fn push_bundle_referrer(&self, repo: &str, subject: (&str, &str, usize), bundle: &[u8]) -> Value {
+        const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+        let empty = b"{}".to_vec();
+        self.push_blob(repo, &empty).await;
+        self.push_blob(repo, bundle).await;
+        let manifest = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "artifactType": BUNDLE,
+            "config": descriptor("application/vnd.oci.empty.v1+json", &empty),
+            "layers": [descriptor(BUNDLE, bundle)],
+            "subject": {"mediaType": subject.1, "digest": subject.0, "size": subject.2},
+        }))
+        .unwrap();
+        let digest = digest_of(&manifest);
+        self.push_manifest(repo, &digest, OCI_MANIFEST, &manifest).await;
+        json!({"mediaType": OCI_MANIFEST, "digest": digest, "size": manifest.len(), "artifactType": BUNDLE})
+    }
+
+    /// The referrers index listing `referrers` (what `/v2/<repo>/referrers/<digest>` answers).
+    pub fn referrers_index(referrers: &[Value]) -> Vec<u8> {
+        serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": referrers})).unwrap()
+    }
+
+    /// Tags the referrers index of `signed` at `sha256-<hex>` (the OCI 1.1 tag-schema fallback cosign writes on
+    /// registries without the referrers API).
+    pub async fn push_referrers_tag(&self, repo: &str, signed: &str, referrers: &[Value]) -> String {
+        let tag = signed.replace(':', "-");
+        self.push_manifest(repo, &tag, OCI_INDEX, &Registry::referrers_index(referrers))
+            .await
+    }
+
     /// Deletes blob `digest` from `repo` (the registry unlinks it: GETs of it in `repo` answer 404).
     pub async fn delete_blob(&self, repo: &str, digest: &str) {
         let (status, _, body) = self
@@ -606,6 +678,8 @@ struct ProxyState {
     seen: Mutex<Vec<Seen>>,
     /// Repositories whose every request is answered with this status instead of being forwarded.
     fail: Mutex<HashMap<String, u16>>,
+    /// Paths answered by the proxy itself: `(content type, body)` with 200 (an API the registry lacks).
+    canned: Mutex<HashMap<String, (String, Vec<u8>)>>,
 }
 
 /// A reverse proxy on 127.0.0.1:0 in front of one registry, speaking the registry's scheme (HTTPS with the
@@ -661,6 +735,16 @@ impl Proxy {
     /// Every request to `repo` from now on is answered with `status`, without reaching the registry.
     pub fn fail_repo(&self, repo: &str, status: u16) {
         self.state.fail.lock().unwrap().insert(repo.to_string(), status);
+    }
+
+    /// GETs of `path` are answered with 200, `content_type` and `body` by the proxy itself, as a registry
+    /// with that API would (Debian's docker-registry 2.8 has no OCI 1.1 referrers API).
+    pub fn answer(&self, path: &str, content_type: &str, body: Vec<u8>) {
+        self.state
+            .canned
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (content_type.to_string(), body));
     }
 
     /// Forgets what was seen so far.
@@ -813,6 +897,16 @@ async fn proxy_handle(
         .iter()
         .find(|(repo, _)| path.starts_with(&format!("/v2/{repo}/")))
         .map(|(_, status)| *status);
+    let canned = state.canned.lock().unwrap().get(&path).cloned();
+    if let (Some((content_type, body)), &Method::GET) = (canned, &method) {
+        record(200);
+        let response = Response::builder()
+            .status(200)
+            .header(CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(body)).map_err(|e| match e {}).boxed())
+            .unwrap();
+        return Ok(response);
+    }
     if let Some(status) = failing {
         record(status);
         let body = format!(r#"{{"errors":[{{"code":"DENIED","message":"proxy answers {status}"}}]}}"#);
@@ -911,6 +1005,9 @@ pub struct BuiltImage {
     /// The blob that carries the module (raw or inside a tar.gz).
     pub module_blob_digest: String,
 }
+
+/// One layer of a cosign signature manifest: the simple-signing payload and its annotations.
+pub type SignatureLayer<'a> = (Vec<u8>, Vec<(&'a str, String)>);
 
 /// A pushed image.
 #[derive(Clone, Debug)]

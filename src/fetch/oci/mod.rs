@@ -7,6 +7,7 @@ pub mod auth;
 pub mod formats;
 pub mod provider;
 pub mod registry;
+pub mod signatures;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -325,11 +326,38 @@ impl OciFetcher {
                 module: layer_digest,
             });
         }
-        self.client.blob(s, layer_digest, size, self.max_bytes, sink).await?;
+        self.client
+            .blob(s, (layer_digest, size), (self.max_bytes, "module"), sink)
+            .await?;
         Ok(Fetched::Complete(Meta {
             authenticated: s.authenticated(),
             ..meta
         }))
+    }
+
+    /// The signatures published for `digests` (the image's manifest digests), from the first host that
+    /// answers, mirrors first, as the module itself is fetched.
+    pub async fn signatures(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        keyring: &Keyring,
+        digests: &[Sha256],
+    ) -> Result<crate::signature::Evidence, FetchError> {
+        let endpoints = self.endpoints(image.registry())?;
+        let last = endpoints.len() - 1;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), keyring);
+            let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
+            match signatures::gather(&self.client, &session, digests, self.settings.max_manifest_bytes).await {
+                Ok(evidence) => return Ok(evidence),
+                Err(e) if i < last => {
+                    tracing::info!(url, mirror = %endpoint.host, cause = %e, "mirror failed for signatures; trying the next host");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
     }
 
     /// Asks the registry (never a mirror: mirrors may not enforce the registry's permissions) whether

@@ -171,11 +171,28 @@ impl RegistryClient {
 
     /// Fetches a manifest, at most `max_bytes` long, and computes its digest.
     pub async fn manifest(&self, s: &Session<'_>, reference: &str, max_bytes: u64) -> Result<Manifest, FetchError> {
-        let path = &format!("/v2/{}/manifests/{reference}", s.repository);
+        let path = format!("/v2/{}/manifests/{reference}", s.repository);
+        self.document(s, &path, super::formats::MANIFEST_ACCEPT, max_bytes)
+            .await
+    }
+
+    /// The referrers of a manifest (OCI distribution 1.1): an image index listing the manifests whose
+    /// `subject` is `digest`. Registries without the API answer 404 (or another 4xx).
+    pub async fn referrers(&self, s: &Session<'_>, digest: Sha256, max_bytes: u64) -> Result<Manifest, FetchError> {
+        let path = format!("/v2/{}/referrers/{}", s.repository, digest.prefixed());
+        self.document(s, &path, super::formats::OCI_INDEX, max_bytes).await
+    }
+
+    /// GETs a JSON document (manifest, index), at most `max_bytes` long, and computes its digest.
+    async fn document(
+        &self,
+        s: &Session<'_>,
+        path: &str,
+        accept: &str,
+        max_bytes: u64,
+    ) -> Result<Manifest, FetchError> {
         self.with_retries(s, move || async move {
-            let mut response = self
-                .send(s, Method::GET, path, Some(super::formats::MANIFEST_ACCEPT))
-                .await?;
+            let mut response = self.send(s, Method::GET, path, Some(accept)).await?;
             let content_type = response
                 .headers()
                 .get(CONTENT_TYPE)
@@ -209,13 +226,12 @@ impl RegistryClient {
     }
 
     /// Downloads a blob into `sink`, checking its size and digest against the descriptor as it streams.
-    /// A download that breaks halfway starts again from an empty sink.
+    /// A download that breaks halfway starts again from an empty sink. `what` names it in a size error.
     pub async fn blob(
         &self,
         s: &Session<'_>,
-        digest: Sha256,
-        size: Option<u64>,
-        max_bytes: u64,
+        (digest, size): (Sha256, Option<u64>),
+        (max_bytes, what): (u64, &'static str),
         sink: &mut dyn Sink,
     ) -> Result<(), FetchError> {
         let path = &format!("/v2/{}/blobs/{}", s.repository, digest.prefixed());
@@ -224,7 +240,7 @@ impl RegistryClient {
         if size.is_some_and(|n| n > max_bytes) {
             return Err(FetchError::TooLarge {
                 url: url.to_string(),
-                what: "module",
+                what,
                 limit: max_bytes,
             });
         }
@@ -237,7 +253,7 @@ impl RegistryClient {
             let too_large = || {
                 fatal(FetchError::TooLarge {
                     url: url.to_string(),
-                    what: "module",
+                    what,
                     limit: max_bytes,
                 })
             };
