@@ -3,6 +3,7 @@
 //! only module that sees policy, fetchers and store together.
 
 mod judge;
+pub mod registry;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;

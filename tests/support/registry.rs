@@ -424,12 +424,7 @@ impl Registry {
     /// Publishes cosign simple-signing signatures of `signed` (a `sha256:<hex>` manifest digest) in `repo` the way
     /// cosign does: an image manifest at tag `sha256-<hex>.sig` whose layers are the payloads, each with its
     /// annotations (`dev.cosignproject.cosign/signature`, and optionally certificate, chain, Rekor bundle).
-    pub async fn push_cosign_signatures(
-        &self,
-        repo: &str,
-        signed: &str,
-        layers: &[SignatureLayer<'_>],
-    ) -> String {
+    pub async fn push_cosign_signatures(&self, repo: &str, signed: &str, layers: &[SignatureLayer<'_>]) -> String {
         let config = br#"{"architecture":"","config":{},"created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[]}}"#.to_vec();
         self.push_blob(repo, &config).await;
         let mut descriptors = Vec::new();
