@@ -952,6 +952,10 @@ impl FetchJob {
         let hold = Arc::new(self.store.hold(digest));
         let index = self.store.index();
         let bound = async {
+            // The manifests first: the registry endpoint serves them as soon as the reference is bound.
+            for document in &meta.documents {
+                index.put_document(&document.digest, &document.media_type, &document.body)?;
+            }
             index.put_ref(&self.key, &record)?;
             self.record_access(digest, meta.authenticated)?;
             index.flush().await

@@ -220,6 +220,11 @@ pub const SETTINGS: &[Setting] = &[
     setting("verify-policy", "verify-policy", "WASMCACHE_VERIFY_POLICY"),
     setting("insecure-registry", "registry.insecure", "WASMCACHE_INSECURE_REGISTRY"),
     setting("registry-mirror", "registry.mirrors", "WASMCACHE_REGISTRY_MIRROR"),
+    setting(
+        "forward-credentials-to",
+        "registry.forward-credentials-to",
+        "WASMCACHE_FORWARD_CREDENTIALS_TO",
+    ),
     setting("docker-config", "registry.docker-config", "WASMCACHE_DOCKER_CONFIG"),
     setting(
         "image-credential-provider-config",
@@ -297,6 +302,7 @@ pub struct Overrides {
     pub insecure_registries: Option<Vec<String>>,
     /// `(registry, mirror)` pairs; a registry's mirrors are tried in this order.
     pub registry_mirrors: Option<Vec<(String, url::Url)>>,
+    pub forward_credentials_to: Option<Vec<String>>,
     pub docker_config: Option<PathBuf>,
     pub credential_provider_config: Option<PathBuf>,
     pub credential_provider_bin_dir: Option<PathBuf>,
@@ -357,6 +363,7 @@ layered! {
     verify_policy => "verify-policy",
     insecure_registries => "insecure-registry",
     registry_mirrors => "registry-mirror",
+    forward_credentials_to => "forward-credentials-to",
     docker_config => "docker-config",
     credential_provider_config => "image-credential-provider-config",
     credential_provider_bin_dir => "image-credential-provider-bin-dir",
@@ -414,6 +421,7 @@ impl Overrides {
         set!(c.shutdown_grace, self.shutdown_grace);
         set!(fetch.oci.insecure_registries, self.insecure_registries.map(trimmed));
         set!(fetch.oci.mirrors, self.registry_mirrors);
+        set!(fetch.oci.forward_credentials, self.forward_credentials_to.map(trimmed));
         set!(fetch.oci.platform, self.platform);
         set!(fetch.oci.max_manifest_bytes, self.max_manifest_bytes);
         if let Some(path) = self.docker_config {

@@ -80,6 +80,10 @@ pub struct Args {
     /// Signature verification policy (TOML; see the README's Signatures section); reloaded on SIGHUP
     #[arg(long, value_name = "FILE")]
     pub verify_policy: Option<PathBuf>,
+    /// Mirror (a wasmcache cluster tier) sent each request's own credentials for the registry it stands in for,
+    /// so that it can check them upstream per client (repeatable)
+    #[arg(long = "forward-credentials-to", value_name = "HOST[:PORT]")]
+    pub forward_credentials_to: Vec<String>,
     /// Registry credentials for requests without a pull secret (the ~/.docker/config.json format)
     #[arg(long, value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
@@ -179,6 +183,7 @@ impl Args {
             serve_stale: args.no_serve_stale.then_some(false),
             shutdown_grace: args.shutdown_grace,
             insecure_registries: some_vec(args.insecure_registries.clone()),
+            forward_credentials_to: some_vec(args.forward_credentials_to.clone()),
             registry_mirrors: some_vec(args.registry_mirrors.clone()),
             docker_config: args.docker_config.clone(),
             verify_policy: args.verify_policy.clone(),

@@ -31,6 +31,7 @@ pub(super) fn read(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, Co
         verify_policy: env.one("verify-policy", path)?,
         insecure_registries: env.list("insecure-registry", text)?,
         registry_mirrors: env.list("registry-mirror", parse_mirror)?,
+        forward_credentials_to: env.list("forward-credentials-to", text)?,
         docker_config: env.one("docker-config", path)?,
         credential_provider_config: env.one("image-credential-provider-config", path)?,
         credential_provider_bin_dir: env.one("image-credential-provider-bin-dir", path)?,

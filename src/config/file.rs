@@ -103,6 +103,7 @@ struct RawRegistry {
     insecure: Raw,
     /// Registry → its mirrors in order. Registry names are quoted keys (`"docker.io" = [...]`).
     mirrors: Option<BTreeMap<String, Spanned<Value>>>,
+    forward_credentials_to: Raw,
     docker_config: Raw,
     image_credential_provider_config: Raw,
     image_credential_provider_bin_dir: Raw,
@@ -166,6 +167,7 @@ impl Reader<'_> {
             verify_policy: self.one("verify-policy", raw.verify_policy, path)?,
             insecure_registries: self.one("insecure-registry", registry.insecure, list(text))?,
             registry_mirrors: registry.mirrors.map(|m| self.mirrors(m)).transpose()?,
+            forward_credentials_to: self.one("forward-credentials-to", registry.forward_credentials_to, list(text))?,
             docker_config: self.one("docker-config", registry.docker_config, path)?,
             credential_provider_config: self.one(
                 "image-credential-provider-config",
@@ -437,6 +439,7 @@ pub(super) fn to_toml(c: &Config) -> String {
         verify_policy: c.verify.as_ref().map(|v| show(&v.path)),
         registry: OutRegistry {
             insecure: c.fetch.oci.insecure_registries.clone(),
+            forward_credentials_to: c.fetch.oci.forward_credentials.clone(),
             docker_config: c.docker_config.as_deref().map(show),
             image_credential_provider_config: c.credential_provider_config.as_deref().map(show),
             image_credential_provider_bin_dir: c.credential_provider_bin_dir.as_deref().map(show),
@@ -500,6 +503,8 @@ struct OutFile {
 #[serde(rename_all = "kebab-case")]
 struct OutRegistry {
     insecure: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    forward_credentials_to: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     docker_config: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -112,6 +112,7 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("verify-policy", "/v.toml"),
         ("insecure-registry", "r"),
         ("registry-mirror", "docker.io=https://m"),
+        ("forward-credentials-to", "tier.local:5000"),
         ("docker-config", "/d"),
         ("image-credential-provider-config", "/p.yaml"),
         ("image-credential-provider-bin-dir", "/bin"),

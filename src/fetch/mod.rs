@@ -111,6 +111,17 @@ pub struct Meta {
     pub authenticated: bool,
     /// Which entry to take when the payload is an archive.
     pub pick: unbox::Pick,
+    /// The manifests and index read on the way (OCI), as the registry served them: the registry endpoint
+    /// serves them again unchanged.
+    pub documents: Vec<ManifestDoc>,
+}
+
+/// A manifest or index as a registry served it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestDoc {
+    pub digest: Sha256,
+    pub media_type: String,
+    pub body: bytes::Bytes,
 }
 
 /// How fetchers behave; filled in and validated by [`crate::config`].

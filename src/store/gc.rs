@@ -93,7 +93,25 @@ impl Store {
         }
         report.over_limit = policy.max_bytes.is_some_and(|max| total > max);
         report.bytes_after = total;
+        self.prune_documents()?;
         Ok(report)
+    }
+
+    /// Drops kept manifests that no reference leads through any more.
+    fn prune_documents(&self) -> Result<(), StoreError> {
+        let keep: HashSet<Sha256> = self
+            .index
+            .refs()?
+            .into_iter()
+            .flat_map(|(_, r)| [r.manifest_digest, r.index_digest])
+            .flatten()
+            .filter_map(|d| d.parse().ok())
+            .collect();
+        let pruned = self.index.prune_documents(&keep)?;
+        if pruned > 0 {
+            tracing::debug!(pruned, "dropped manifests no reference leads through");
+        }
+        Ok(())
     }
 
     /// Re-hashes every blob, whatever was verified before; a blob that no longer matches its name is

@@ -76,6 +76,9 @@ pub struct BlobRecord {
     /// In use until then (unix ms): Resolve handed out the blob's path, and a proxy may be reading it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub leased_until_ms: u64,
+    /// Not a module: another blob of an image (a config, an archive layer) kept for the registry endpoint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub artifact: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -99,6 +102,7 @@ struct Trees {
     blobs: sled::Tree,
     access: sled::Tree,
     meta: sled::Tree,
+    documents: sled::Tree,
 }
 
 impl Trees {
@@ -109,6 +113,7 @@ impl Trees {
             blobs: db.open_tree("blobs")?,
             access: db.open_tree("access")?,
             meta: db.open_tree("meta")?,
+            documents: db.open_tree("documents")?,
             db,
         })
     }
@@ -295,6 +300,42 @@ impl Index {
     pub fn remove_access(&self, digest: &Sha256) -> Result<(), StoreError> {
         self.with(|t| t.access.remove(digest.to_string()))?;
         Ok(())
+    }
+
+    /// Keeps a manifest or index by its digest: its media type and its bytes as the registry served them.
+    pub fn put_document(&self, digest: &Sha256, media_type: &str, body: &[u8]) -> Result<(), StoreError> {
+        let mut value = Vec::with_capacity(media_type.len() + 1 + body.len());
+        value.extend_from_slice(media_type.as_bytes());
+        value.push(b'\n');
+        value.extend_from_slice(body);
+        self.with(|t| t.documents.insert(digest.to_string(), value))?;
+        Ok(())
+    }
+
+    /// A kept document: `(media type, bytes)`.
+    pub fn get_document(&self, digest: &Sha256) -> Result<Option<(String, Vec<u8>)>, StoreError> {
+        let Some(value) = self.with(|t| t.documents.get(digest.to_string()))? else {
+            return Ok(None);
+        };
+        let split = value.iter().position(|&b| b == b'\n').unwrap_or(value.len());
+        let media_type = String::from_utf8_lossy(&value[..split]).into_owned();
+        let body = value.get(split + 1..).unwrap_or_default().to_vec();
+        Ok(Some((media_type, body)))
+    }
+
+    /// Drops the documents whose digest is not in `keep` (those no reference leads through any more);
+    /// returns how many.
+    pub fn prune_documents(&self, keep: &std::collections::HashSet<Sha256>) -> Result<usize, StoreError> {
+        let keys = self.with(|t| t.documents.iter().keys().collect::<sled::Result<Vec<_>>>())?;
+        let mut pruned = 0;
+        for key in keys {
+            let digest = std::str::from_utf8(&key).ok().and_then(|k| k.parse::<Sha256>().ok());
+            if digest.is_none_or(|d| !keep.contains(&d)) {
+                self.with(|t| t.documents.remove(&key))?;
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
     }
 
     /// A random salt for credential fingerprints, made once per cache and kept in the index.

@@ -239,6 +239,7 @@ impl Store {
                 last_used_ms: now,
                 pinned,
                 leased_until_ms: 0,
+                artifact: false,
             },
         };
         self.index.put_blob(digest, &record)?;
@@ -262,6 +263,25 @@ impl Store {
                 last_used_ms: now,
                 pinned: false,
                 leased_until_ms: until_ms,
+                artifact: false,
+            },
+        };
+        self.index.put_blob(digest, &record)
+    }
+
+    /// Marks a blob as an artifact (not a module: an image config or layer kept for the registry endpoint);
+    /// List leaves artifacts out.
+    pub fn mark_artifact(&self, digest: &Sha256) -> Result<(), StoreError> {
+        let now = now_ms();
+        let record = match self.index.get_blob(digest)? {
+            Some(r) => BlobRecord { artifact: true, ..r },
+            None => BlobRecord {
+                size: self.sizes.lock().unwrap().get(digest).copied().unwrap_or(0),
+                created_ms: now,
+                last_used_ms: now,
+                pinned: false,
+                leased_until_ms: 0,
+                artifact: true,
             },
         };
         self.index.put_blob(digest, &record)
@@ -422,6 +442,7 @@ impl Store {
                 last_used_ms: now,
                 pinned: false,
                 leased_until_ms: 0,
+                artifact: false,
             },
         };
         if let Err(e) = self.index.put_blob(digest, &record) {
@@ -529,11 +550,15 @@ impl Store {
                 continue;
             };
             let Ok(meta) = item.metadata() else { continue };
+            let record = self.index.get_blob(&digest)?;
+            if record.as_ref().is_some_and(|r| r.artifact) {
+                continue;
+            }
             out.push(Entry {
                 digest,
                 size: meta.len(),
                 path: item.path(),
-                record: self.index.get_blob(&digest)?,
+                record,
                 refs: by_digest.remove(&digest).unwrap_or_default(),
             });
         }

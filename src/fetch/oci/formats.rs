@@ -60,6 +60,28 @@ pub enum FormatError {
     NoPlatform { fallback: String, available: String },
 }
 
+/// A document's media type as a registry endpoint must serve it again: the Content-Type it came with, else its
+/// `mediaType` field, else the OCI type its shape says.
+pub fn media_type(content_type: Option<&str>, body: &[u8]) -> String {
+    let declared = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+    if let Some(d) = declared.filter(|d| !d.is_empty() && d != "application/json" && d != "text/plain") {
+        return d;
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Shape {
+        media_type: Option<String>,
+        manifests: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Shape>(body) {
+        Ok(Shape {
+            media_type: Some(m), ..
+        }) => m,
+        Ok(Shape { manifests: Some(_), .. }) => OCI_INDEX.to_string(),
+        _ => OCI_MANIFEST.to_string(),
+    }
+}
+
 /// Parses a manifest by its Content-Type, falling back to its `mediaType` field and then its shape.
 pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Document, FormatError> {
     let declared = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());

@@ -21,7 +21,7 @@ use self::provider::{CredentialProviders, ProviderConfig};
 use self::registry::{Endpoint, RegistryClient, Session};
 use super::guard::Guard;
 use super::http::host_matches;
-use super::{Conditions, FetchError, Fetched, Held, Meta, Sink};
+use super::{Conditions, FetchError, Fetched, Held, ManifestDoc, Meta, Sink};
 use crate::digest::Sha256;
 use crate::metrics::Metrics;
 use crate::source::ImageRef;
@@ -43,6 +43,9 @@ pub struct OciSettings {
     /// `os/arch[/variant]` chosen from an index when it has no Wasm platform.
     pub platform: String,
     pub max_manifest_bytes: u64,
+    /// Mirrors (`host[:port]`) sent the request's credentials for the registry they stand in for (a wasmcache
+    /// cluster tier checks them upstream per client); other mirrors get their own credentials only.
+    pub forward_credentials: Vec<String>,
 }
 
 impl Default for OciSettings {
@@ -55,6 +58,7 @@ impl Default for OciSettings {
             provider_timeout: provider::DEFAULT_TIMEOUT,
             platform: "linux/amd64".into(),
             max_manifest_bytes: 4 << 20,
+            forward_credentials: Vec::new(),
         }
     }
 }
@@ -209,16 +213,13 @@ impl OciFetcher {
         held: &dyn Held,
         sink: &mut dyn Sink,
     ) -> Result<Fetched, FetchError> {
-        let endpoints = self.endpoints(image.registry())?;
-        let last = endpoints.len() - 1;
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), keyring);
+        let hosts = self.hosts(image, keyring)?;
+        let last = hosts.len() - 1;
+        for (i, (endpoint, credentials)) in hosts.iter().enumerate() {
             let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
             match self.fetch_from(&session, image, conditions, held, sink).await {
                 Ok(fetched) => return Ok(fetched),
-                Err(e) if i < last => {
-                    tracing::info!(url, mirror = %endpoint.host, cause = %e, "mirror failed; trying the next host");
-                }
+                Err(e) if i < last => log_mirror_failure(url, endpoint, &e),
                 Err(e) => return Err(e),
             }
         }
@@ -260,19 +261,21 @@ impl OciFetcher {
                 ..Meta::default()
             }));
         }
-        let held_image = |digest: Sha256, index: Option<Sha256>| {
+        let mut documents = vec![document(&top)];
+        let held_image = |digest: Sha256, index: Option<Sha256>, documents: &Vec<ManifestDoc>| {
             held.image(&digest).map(|h| Fetched::Held {
                 meta: Meta {
                     manifest_digest: Some(h.manifest),
                     // A held index leads to the platform manifest recorded with it.
                     index_digest: index.or((h.manifest != digest).then_some(digest)),
                     authenticated: s.authenticated(),
+                    documents: documents.clone(),
                     ..Meta::default()
                 },
                 module: h.module,
             })
         };
-        if let Some(fetched) = held_image(top.digest, None) {
+        if let Some(fetched) = held_image(top.digest, None, &documents) {
             return Ok(fetched);
         }
         let format_err = |e: formats::FormatError| FetchError::Format {
@@ -294,7 +297,8 @@ impl OciFetcher {
                             actual: inner.digest,
                         });
                     }
-                    if let Some(fetched) = held_image(digest, Some(top.digest)) {
+                    documents.push(document(&inner));
+                    if let Some(fetched) = held_image(digest, Some(top.digest), &documents) {
                         return Ok(fetched);
                     }
                     match formats::parse(inner.content_type.as_deref(), &inner.body).map_err(format_err)? {
@@ -318,6 +322,7 @@ impl OciFetcher {
             etag: None,
             authenticated: s.authenticated(),
             pick: selected.pick,
+            documents,
         };
         if held.module(&layer_digest) {
             // The layer is the module itself, and it is held.
@@ -344,20 +349,99 @@ impl OciFetcher {
         keyring: &Keyring,
         digests: &[Sha256],
     ) -> Result<crate::signature::Evidence, FetchError> {
-        let endpoints = self.endpoints(image.registry())?;
-        let last = endpoints.len() - 1;
-        for (i, endpoint) in endpoints.iter().enumerate() {
-            let credentials = self.credentials_for_host(&endpoint.host, image.repository(), keyring);
+        let hosts = self.hosts(image, keyring)?;
+        let last = hosts.len() - 1;
+        for (i, (endpoint, credentials)) in hosts.iter().enumerate() {
             let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
             match signatures::gather(&self.client, &session, digests, self.settings.max_manifest_bytes).await {
                 Ok(evidence) => return Ok(evidence),
-                Err(e) if i < last => {
-                    tracing::info!(url, mirror = %endpoint.host, cause = %e, "mirror failed for signatures; trying the next host");
-                }
+                Err(e) if i < last => log_mirror_failure(url, endpoint, &e),
                 Err(e) => return Err(e),
             }
         }
         unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// Any blob of `image`'s repository by digest (an image config, a layer), checked against the digest as it
+    /// streams into `sink`; mirrors first, as a module is fetched. For the registry endpoint.
+    pub async fn blob(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        keyring: &Keyring,
+        digest: Sha256,
+        sink: &mut dyn Sink,
+    ) -> Result<Meta, FetchError> {
+        let hosts = self.hosts(image, keyring)?;
+        let last = hosts.len() - 1;
+        for (i, (endpoint, credentials)) in hosts.iter().enumerate() {
+            let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
+            let result = self
+                .client
+                .blob(&session, (digest, None), (self.max_bytes, "blob"), sink)
+                .await;
+            match result {
+                Ok(()) => {
+                    return Ok(Meta {
+                        authenticated: session.authenticated(),
+                        ..Meta::default()
+                    })
+                }
+                Err(e) if i < last => log_mirror_failure(url, endpoint, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// The referrers index of `digest` in `image`'s repository (the API, else the `sha256-<hex>` tag), as the
+    /// registry serves it; `Ok(None)` when there is neither.
+    pub async fn referrers(
+        &self,
+        url: &str,
+        image: &ImageRef,
+        keyring: &Keyring,
+        digest: Sha256,
+    ) -> Result<Option<ManifestDoc>, FetchError> {
+        let max = self.settings.max_manifest_bytes;
+        let hosts = self.hosts(image, keyring)?;
+        let last = hosts.len() - 1;
+        for (i, (endpoint, credentials)) in hosts.iter().enumerate() {
+            let session = Session::new(endpoint, image.repository(), credentials.as_ref(), url);
+            let found = match self.client.referrers(&session, digest, max).await {
+                Err(FetchError::NotFound { .. } | FetchError::Status { .. }) => {
+                    match self.client.manifest(&session, &format!("sha256-{digest}"), max).await {
+                        Err(FetchError::NotFound { .. }) => Ok(None),
+                        other => other.map(Some),
+                    }
+                }
+                other => other.map(Some),
+            };
+            match found {
+                Ok(index) => return Ok(index.map(|index| document(&index))),
+                Err(e) if i < last => log_mirror_failure(url, endpoint, &e),
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the registry itself is always the last endpoint")
+    }
+
+    /// The hosts to try for `image`, mirrors first, each with the credentials to send it.
+    fn hosts(&self, image: &ImageRef, keyring: &Keyring) -> Result<Vec<(Endpoint, Option<Credentials>)>, FetchError> {
+        Ok(self
+            .endpoints(image.registry())?
+            .into_iter()
+            .map(|endpoint| {
+                // A mirror that is a wasmcache tier gets the request's credentials for the registry itself:
+                // it passes them upstream and checks them per client, as the registry would.
+                let credentials_host = match &endpoint.ns {
+                    Some(registry) if host_matches(&self.settings.forward_credentials, &endpoint.base) => registry,
+                    _ => &endpoint.host,
+                };
+                let credentials = self.credentials_for_host(credentials_host, image.repository(), keyring);
+                (endpoint, credentials)
+            })
+            .collect())
     }
 
     /// Asks the registry (never a mirror: mirrors may not enforce the registry's permissions) whether
@@ -388,6 +472,19 @@ fn parse_descriptor_digest(url: &str, digest: &str) -> Result<Sha256, FetchError
         url: url.to_string(),
         reason: format!("descriptor digest: {e}"),
     })
+}
+
+/// A fetched manifest as the registry endpoint will serve it again.
+fn document(manifest: &registry::Manifest) -> ManifestDoc {
+    ManifestDoc {
+        digest: manifest.digest,
+        media_type: formats::media_type(manifest.content_type.as_deref(), &manifest.body),
+        body: bytes::Bytes::from(manifest.body.clone()),
+    }
+}
+
+fn log_mirror_failure(url: &str, endpoint: &Endpoint, cause: &FetchError) {
+    tracing::info!(url, mirror = %endpoint.host, %cause, "mirror failed; trying the next host");
 }
 
 fn host_port(url: &Url) -> String {
