@@ -47,6 +47,15 @@ pub enum Secrets<'a> {
 
 /// The fetch request that warms `plugin`, as a proxy's agent would send it: url, sha256, pull policy,
 /// pull secret, and `namespace/name` with the resource version as the resource identity.
+/// The module URL a WasmPlugin's `url` means: as Istio reads it, one without a scheme is an OCI reference.
+pub fn module_url(url: &str) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("oci://{url}")
+    }
+}
+
 pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<proto::FetchRequest, WarmError> {
     let id = plugin.resource_name();
     let pull_secret = match plugin.image_pull_secret() {
@@ -75,7 +84,7 @@ pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<pr
         }
     };
     Ok(proto::FetchRequest {
-        url: plugin.spec.url.clone(),
+        url: module_url(&plugin.spec.url),
         sha256: plugin.spec.sha256.clone().unwrap_or_default(),
         pull_policy: match plugin.pull_policy() {
             PullPolicy::Unspecified => proto::PullPolicy::UnspecifiedPolicy,
@@ -134,6 +143,14 @@ pub fn read_secret_file(plugin: &str, path: &Path) -> Result<Vec<u8>, WarmError>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_plugin_url_without_a_scheme_is_an_oci_reference_as_in_istio() {
+        assert_eq!(module_url("ghcr.io/org/plugin:v1"), "oci://ghcr.io/org/plugin:v1");
+        for kept in ["oci://r/x:v1", "https://h/m.wasm", "file:///srv/m.wasm"] {
+            assert_eq!(module_url(kept), kept);
+        }
+    }
 
     fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
         let path = dir.join(name);
