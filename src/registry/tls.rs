@@ -19,41 +19,51 @@ use rustls::sign::CertifiedKey;
 /// How often a handshake looks at the files.
 pub const CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// Which of the two files an error is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsFile {
+    Cert,
+    Key,
+}
+
 /// Why a certificate or key file was not usable. Names the file, never its contents.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {reason}", path.display())]
 pub struct TlsError {
+    pub file: TlsFile,
     pub path: PathBuf,
     pub reason: String,
-}
-
-fn tls_error(path: &Path, reason: impl Into<String>) -> TlsError {
-    TlsError {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
 }
 
 /// Reads a PEM certificate chain (leaf first) and its PEM private key (PKCS#8, PKCS#1 or SEC1), and checks
 /// that they belong together.
 pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
-    let cert_pem = std::fs::read(cert).map_err(|e| tls_error(cert, e.to_string()))?;
+    let error = |file, reason: String| TlsError {
+        file,
+        path: match file {
+            TlsFile::Cert => cert.to_path_buf(),
+            TlsFile::Key => key.to_path_buf(),
+        },
+        reason,
+    };
+    let cert_pem = std::fs::read(cert).map_err(|e| error(TlsFile::Cert, e.to_string()))?;
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(cert, format!("not a PEM certificate chain: {e}")))?;
+        .map_err(|e| error(TlsFile::Cert, format!("not a PEM certificate chain: {e}")))?;
     if chain.is_empty() {
-        return Err(tls_error(cert, "no PEM certificate in it"));
+        return Err(error(TlsFile::Cert, "no PEM certificate in it".into()));
     }
-    let key_pem = std::fs::read(key).map_err(|e| tls_error(key, e.to_string()))?;
+    let key_pem = std::fs::read(key).map_err(|e| error(TlsFile::Key, e.to_string()))?;
     // The parser's own error may quote a line of the file: not repeated for a key.
     let key_der = PrivateKeyDer::from_pem_slice(&key_pem)
-        .map_err(|_| tls_error(key, "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it"))?;
+        .map_err(|_| error(TlsFile::Key, "no PEM private key (PKCS#8, PKCS#1 or SEC1) in it".into()))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key_der, &provider).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => {
-            tls_error(key, format!("does not match the certificate in {}", cert.display()))
-        }
-        other => tls_error(key, other.to_string()),
+        rustls::Error::InconsistentKeys(_) => error(
+            TlsFile::Key,
+            format!("does not match the certificate in {}", cert.display()),
+        ),
+        other => error(TlsFile::Key, other.to_string()),
     })
 }
 
