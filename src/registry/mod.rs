@@ -64,7 +64,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_LOGGED_PATH: usize = 256;
 
 /// The user name a `Bearer` token is sent upstream with (Docker's convention for identity tokens).
-pub const BEARER_USER: &str = "<token>";
+const BEARER_USER: &str = "<token>";
 
 /// The endpoint: its backend, metrics, TLS (none: plain HTTP) and connection limits.
 pub struct Endpoint {
@@ -553,7 +553,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// password of user [`BEARER_USER`]. `Ok(None)`: anonymous (no header, or `Basic` with an empty user and
 /// password, which containers/image sends when it has none). The error says what is wrong without repeating
 /// any of the value.
-pub fn client_credentials(authorization: &Authorization) -> Result<Option<Credentials>, &'static str> {
+fn client_credentials(authorization: &Authorization) -> Result<Option<Credentials>, &'static str> {
     const MALFORMED: &str = "malformed Authorization header";
     let value = match authorization {
         Authorization::None => return Ok(None),
