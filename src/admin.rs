@@ -193,8 +193,9 @@ async fn module(state: &AdminState, cache: &Cache, hex: &str, req: &Request<Inco
         .expect("valid response")
 }
 
+/// A `Range` header against a body's size; the registry endpoint (`crate::registry`) serves blob ranges with it.
 #[derive(Debug, PartialEq, Eq)]
-enum Range {
+pub(crate) enum Range {
     /// Inclusive byte positions.
     Bytes(u64, u64),
     /// Not satisfiable for this size: 416.
@@ -204,7 +205,7 @@ enum Range {
 }
 
 /// Parses a `Range` header against a body of `size` bytes.
-fn parse_range(header: &str, size: u64) -> Range {
+pub(crate) fn parse_range(header: &str, size: u64) -> Range {
     let Some(spec) = header.trim().strip_prefix("bytes=") else {
         return Range::Ignored;
     };
@@ -257,7 +258,7 @@ fn empty() -> Body {
 
 /// True when an `If-None-Match` value names `etag` (a quoted strong tag) or is `*`. The comparison is weak,
 /// as RFC 9110 (13.1.2) requires for If-None-Match: `W/"x"` matches `"x"`. Malformed members match nothing.
-fn none_match(header: &str, etag: &str) -> bool {
+pub(crate) fn none_match(header: &str, etag: &str) -> bool {
     let wanted = etag.trim_matches('"');
     let mut rest = header.trim();
     if rest == "*" {

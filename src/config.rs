@@ -81,6 +81,10 @@ pub struct Config {
     pub watch: Option<crate::watch::WatchConfig>,
     /// The admin HTTP listener (metrics, health, modules by digest); `None` turns it off.
     pub admin_listen: Option<SocketAddr>,
+    /// The OCI Distribution pull-through endpoint (`crate::registry`); `None` (the default): off.
+    pub registry_listen: Option<SocketAddr>,
+    /// Its TLS certificate and key (reloaded when they change); `None`: plain HTTP.
+    pub registry_tls: Option<RegistryTls>,
     /// The signature verification policy (`--verify-policy`), loaded and checked.
     pub verify: Option<VerifyPolicy>,
     pub lifecycle: Lifecycle,
@@ -101,6 +105,13 @@ pub struct Lifecycle {
     pub resolve_lease: Duration,
     /// How often the sweep runs.
     pub purge_interval: Duration,
+}
+
+/// The PEM files of the registry endpoint's TLS certificate (chain, leaf first) and private key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -202,6 +213,9 @@ pub const SETTINGS: &[Setting] = &[
     setting("socket-group", "socket-group", "WASMCACHE_SOCKET_GROUP"),
     setting("listen", "listen", "WASMCACHE_LISTEN"),
     setting("admin-listen", "admin-listen", "WASMCACHE_ADMIN_LISTEN"),
+    setting("registry-listen", "registry-listen", "WASMCACHE_REGISTRY_LISTEN"),
+    setting("registry-tls-cert", "registry-tls-cert", "WASMCACHE_REGISTRY_TLS_CERT"),
+    setting("registry-tls-key", "registry-tls-key", "WASMCACHE_REGISTRY_TLS_KEY"),
     setting("file-root", "file-root", "WASMCACHE_FILE_ROOT"),
     setting("fetch-timeout", "fetch-timeout", "WASMCACHE_FETCH_TIMEOUT"),
     setting("fetch-deadline", "fetch-deadline", "WASMCACHE_FETCH_DEADLINE"),
@@ -287,6 +301,10 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `Some(None)`: the admin listener is off.
     pub admin_listen: Option<Option<SocketAddr>>,
+    /// `Some(None)`: the registry endpoint is off (as when no layer sets it).
+    pub registry_listen: Option<Option<SocketAddr>>,
+    pub registry_tls_cert: Option<PathBuf>,
+    pub registry_tls_key: Option<PathBuf>,
     pub file_roots: Option<Vec<PathBuf>>,
     pub fetch_timeout: Option<Duration>,
     pub fetch_deadline: Option<Duration>,
@@ -349,6 +367,9 @@ layered! {
     socket_group => "socket-group",
     listen => "listen",
     admin_listen => "admin-listen",
+    registry_listen => "registry-listen",
+    registry_tls_cert => "registry-tls-cert",
+    registry_tls_key => "registry-tls-key",
     file_roots => "file-root",
     fetch_timeout => "fetch-timeout",
     fetch_deadline => "fetch-deadline",
@@ -408,6 +429,26 @@ impl Overrides {
         c.socket_group = self.socket_group.filter(|g| !g.trim().is_empty());
         c.listen = self.listen;
         set!(c.admin_listen, self.admin_listen);
+        set!(c.registry_listen, self.registry_listen);
+        // Without the endpoint its TLS files are not used (and, from the file, may stay; see `build`).
+        if c.registry_listen.is_some() {
+            match (self.registry_tls_cert, self.registry_tls_key) {
+                (Some(cert), Some(key)) => c.registry_tls = Some(RegistryTls { cert, key }),
+                (Some(_), None) => {
+                    return Err(invalid(
+                        "registry-tls-cert",
+                        "needs registry-tls-key, the certificate's private key",
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        "registry-tls-key",
+                        "needs registry-tls-cert, the certificate it belongs to",
+                    ))
+                }
+                (None, None) => {}
+            }
+        }
         set!(fetch.file_roots, self.file_roots);
         set!(fetch.timeout, self.fetch_timeout);
         set!(fetch.deadline, self.fetch_deadline);
@@ -527,6 +568,8 @@ impl Default for Config {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             watch: None,
             admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+            registry_listen: None,
+            registry_tls: None,
             lifecycle: Lifecycle {
                 max_cache_bytes: None,
                 module_expiry: DEFAULT_MODULE_EXPIRY,
@@ -571,6 +614,14 @@ impl Config {
 
         let file_values = file.map(|f| f.values().clone()).unwrap_or_default();
         let merged = flags.clone().over(env.clone()).over(file_values);
+        if merged.registry_listen.flatten().is_none() {
+            // As with the watch settings below: kept in a file while the endpoint is off, a mistake elsewhere.
+            for key in ["registry-tls-cert", "registry-tls-key"] {
+                if matches!(sources.get(key), Some(Source::Flag | Source::Env)) {
+                    return Err(locate(invalid(key, "only used with --registry-listen")));
+                }
+            }
+        }
         if merged.watch != Some(true) {
             // From a file these may be kept while watching is switched off; on the command line or in the
             // environment they are a mistake that would otherwise pass unnoticed.
@@ -603,6 +654,29 @@ impl Config {
                     format!("{admin} is also the gRPC --listen address"),
                 ));
             }
+        }
+        if let Some(registry) = self.registry_listen {
+            if Some(registry) == self.listen {
+                return Err(invalid(
+                    "registry-listen",
+                    format!("{registry} is also the gRPC --listen address"),
+                ));
+            }
+            if Some(registry) == self.admin_listen {
+                return Err(invalid(
+                    "registry-listen",
+                    format!("{registry} is also the --admin-listen address"),
+                ));
+            }
+        }
+        if let Some(tls) = &self.registry_tls {
+            crate::registry::tls::load_pair(&tls.cert, &tls.key).map_err(|e| {
+                let key = match e.file {
+                    crate::registry::tls::TlsFile::Cert => "registry-tls-cert",
+                    crate::registry::tls::TlsFile::Key => "registry-tls-key",
+                };
+                invalid(key, e.to_string())
+            })?;
         }
         if self.fetch.timeout.is_zero() {
             return Err(invalid("fetch-timeout", "must be greater than zero"));
@@ -788,7 +862,7 @@ pub fn parse_platform(s: &str) -> Result<String, String> {
     }
 }
 
-/// Parses a listen address, or `off` (`None`), for the admin listener.
+/// Parses a listen address, or `off` (`None`), for the admin listener and the registry endpoint.
 pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("off") {

@@ -1,4 +1,5 @@
-//! The crate error over the layer errors, and the one place where errors become gRPC statuses.
+//! The crate error over the layer errors, and the one place where errors become gRPC statuses (and, for the
+//! OCI registry endpoint, HTTP statuses with the distribution spec's error codes).
 
 use tonic::{Code, Status};
 
@@ -99,6 +100,49 @@ impl Error {
             Error::SignatureRefused { .. } => "signature_refused",
             Error::Internal(_) => "internal",
             Error::Shared { reason, .. } => reason,
+        }
+    }
+}
+
+/// What a registry endpoint request asked for: a missing one is `MANIFEST_UNKNOWN`, `BLOB_UNKNOWN` or (for
+/// referrers, whose API answers 200 for any digest of a known repository) `NAME_UNKNOWN`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistryObject {
+    Manifest,
+    Blob,
+    Referrers,
+}
+
+impl Error {
+    /// The HTTP status and OCI distribution error code the registry endpoint answers this error with.
+    ///
+    /// It is read from the gRPC code and the metric reason only, never from the variant alone, so that an
+    /// error shared by a single flight ([`Error::Shared`]) maps as the original does. 4xx codes are the
+    /// spec's; 5xx use `UNAVAILABLE` (retry may help) and `UNKNOWN`, as CNCF distribution does.
+    pub fn registry_status(&self, object: RegistryObject) -> (u16, &'static str) {
+        match (self.code(), self.reason()) {
+            (Code::InvalidArgument, _) if matches!(self, Error::Digest(_)) => (400, "DIGEST_INVALID"),
+            (Code::InvalidArgument, _) => (400, "NAME_INVALID"),
+            (Code::NotFound, _) => match object {
+                RegistryObject::Manifest => (404, "MANIFEST_UNKNOWN"),
+                RegistryObject::Blob => (404, "BLOB_UNKNOWN"),
+                RegistryObject::Referrers => (404, "NAME_UNKNOWN"),
+            },
+            (Code::Unauthenticated, _) => (401, "UNAUTHORIZED"),
+            (Code::PermissionDenied, _) => (403, "DENIED"),
+            // Over --max-module-bytes or --max-manifest-bytes: this cache's policy refuses it, and asking
+            // again will not help (429 would invite retries).
+            (Code::ResourceExhausted, "size_limit") => (403, "DENIED"),
+            // Not a Wasm module, or an image in no layout the cache reads: not served here.
+            (Code::FailedPrecondition, "invalid_module" | "manifest_failure") => (400, "UNSUPPORTED"),
+            // Upstream answered a status that is not retried, or sent content that did not match its digest.
+            (Code::FailedPrecondition, _) | (Code::DataLoss, "checksum_mismatch") => (502, "UNKNOWN"),
+            (Code::DeadlineExceeded, _) => (504, "UNAVAILABLE"),
+            // Upstream down, 5xx or 429 after every attempt, TLS, a failed credential provider.
+            (Code::Unavailable, "download_failure" | "credential_provider") => (502, "UNAVAILABLE"),
+            // The cache itself: index down, disk full, the module removed while waiting (retry).
+            (Code::Unavailable | Code::ResourceExhausted, _) => (503, "UNAVAILABLE"),
+            _ => (500, "UNKNOWN"),
         }
     }
 }
@@ -226,6 +270,141 @@ mod tests {
         for (error, reason) in cases {
             assert_eq!(error.reason(), reason, "{error}");
         }
+    }
+
+    /// Each row: the error, and what the registry endpoint answers for a manifest and for a blob.
+    #[test]
+    fn registry_statuses_follow_the_error() {
+        let url = || "oci://r/x:v1".to_string();
+        let shared = |code, reason| Error::Shared {
+            code,
+            reason,
+            message: "shared".into(),
+        };
+        type Answer = (u16, &'static str);
+        let cases: Vec<(Error, Answer, Answer)> = vec![
+            (
+                Error::Fetch(FetchError::NotFound {
+                    url: url(),
+                    detail: "404".into(),
+                }),
+                (404, "MANIFEST_UNKNOWN"),
+                (404, "BLOB_UNKNOWN"),
+            ),
+            (
+                Error::Store(StoreError::NotFound(Sha256::of(b"x"))),
+                (404, "MANIFEST_UNKNOWN"),
+                (404, "BLOB_UNKNOWN"),
+            ),
+            (
+                Error::Fetch(FetchError::Unauthenticated {
+                    url: url(),
+                    status: 401,
+                }),
+                (401, "UNAUTHORIZED"),
+                (401, "UNAUTHORIZED"),
+            ),
+            (
+                Error::Fetch(FetchError::Forbidden {
+                    url: url(),
+                    status: 403,
+                }),
+                (403, "DENIED"),
+                (403, "DENIED"),
+            ),
+            (
+                Error::Digest(crate::digest::DigestError::NotHex),
+                (400, "DIGEST_INVALID"),
+                (400, "DIGEST_INVALID"),
+            ),
+            (
+                Error::InvalidArgument("bad".into()),
+                (400, "NAME_INVALID"),
+                (400, "NAME_INVALID"),
+            ),
+            (
+                Error::Fetch(FetchError::TooLarge {
+                    url: url(),
+                    what: "module",
+                    limit: 1,
+                }),
+                (403, "DENIED"),
+                (403, "DENIED"),
+            ),
+            (
+                Error::Fetch(FetchError::Format {
+                    url: url(),
+                    reason: "no layout".into(),
+                }),
+                (400, "UNSUPPORTED"),
+                (400, "UNSUPPORTED"),
+            ),
+            (
+                Error::Fetch(FetchError::Status {
+                    url: url(),
+                    status: 418,
+                }),
+                (502, "UNKNOWN"),
+                (502, "UNKNOWN"),
+            ),
+            (
+                Error::Fetch(FetchError::Unavailable {
+                    url: url(),
+                    attempts: 5,
+                    cause: "503".into(),
+                }),
+                (502, "UNAVAILABLE"),
+                (502, "UNAVAILABLE"),
+            ),
+            (
+                Error::Fetch(FetchError::Timeout {
+                    url: url(),
+                    attempts: 5,
+                    cause: "slow".into(),
+                }),
+                (504, "UNAVAILABLE"),
+                (504, "UNAVAILABLE"),
+            ),
+            (Error::Removed(url()), (503, "UNAVAILABLE"), (503, "UNAVAILABLE")),
+            (
+                Error::Fetch(FetchError::sink("oci://r/x")(std::io::Error::from_raw_os_error(
+                    libc::ENOSPC,
+                ))),
+                (503, "UNAVAILABLE"),
+                (503, "UNAVAILABLE"),
+            ),
+            (Error::Internal("bug".into()), (500, "UNKNOWN"), (500, "UNKNOWN")),
+            // A single flight's shared error keeps the mapping of the error it stands for.
+            (
+                shared(Code::NotFound, "download_failure"),
+                (404, "MANIFEST_UNKNOWN"),
+                (404, "BLOB_UNKNOWN"),
+            ),
+            (
+                shared(Code::Unauthenticated, "unauthorized"),
+                (401, "UNAUTHORIZED"),
+                (401, "UNAUTHORIZED"),
+            ),
+            (
+                shared(Code::ResourceExhausted, "size_limit"),
+                (403, "DENIED"),
+                (403, "DENIED"),
+            ),
+            (
+                shared(Code::Unavailable, "download_failure"),
+                (502, "UNAVAILABLE"),
+                (502, "UNAVAILABLE"),
+            ),
+        ];
+        for (error, manifest, blob) in cases {
+            assert_eq!(error.registry_status(RegistryObject::Manifest), manifest, "{error}");
+            assert_eq!(error.registry_status(RegistryObject::Blob), blob, "{error}");
+        }
+        let missing = Error::NotCached("x".into());
+        assert_eq!(
+            missing.registry_status(RegistryObject::Referrers),
+            (404, "NAME_UNKNOWN")
+        );
     }
 
     #[test]

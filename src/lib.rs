@@ -21,6 +21,9 @@
 //!   `transport::authority` lets Unix socket clients that send the socket path as `:authority` (gRPC
 //!   C-core, grpc-java) through h2, with its own HPACK decoder (`transport::hpack`).
 //! - [`admin`]: the admin HTTP listener: metrics, health, readiness, modules by digest.
+//! - [`registry`]: the OCI Distribution pull-through endpoint (`--registry-listen`): naming (`registry::route`),
+//!   HTTP/1.1 of its own with `sendfile` for blobs (`registry::http`), TLS reloaded on change
+//!   (`registry::tls`); it translates HTTP to `cache::registry::RegistryBackend`, which the cache answers.
 //! - [`signal`]: the shutdown signal (SIGTERM, SIGINT).
 //! - [`systemd`]: readiness and watchdog notifications, and socket activation.
 //! - [`client`]: a gRPC channel over the Unix socket, for the CLI and tests.
@@ -44,6 +47,7 @@ pub mod error;
 pub mod fetch;
 pub mod metrics;
 pub mod policy;
+pub mod registry;
 pub mod server;
 pub mod service;
 pub mod signal;

@@ -47,6 +47,13 @@ struct SignatureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    route: &'static str,
+    method: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -166,6 +173,8 @@ pub struct Metrics {
     provider_cache: Family<ProviderLabels, Counter>,
     signatures: Family<SignatureLabels, Counter>,
     policy_reloads: Family<ResultLabel, Counter>,
+    registry_requests: Family<RegistryLabels, Counter>,
+    registry_sent_bytes: Counter,
 }
 
 /// What a signature check came to: `verified`, `refused` (enforce: the module is not stored), or `warned`
@@ -212,6 +221,8 @@ impl Metrics {
             provider_cache: Family::default(),
             signatures: Family::default(),
             policy_reloads: Family::default(),
+            registry_requests: Family::default(),
+            registry_sent_bytes: Counter::default(),
             registry: Registry::default(),
         };
         // Every reason is exported from the start, at zero, so that an alert on its increase needs no
@@ -277,6 +288,17 @@ impl Metrics {
             "verify_policy_reloads",
             "Reloads of the --verify-policy file on SIGHUP, by result (success, failure: the old policy stays)",
             m.policy_reloads.clone(),
+        );
+        registry.register(
+            "registry_requests",
+            "Requests to the OCI registry endpoint (--registry-listen), by route (manifest, blob, referrers, ping, \
+             other), method and HTTP status code",
+            m.registry_requests.clone(),
+        );
+        registry.register(
+            "registry_sent_bytes",
+            "Response body bytes the OCI registry endpoint sent (manifests, blobs, referrers, errors)",
+            m.registry_sent_bytes.clone(),
         );
         registry.register(
             "build",
@@ -383,6 +405,17 @@ impl Metrics {
         self.policy_reloads.get_or_create(&ResultLabel { result }).inc();
     }
 
+    /// Counts an answered registry endpoint request.
+    pub fn registry_request(&self, route: &'static str, method: &'static str, code: u16) {
+        self.registry_requests
+            .get_or_create(&RegistryLabels { route, method, code })
+            .inc();
+    }
+
+    pub fn registry_sent(&self, bytes: u64) {
+        self.registry_sent_bytes.inc_by(bytes);
+    }
+
     pub fn watch_skipped(&self, why: WatchSkip) {
         self.watch_skipped
             .get_or_create(&ReasonLabel { reason: why.label() })
@@ -433,6 +466,7 @@ mod tests {
             "wasmcache_inflight_fetches",
             "wasmcache_evictions_total",
             "wasmcache_watch_skipped_total",
+            "wasmcache_registry_sent_bytes_total",
             "wasmcache_build_info",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
@@ -502,6 +536,24 @@ mod tests {
             ),
             Some(2.0)
         );
+    }
+
+    #[test]
+    fn registry_requests_count_by_route_method_and_code() {
+        let m = Metrics::new();
+        m.registry_request("blob", "GET", 206);
+        m.registry_request("blob", "GET", 206);
+        m.registry_sent(10);
+        let text = m.encode();
+        assert_eq!(
+            sample(
+                &text,
+                "wasmcache_registry_requests_total",
+                "route=\"blob\",method=\"GET\",code=\"206\""
+            ),
+            Some(2.0)
+        );
+        assert_eq!(sample(&text, "wasmcache_registry_sent_bytes_total", ""), Some(10.0));
     }
 
     #[test]

@@ -59,6 +59,39 @@ pub struct Listeners {
     /// The socket file to remove on exit: the one we created (none for a socket systemd passed).
     pub unix_path: Option<PathBuf>,
     pub tcp: Option<TcpListener>,
+    /// The OCI registry endpoint (`--registry-listen`).
+    pub registry: Option<RegistryListener>,
+}
+
+/// The registry endpoint's bound socket and, for TLS, its certificate (reloaded when its files change).
+pub struct RegistryListener {
+    pub listener: TcpListener,
+    pub tls: Option<Arc<crate::registry::tls::CertReloader>>,
+}
+
+/// Binds `--registry-listen` and loads its certificate (checked already by validation; a file that changed
+/// since is a configuration error here too).
+async fn bind_registry(config: &Config) -> Result<Option<RegistryListener>, ServeError> {
+    let Some(addr) = config.registry_listen else {
+        return Ok(None);
+    };
+    let tls = match &config.registry_tls {
+        Some(tls) => Some(Arc::new(
+            crate::registry::tls::CertReloader::load(&tls.cert, &tls.key).map_err(|e| {
+                ServeError::Config(config::ConfigError::Invalid {
+                    key: "registry-tls-cert",
+                    reason: e.to_string(),
+                })
+            })?,
+        )),
+        None => None,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+        what: format!("registry listener {addr}"),
+        source,
+    })?;
+    tracing::info!(registry = %addr, tls = tls.is_some(), "registry endpoint up");
+    Ok(Some(RegistryListener { listener, tls }))
 }
 
 /// Binds the Unix socket with `mode` (and `group`, when given), replacing a stale socket file but never a
@@ -174,6 +207,8 @@ async fn serve_with_admin(
         path: config.verify.as_ref().map(|v| v.path.clone()),
         hangups: crate::signal::hangups(),
     };
+    // Bound before the Unix socket, whose file a failure here would otherwise leave behind.
+    let registry = bind_registry(&config).await?;
     let (activated_unix, activated_tcp) = activated_listeners()?;
     // A socket passed by systemd belongs to systemd: it is neither chmodded nor removed by us.
     let (unix, owned_path) = match activated_unix {
@@ -212,6 +247,7 @@ async fn serve_with_admin(
         unix,
         unix_path: owned_path,
         tcp,
+        registry,
     };
     let watch = match config.watch.clone() {
         Some(watch) => {
@@ -285,8 +321,8 @@ impl PolicyReloads {
     }
 }
 
-/// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls and
-/// fetches finish within `grace` in all, and removes the socket file it created. Meanwhile it pings the
+/// Serves on `listeners` until `shutdown` resolves; then stops accepting, lets in-flight calls, registry
+/// requests and fetches finish within `grace` in all, and removes the socket file it created. Meanwhile it pings the
 /// systemd watchdog and sweeps the cache every purge interval.
 pub async fn run(
     listeners: Listeners,
@@ -327,8 +363,18 @@ pub async fn run(
             crate::transport::serve(connections, routes, stop.clone()).await;
         }
     };
+    let registry = async {
+        if let Some(registry) = listeners.registry {
+            let backend: Arc<dyn crate::cache::registry::RegistryBackend> = cache.clone();
+            let mut endpoint = crate::registry::Endpoint::new(backend, cache.metrics().clone());
+            if let Some(certs) = registry.tls {
+                endpoint = endpoint.with_tls(certs);
+            }
+            crate::registry::serve(registry.listener, Arc::new(endpoint), stop.clone()).await;
+        }
+    };
     let servers = async {
-        tokio::join!(unix, tcp);
+        tokio::join!(unix, tcp, registry);
     };
     tokio::pin!(servers);
     // One deadline for the whole drain: in-flight streams first, then running fetches.
@@ -432,5 +478,44 @@ async fn watchdog() {
     loop {
         ticker.tick().await;
         crate::systemd::notify_or_log("WATCHDOG=1");
+    }
+}
+
+// TODO(#11): the cache's side of the registry endpoint (`impl RegistryBackend for Cache` in src/cache/registry.rs)
+// is written on another branch. Until it lands, the endpoint answers every request that reaches the cache with
+// 503 UNAVAILABLE. Merged with that impl, this one is a conflicting implementation (E0119) on purpose:
+// delete this block then.
+impl crate::cache::registry::RegistryBackend for Cache {
+    fn manifest<'a>(
+        &'a self,
+        _: &'a crate::cache::registry::Upstream,
+        _: &'a crate::cache::registry::ManifestRef,
+    ) -> futures_util::future::BoxFuture<'a, Result<crate::cache::registry::Document, crate::error::Error>> {
+        Box::pin(async { Err(backend_pending()) })
+    }
+
+    fn blob<'a>(
+        &'a self,
+        _: &'a crate::cache::registry::Upstream,
+        _: crate::digest::Sha256,
+    ) -> futures_util::future::BoxFuture<'a, Result<crate::store::OpenBlob, crate::error::Error>> {
+        Box::pin(async { Err(backend_pending()) })
+    }
+
+    fn referrers<'a>(
+        &'a self,
+        _: &'a crate::cache::registry::Upstream,
+        _: crate::digest::Sha256,
+        _: Option<&'a str>,
+    ) -> futures_util::future::BoxFuture<'a, Result<crate::cache::registry::Document, crate::error::Error>> {
+        Box::pin(async { Err(backend_pending()) })
+    }
+}
+
+fn backend_pending() -> crate::error::Error {
+    crate::error::Error::Shared {
+        code: tonic::Code::Unavailable,
+        reason: "internal",
+        message: "the cache does not answer registry requests yet (issue 11)".into(),
     }
 }

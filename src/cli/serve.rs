@@ -39,6 +39,16 @@ pub struct Args {
     /// Admin HTTP listener (metrics, health), or `off` [default: 127.0.0.1:9464]
     #[arg(long, value_name = "ADDR|off", value_parser = admin_listen)]
     pub admin_listen: Option<Off<SocketAddr>>,
+    /// Serve the OCI Distribution pull-through endpoint (GET/HEAD manifests, blobs, referrers) on this TCP
+    /// address, or `off` [default: off]
+    #[arg(long, value_name = "ADDR|off", value_parser = admin_listen)]
+    pub registry_listen: Option<Off<SocketAddr>>,
+    /// PEM certificate chain for TLS on --registry-listen (with --registry-tls-key); reloaded when it changes
+    #[arg(long, value_name = "FILE")]
+    pub registry_tls_cert: Option<PathBuf>,
+    /// PEM private key of --registry-tls-cert
+    #[arg(long, value_name = "FILE")]
+    pub registry_tls_key: Option<PathBuf>,
     /// Directory that file:// URLs may read below (repeatable); without one, file:// is refused
     #[arg(long = "file-root", value_name = "DIR")]
     pub file_roots: Vec<PathBuf>,
@@ -170,6 +180,9 @@ impl Args {
             listen: args.listen,
             socket_group: args.socket_group.clone(),
             admin_listen: args.admin_listen.map(|a| a.0),
+            registry_listen: args.registry_listen.map(|a| a.0),
+            registry_tls_cert: args.registry_tls_cert.clone(),
+            registry_tls_key: args.registry_tls_key.clone(),
             file_roots: some_vec(args.file_roots.clone()),
             fetch_timeout: args.fetch_timeout,
             fetch_deadline: args.fetch_deadline,
@@ -297,8 +310,17 @@ mod tests {
 
     #[test]
     fn off_values_parse_to_none() {
-        let overrides = parse(&["--admin-listen", "off", "--max-cache-bytes", "0"]).overrides();
+        let overrides = parse(&[
+            "--admin-listen",
+            "off",
+            "--max-cache-bytes",
+            "0",
+            "--registry-listen",
+            "off",
+        ])
+        .overrides();
         assert_eq!(overrides.admin_listen, Some(None));
+        assert_eq!(overrides.registry_listen, Some(None));
         assert_eq!(overrides.max_cache_bytes, Some(None));
     }
 

@@ -75,6 +75,9 @@ struct RawFile {
     socket_group: Raw,
     listen: Raw,
     admin_listen: Raw,
+    registry_listen: Raw,
+    registry_tls_cert: Raw,
+    registry_tls_key: Raw,
     file_root: Raw,
     fetch_timeout: Raw,
     fetch_deadline: Raw,
@@ -153,6 +156,9 @@ impl Reader<'_> {
             socket_group: self.one("socket-group", raw.socket_group, text)?,
             listen: self.one("listen", raw.listen, with(parse_addr))?,
             admin_listen: self.one("admin-listen", raw.admin_listen, with(parse_admin_listen))?,
+            registry_listen: self.one("registry-listen", raw.registry_listen, with(parse_admin_listen))?,
+            registry_tls_cert: self.one("registry-tls-cert", raw.registry_tls_cert, path)?,
+            registry_tls_key: self.one("registry-tls-key", raw.registry_tls_key, path)?,
             file_roots: self.one("file-root", raw.file_root, list(path))?,
             fetch_timeout: self.one("fetch-timeout", raw.fetch_timeout, duration)?,
             fetch_deadline: self.one("fetch-deadline", raw.fetch_deadline, duration)?,
@@ -425,6 +431,9 @@ pub(super) fn to_toml(c: &Config) -> String {
         socket_group: c.socket_group.clone(),
         listen: c.listen.map(|a| a.to_string()),
         admin_listen: c.admin_listen.map_or("off".into(), |a| a.to_string()),
+        registry_listen: c.registry_listen.map(|a| a.to_string()),
+        registry_tls_cert: c.registry_tls.as_ref().map(|t| show(&t.cert)),
+        registry_tls_key: c.registry_tls.as_ref().map(|t| show(&t.key)),
         file_root: c.fetch.file_roots.iter().map(|p| show(p)).collect(),
         fetch_timeout: show_duration(c.fetch.timeout),
         fetch_deadline: show_duration(c.fetch.deadline),
@@ -479,6 +488,12 @@ struct OutFile {
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<String>,
     admin_listen: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    registry_tls_key: Option<String>,
     file_root: Vec<String>,
     fetch_timeout: String,
     fetch_deadline: String,

@@ -98,6 +98,9 @@ fn every_setting_has_a_variable_read_into_its_own_field() {
         ("socket-group", "proxies"),
         ("listen", "127.0.0.1:1"),
         ("admin-listen", "off"),
+        ("registry-listen", "127.0.0.1:5000"),
+        ("registry-tls-cert", "/tls.crt"),
+        ("registry-tls-key", "/tls.key"),
         ("file-root", "/r"),
         ("fetch-timeout", "1s"),
         ("fetch-deadline", "1m"),
@@ -537,4 +540,154 @@ fn socket_group_by_number_or_name_resolves() {
     assert!(resolve_group("no-such-group-here")
         .unwrap_err()
         .contains("no-such-group-here"));
+}
+
+// The registry endpoint.
+
+/// A certificate and key that belong together, in a temporary directory.
+fn tls_pair() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, generated.cert.pem()).unwrap();
+    std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+    (dir, cert, key)
+}
+
+fn registry_flags(listen: Option<&str>, cert: Option<&Path>, key: Option<&Path>) -> Overrides {
+    Overrides {
+        registry_listen: listen.map(|l| parse_admin_listen(l).unwrap()),
+        registry_tls_cert: cert.map(Path::to_path_buf),
+        registry_tls_key: key.map(Path::to_path_buf),
+        ..Overrides::default()
+    }
+}
+
+#[test]
+fn registry_endpoint_is_off_by_default_and_on_with_an_address() {
+    let c = built(None, &[], Overrides::default());
+    assert_eq!((c.registry_listen, c.registry_tls.clone()), (None, None));
+    let c = built(
+        None,
+        &[("WASMCACHE_REGISTRY_LISTEN", "127.0.0.1:5000")],
+        Overrides::default(),
+    );
+    assert_eq!(c.registry_listen, Some("127.0.0.1:5000".parse().unwrap()));
+    let c = built(
+        Some("registry-listen = \"127.0.0.1:5000\"\n"),
+        &[("WASMCACHE_REGISTRY_LISTEN", "off")],
+        Overrides::default(),
+    );
+    assert_eq!(c.registry_listen, None, "a higher layer turns it off");
+}
+
+#[test]
+fn registry_tls_takes_a_certificate_and_its_key_together() {
+    let (_dir, cert, key) = tls_pair();
+    let c = built(
+        None,
+        &[],
+        registry_flags(Some("127.0.0.1:5443"), Some(&cert), Some(&key)),
+    );
+    assert_eq!(
+        c.registry_tls,
+        Some(RegistryTls {
+            cert: cert.clone(),
+            key: key.clone()
+        })
+    );
+    let err = build(None, &[], registry_flags(Some("127.0.0.1:5443"), Some(&cert), None)).unwrap_err();
+    assert_names(&err.to_string(), &["registry-tls-cert", "needs registry-tls-key"]);
+    let err = build(None, &[], registry_flags(Some("127.0.0.1:5443"), None, Some(&key))).unwrap_err();
+    assert_names(&err.to_string(), &["registry-tls-key", "needs registry-tls-cert"]);
+}
+
+#[test]
+fn registry_tls_without_the_endpoint_is_refused_from_flags_and_kept_in_a_file() {
+    let (_dir, cert, key) = tls_pair();
+    let err = build(None, &[], registry_flags(None, Some(&cert), Some(&key))).unwrap_err();
+    assert_names(
+        &err.to_string(),
+        &["registry-tls-cert", "only used with --registry-listen"],
+    );
+    let err = build(
+        None,
+        &[("WASMCACHE_REGISTRY_TLS_KEY", key.to_str().unwrap())],
+        Overrides::default(),
+    )
+    .unwrap_err();
+    assert_names(
+        &err.to_string(),
+        &["WASMCACHE_REGISTRY_TLS_KEY", "only used with --registry-listen"],
+    );
+    let text = format!(
+        "registry-listen = \"off\"\nregistry-tls-cert = {:?}\nregistry-tls-key = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let c = built(Some(&text), &[], Overrides::default());
+    assert_eq!((c.registry_listen, c.registry_tls), (None, None));
+}
+
+#[test]
+fn registry_tls_files_are_read_and_checked_before_binding() {
+    let (dir, cert, key) = tls_pair();
+    let missing = dir.path().join("missing.crt");
+    let err = build(
+        None,
+        &[],
+        registry_flags(Some("127.0.0.1:5443"), Some(&missing), Some(&key)),
+    )
+    .unwrap_err();
+    assert_names(&err.to_string(), &["registry-tls-cert", "missing.crt"]);
+    let (_other_dir, _, other_key) = tls_pair();
+    let err = build(
+        None,
+        &[],
+        registry_flags(Some("127.0.0.1:5443"), Some(&cert), Some(&other_key)),
+    )
+    .unwrap_err();
+    assert_names(&err.to_string(), &["registry-tls-key", "does not match"]);
+    // From the file, the error points at the line of the key.
+    let text = format!(
+        "registry-listen = \"127.0.0.1:5443\"\nregistry-tls-cert = {:?}\nregistry-tls-key = {:?}\n",
+        key.display().to_string(),
+        key.display().to_string()
+    );
+    let err = build(Some(&text), &[], Overrides::default()).unwrap_err();
+    assert_names(&err.to_string(), &["line 2", "registry-tls-cert", "no PEM certificate"]);
+}
+
+#[test]
+fn registry_endpoint_on_another_listener_address_is_refused() {
+    let err = build(None, &[], registry_flags(Some(DEFAULT_ADMIN_LISTEN), None, None)).unwrap_err();
+    assert_names(&err.to_string(), &["registry-listen", "--admin-listen"]);
+    let flags = Overrides {
+        listen: Some("127.0.0.1:5000".parse().unwrap()),
+        ..registry_flags(Some("127.0.0.1:5000"), None, None)
+    };
+    assert_names(
+        &build(None, &[], flags).unwrap_err().to_string(),
+        &["registry-listen", "gRPC"],
+    );
+}
+
+#[test]
+fn printed_registry_settings_read_back_unchanged() {
+    let (_dir, cert, key) = tls_pair();
+    let c = built(None, &[], registry_flags(Some("[::1]:5443"), Some(&cert), Some(&key)));
+    let printed = c.to_toml();
+    assert_names(
+        &printed,
+        &[
+            "registry-listen = \"[::1]:5443\"",
+            "registry-tls-cert = ",
+            "registry-tls-key = ",
+        ],
+    );
+    let again = built(Some(&printed), &[], Overrides::default());
+    assert_eq!(again.to_toml(), printed);
+    assert!(!built(None, &[], Overrides::default())
+        .to_toml()
+        .contains("registry-listen"));
 }
