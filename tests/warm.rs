@@ -677,7 +677,7 @@ async fn dry_run_names_the_list_item_of_a_refused_plugin() {
         "kind": "WasmPluginList",
         "items": [
             {"metadata": {"name": "ok", "namespace": "team-a"}, "spec": {"url": NOWHERE}},
-            {"metadata": {"name": "no-scheme", "namespace": "team-a"}, "spec": {"url": "ghcr.io/team/filter:v1"}},
+            {"metadata": {"name": "no-scheme", "namespace": "team-a"}, "spec": {"url": "ghcr.io/Team/filter:v1"}},
         ],
     });
     let input = write_file(dir.path(), "plugins.json", &list.to_string());
@@ -685,7 +685,8 @@ async fn dry_run_names_the_list_item_of_a_refused_plugin() {
     let run = warm_without_daemon(&["-f", path_str(&input), "--dry-run"]).await;
 
     run.assert_failure();
-    let expected = "plugins.json doc 1: items[1].spec.url: url \"ghcr.io/team/filter:v1\" is malformed";
+    // Without a scheme the url is an OCI reference, as in Istio; this one breaks the reference grammar.
+    let expected = "plugins.json doc 1: items[1].spec.url: oci reference \"oci://ghcr.io/Team/filter:v1\" is malformed";
     assert!(
         run.row("team-a/no-scheme").contains(expected),
         "the row says {expected:?}:\n{}",
