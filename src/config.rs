@@ -28,6 +28,8 @@ use ipnet::IpNet;
 
 pub use file::FileConfig;
 
+pub use crate::cache::Lifecycle;
+
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
 
@@ -89,22 +91,6 @@ pub struct Config {
     pub verify: Option<VerifyPolicy>,
     pub lifecycle: Lifecycle,
     pub log: LogConfig,
-}
-
-/// When cached modules are deleted. A module in use is never deleted: being streamed now, pinned, named
-/// by a WasmPlugin the daemon watches, or resolved within `resolve_lease`. Every other module may go:
-/// least recently used first while the cache is over `max_cache_bytes`, and once unused for
-/// `module_expiry`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lifecycle {
-    /// Evict least recently used modules while the cache is larger; `None`: no limit.
-    pub max_cache_bytes: Option<u64>,
-    /// Modules unused for this long are deleted by the periodic sweep.
-    pub module_expiry: Duration,
-    /// How long a module is in use after Resolve handed out its path (a proxy reads the file itself).
-    pub resolve_lease: Duration,
-    /// How often the sweep runs.
-    pub purge_interval: Duration,
 }
 
 /// The PEM files of the registry endpoint's TLS certificate (chain, leaf first) and private key.

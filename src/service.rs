@@ -8,10 +8,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::cache::{self, Cache, Outcome, PinTarget};
+use crate::cache::{self, Cache, Outcome, PinTarget, RawRequest, Refused, RequestField};
 use crate::digest::Sha256;
 use crate::error::Error;
-use crate::fetch::oci::auth::DockerConfig;
 use crate::metrics::Eviction;
 use crate::policy::PullPolicy;
 use crate::proto::{self, module_cache_server::ModuleCache};
@@ -52,75 +51,49 @@ impl Service {
 
 /// Validates a wire request into a core request.
 pub(crate) fn core_request(req: &proto::FetchRequest) -> Result<cache::Request, Error> {
-    check_request(req).map_err(|refused| refused.error)
+    Ok(cache::Request::parse(&raw_request(req)?)?)
 }
 
-/// The field of a `FetchRequest` a refusal is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RequestField {
-    Url,
-    Sha256,
-    PullPolicy,
-    PullSecret,
-}
-
-/// A request refused before anything is fetched: the error the daemon answers, and the field it is about.
-#[derive(Debug)]
-pub(crate) struct Refused {
-    pub field: RequestField,
-    pub error: Error,
-}
-
-impl Refused {
-    /// What is wrong, for a message that names the field itself (`spec.sha256: ...`): the error without its
-    /// own mention of the field where it has one.
-    pub fn reason(&self) -> String {
-        match &self.error {
-            Error::Digest(e) => e.to_string(),
-            other => other.to_string(),
-        }
-    }
-}
-
-/// [`core_request`], naming the refused field: what `wasmcache warm` runs on each request before sending
-/// it (and instead of sending it, with `--dry-run`), so that it refuses exactly what the daemon would.
-pub(crate) fn check_request(req: &proto::FetchRequest) -> Result<cache::Request, Refused> {
-    fn refused<E: Into<Error>>(field: RequestField) -> impl FnOnce(E) -> Refused {
-        move |error| Refused {
-            field,
-            error: error.into(),
-        }
-    }
-    let url = ModuleUrl::parse(req.url.trim()).map_err(refused(RequestField::Url))?;
-    let expected = Sha256::parse_optional(&req.sha256).map_err(refused(RequestField::Sha256))?;
+/// The wire request as the core's raw request; refuses a pull policy outside the enum.
+fn raw_request(req: &proto::FetchRequest) -> Result<RawRequest, Refused> {
     let policy = match proto::PullPolicy::try_from(req.pull_policy) {
         Ok(proto::PullPolicy::UnspecifiedPolicy) => PullPolicy::Unspecified,
         Ok(proto::PullPolicy::IfNotPresent) => PullPolicy::IfNotPresent,
         Ok(proto::PullPolicy::Always) => PullPolicy::Always,
         Err(_) => {
-            return Err(refused(RequestField::PullPolicy)(Error::InvalidArgument(format!(
-                "pull_policy {} is not one of UNSPECIFIED_POLICY, IfNotPresent, Always",
-                req.pull_policy
-            ))))
+            return Err(Refused::new(
+                RequestField::PullPolicy,
+                Error::InvalidArgument(format!(
+                    "pull_policy {} is not one of UNSPECIFIED_POLICY, IfNotPresent, Always",
+                    req.pull_policy
+                )),
+            ))
         }
     };
-    // Only registries take credentials; a secret sent along with another URL is not read.
-    let pull_secret = match &url {
-        ModuleUrl::Oci(_) if !req.pull_secret.is_empty() => Some(
-            DockerConfig::parse(&req.pull_secret)
-                .map_err(|e| Error::InvalidArgument(format!("pull secret: {e}")))
-                .map_err(refused(RequestField::PullSecret))?,
-        ),
-        _ => None,
-    };
-    Ok(cache::Request {
-        url,
-        expected,
+    Ok(RawRequest {
+        url: req.url.clone(),
+        sha256: req.sha256.clone(),
         policy,
+        pull_secret: req.pull_secret.clone(),
         resource_name: req.resource_name.clone(),
         resource_version: req.resource_version.clone(),
-        pull_secret,
     })
+}
+
+/// The core's raw request on the wire: what `wasmcache warm` sends for a WasmPlugin.
+pub(crate) fn wire_request(raw: RawRequest) -> proto::FetchRequest {
+    proto::FetchRequest {
+        url: raw.url,
+        sha256: raw.sha256,
+        pull_policy: match raw.policy {
+            PullPolicy::Unspecified => proto::PullPolicy::UnspecifiedPolicy,
+            PullPolicy::IfNotPresent => proto::PullPolicy::IfNotPresent,
+            PullPolicy::Always => proto::PullPolicy::Always,
+        } as i32,
+        pull_secret: raw.pull_secret,
+        resource_name: raw.resource_name,
+        resource_version: raw.resource_version,
+    }
 }
 
 fn timestamp(unix_ms: u64) -> Option<prost_types::Timestamp> {

@@ -5,8 +5,7 @@ use std::path::Path;
 
 use base64::Engine as _;
 
-use crate::policy::PullPolicy;
-use crate::proto;
+use crate::cache::RawRequest;
 use crate::wasmplugin::WasmPlugin;
 
 /// Largest secret file read from a secret directory.
@@ -45,8 +44,6 @@ pub enum Secrets<'a> {
     Cluster(&'a kube::Client),
 }
 
-/// The fetch request that warms `plugin`, as a proxy's agent would send it: url, sha256, pull policy,
-/// pull secret, and `namespace/name` with the resource version as the resource identity.
 /// The module URL a WasmPlugin's `url` means: as Istio reads it, one without a scheme is an OCI reference.
 pub fn module_url(url: &str) -> String {
     if url.contains("://") {
@@ -56,7 +53,10 @@ pub fn module_url(url: &str) -> String {
     }
 }
 
-pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<proto::FetchRequest, WarmError> {
+/// The request that warms `plugin`, as a proxy's agent would send it: url, sha256, pull policy, pull
+/// secret, and `namespace/name` with the resource version as the resource identity. Not yet validated:
+/// [`crate::cache::Request::parse`] does that for every edge alike.
+pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<RawRequest, WarmError> {
     let id = plugin.resource_name();
     let pull_secret = match plugin.image_pull_secret() {
         None => Vec::new(),
@@ -83,14 +83,10 @@ pub async fn request_for(plugin: &WasmPlugin, secrets: Secrets<'_>) -> Result<pr
             }
         }
     };
-    Ok(proto::FetchRequest {
+    Ok(RawRequest {
         url: module_url(&plugin.spec.url),
         sha256: plugin.spec.sha256.clone().unwrap_or_default(),
-        pull_policy: match plugin.pull_policy() {
-            PullPolicy::Unspecified => proto::PullPolicy::UnspecifiedPolicy,
-            PullPolicy::IfNotPresent => proto::PullPolicy::IfNotPresent,
-            PullPolicy::Always => proto::PullPolicy::Always,
-        } as i32,
+        policy: plugin.pull_policy(),
         pull_secret,
         resource_name: id,
         resource_version: plugin.resource_version(),

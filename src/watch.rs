@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use serde_json::Value;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, Request};
 use crate::cluster::{self, Change, Scope};
+use crate::error::Error;
 use crate::metrics::WatchSkip;
 use crate::warm::{self, Secrets};
 use crate::wasmplugin::WasmPlugin;
@@ -140,7 +141,7 @@ async fn handle(client: &kube::Client, pull_secrets: bool, cache: &Cache, skippe
         Secrets::None
     };
     let request = match warm::request_for(&plugin, secrets).await {
-        Ok(wire) => crate::service::core_request(&wire),
+        Ok(raw) => Request::parse(&raw).map_err(Error::from),
         Err(e) => {
             tracing::warn!(plugin = %id, cause = %e, "cannot prefetch wasmplugin");
             return;

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use super::{outcome_name, CliError, SocketArg};
+use crate::cache::{Request, RequestField};
 use crate::cluster::{self, Scope};
 use crate::proto::{warm_event::Event, WarmItem, WarmRequest};
-use crate::service::{self, RequestField};
+use crate::service;
 use crate::warm::{self, Secrets};
 use crate::wasmplugin::{self, Problem, WasmPlugin};
 
@@ -158,13 +159,13 @@ pub async fn run(args: Args) -> Result<(), CliError> {
         };
         // The daemon's own checks, so that what it would refuse is refused here, before anything is sent
         // (and with --dry-run, without a daemon at all), and named at the plugin's field.
-        if let Err(refusal) = service::check_request(&request) {
+        if let Err(refusal) = Request::parse(&request) {
             rows.push(refused(spec_field(refusal.field), refusal.reason()));
             continue;
         }
         items.push(WarmItem {
             id: plugin.resource_name(),
-            request: Some(request),
+            request: Some(service::wire_request(request)),
         });
     }
     if args.dry_run {
