@@ -16,6 +16,8 @@
 //! [`Limits::head_timeout`], and a write that makes no progress for [`Limits::send_timeout`] (a client that
 //! stopped reading) ends the connection, releasing the blob it held. Request bodies are never read: a GET or
 //! HEAD announcing one is refused, and other methods are answered and the connection closed.
+//!
+//! Long: one HTTP/1.1 connection loop (head parsing and limits, keep-alive, sendfile and TLS bodies) whose timeouts and states interlock.
 
 use std::fs::File;
 use std::io;

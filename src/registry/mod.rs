@@ -20,6 +20,8 @@
 //! reads a challenge only from a 401, and keeps pulling anonymously.
 //!
 //! Every request ends with one log event and one count in `wasmcache_registry_requests_total`.
+//!
+//! Long: one translation table: every route of the distribution spec to a backend call, every answer and error to a response.
 
 mod http;
 pub mod route;

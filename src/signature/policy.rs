@@ -26,6 +26,8 @@
 //! A rule needs `images` or `urls`, and unless `mode = "off"`, `keys` or an `identity`; an identity needs a
 //! `trusted-root`. Relative paths are relative to the policy file's directory. Unknown keys are errors, and
 //! every error names the file, the line, the rule (its number from 1, and name) and the field.
+//!
+//! Long: the policy file's whole grammar and validation, each error naming its rule and key.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -1,4 +1,6 @@
 //! Judging one piece of evidence under a rule: `Ok(by)` names the signer, `Err` says why it does not count.
+//!
+//! Long: every kind of evidence (cosign simple signing, sigstore bundles v0.1 to v0.3, DSSE, keyless certificate chains, Rekor SETs and inclusion proofs) judged under one rule type.
 
 use base64::Engine as _;
 use serde::Deserialize;

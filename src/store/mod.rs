@@ -15,6 +15,8 @@
 //! (held for the store's lifetime) and fails with [`StoreError::InUse`] when another process holds it.
 //! Only then does it empty `ingest/`, so temp files never outlive a restart and never vanish under a
 //! running daemon.
+//!
+//! Long: the ingest -> verify -> commit protocol and its crash-safety rules, kept together so that the invariants read in one place.
 
 mod gc;
 mod index;

@@ -15,6 +15,8 @@
 //!
 //! Secrets stay secret by type. [`Credentials`] and [`DockerConfig`] print `<redacted>` or only their
 //! keys. A [`SecretError`] names the JSON path of the bad field and never its value.
+//!
+//! Long: one credential model (pull secrets, docker config files and the kubelet's rules for which credential goes with which image), read together.
 
 use std::cmp::Reverse;
 use std::collections::HashSet;

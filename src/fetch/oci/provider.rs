@@ -13,6 +13,8 @@
 //! Secrets: a plugin's answer holds credentials, and its stderr may hold anything. Neither is ever quoted in
 //! an error or a log line: a bad answer is described by the field that is wrong, never by a value, and
 //! stderr is read only to count its bytes.
+//!
+//! Long: the whole kubelet credential provider protocol (config file, exec with its limits, the answer cache by key type) in one place, as one protocol's rules.
 
 use std::collections::HashMap;
 use std::fmt;
