@@ -48,7 +48,7 @@ fn api_error(what: String, e: kube::Error) -> ClusterError {
         },
         other => ClusterError::Api {
             what,
-            message: crate::fetch::http::error_chain(&other),
+            message: crate::fetch::net::error_chain(&other),
         },
     }
 }
@@ -64,7 +64,7 @@ pub fn wasmplugin_resource() -> ApiResource {
 /// Connects with `kubeconfig` when given, else as `kubectl` would: in-cluster service account, then
 /// `$KUBECONFIG` or `~/.kube/config`.
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, ClusterError> {
-    crate::fetch::http::install_crypto_provider();
+    crate::fetch::net::install_crypto_provider();
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -187,7 +187,7 @@ pub fn watch_wasmplugins(client: Client, scope: &Scope) -> impl Stream<Item = Ch
                         tokio::time::sleep(RELIST_PAUSE).await;
                         return Some((Change::Error("watch answered 410 Gone; listing again".into()), None));
                     }
-                    Err(e) => return Some((Change::Error(crate::fetch::http::error_chain(&e)), Some(events))),
+                    Err(e) => return Some((Change::Error(crate::fetch::net::error_chain(&e)), Some(events))),
                 }
             }
         }

@@ -71,7 +71,7 @@ impl SocketArg {
             CliError(format!(
                 "cannot reach the daemon at {}: {}",
                 path.display(),
-                source_text(&e)
+                crate::fetch::net::innermost_cause(&e)
             ))
         })?;
         Ok(ModuleCacheClient::new(channel).max_decoding_message_size(4 << 20))
@@ -152,17 +152,6 @@ impl From<tonic::Status> for CliError {
     fn from(s: tonic::Status) -> Self {
         CliError(format!("{:?}: {}", s.code(), s.message()))
     }
-}
-
-/// The innermost cause of an error, which is the useful part of a transport error.
-fn source_text(e: &dyn std::error::Error) -> String {
-    let mut last = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        last = cause.to_string();
-        source = cause.source();
-    }
-    last
 }
 
 /// Formats a protobuf timestamp as RFC 3339 (empty when unset).

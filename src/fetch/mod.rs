@@ -7,6 +7,7 @@
 pub mod file;
 pub mod guard;
 pub mod http;
+pub mod net;
 pub mod oci;
 pub mod retry;
 pub mod unbox;
@@ -248,7 +249,7 @@ pub struct Fetchers {
 
 impl Fetchers {
     pub fn new(settings: &Settings, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<Self, FetchError> {
-        let clients = http::Clients::new(settings)?;
+        let clients = net::Clients::new(settings)?;
         Ok(Fetchers {
             oci: oci::OciFetcher::new(
                 settings,

@@ -20,7 +20,7 @@ use self::formats::Document;
 use self::provider::{CredentialProviders, ProviderConfig};
 use self::registry::{Endpoint, RegistryClient, Session};
 use super::guard::Guard;
-use super::http::host_matches;
+use super::net::host_matches;
 use super::{Conditions, FetchError, Fetched, Held, ManifestDoc, Meta, Sink};
 use crate::digest::Sha256;
 use crate::metrics::Metrics;

@@ -20,8 +20,8 @@ use url::Url;
 use super::auth::Credentials;
 use crate::digest::Sha256;
 use crate::fetch::guard::Guard;
-use crate::fetch::http::{find_cause, Transport};
-use crate::fetch::retry::{past_deadline, retryable_status, Backoff};
+use crate::fetch::net::{classify, find_cause};
+use crate::fetch::retry::{self, retryable_status, Backoff, Failure};
 use crate::fetch::{FetchError, Sink};
 
 /// Tokens without `expires_in` are kept this long (the distribution spec's default is 60 s).
@@ -77,12 +77,6 @@ pub struct RegistryClient {
     /// saving the 401 round trip.
     basic_hosts: Mutex<HashSet<String>>,
     salt: [u8; 32],
-}
-
-/// How one request went wrong: retry it, or give up.
-enum Failure {
-    Retry { cause: String, timed_out: bool },
-    Fatal(FetchError),
 }
 
 /// One operation against one endpoint for one repository, with the credentials to answer challenges.
@@ -301,39 +295,12 @@ impl RegistryClient {
     /// Runs `attempt` until it succeeds, fails for good, or runs out of attempts. Each attempt (a manifest or
     /// blob request, with the token request that answers its challenge) is bounded by the deadline as a whole;
     /// one cut off counts as timed out.
-    async fn with_retries<T, F, Fut>(&self, s: &Session<'_>, mut attempt: F) -> Result<T, FetchError>
+    async fn with_retries<T, F, Fut>(&self, s: &Session<'_>, attempt: F) -> Result<T, FetchError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let attempts = self.backoff.attempts.max(1);
-        let mut last = (String::new(), false);
-        for n in 1..=attempts {
-            let result = tokio::time::timeout(self.deadline, attempt())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Failure::Retry {
-                        cause: past_deadline(self.deadline),
-                        timed_out: true,
-                    })
-                });
-            match result {
-                Ok(v) => return Ok(v),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Retry { cause, timed_out }) => last = (cause, timed_out),
-            }
-            tracing::debug!(url = %s.url, attempt = n, cause = %last.0, "registry request failed");
-            if n < attempts {
-                tokio::time::sleep(self.backoff.delay_after(n)).await;
-            }
-        }
-        let url = s.url.to_string();
-        let cause = format!("{} ({})", last.0, s.endpoint.host);
-        Err(if last.1 {
-            FetchError::Timeout { url, attempts, cause }
-        } else {
-            FetchError::Unavailable { url, attempts, cause }
-        })
+        retry::run(&self.backoff, self.deadline, s.url, Some(&s.endpoint.host), attempt).await
     }
 
     /// Sends one request, answering an auth challenge once; maps statuses to failures.
@@ -666,21 +633,7 @@ fn is_tls(e: &reqwest::Error) -> bool {
 fn transport(e: reqwest::Error) -> Failure {
     let timed_out = e.is_timeout();
     Failure::Retry {
-        cause: crate::fetch::http::error_chain(&e.without_url()),
+        cause: crate::fetch::net::error_chain(&e.without_url()),
         timed_out,
-    }
-}
-
-fn classify(url: &str, e: reqwest::Error) -> Failure {
-    match Transport::of(e) {
-        Transport::Blocked(source) => Failure::Fatal(FetchError::Blocked {
-            url: url.to_string(),
-            source,
-        }),
-        Transport::Tls(cause) => Failure::Fatal(FetchError::Tls {
-            url: url.to_string(),
-            cause,
-        }),
-        Transport::Other { cause, timed_out } => Failure::Retry { cause, timed_out },
     }
 }
