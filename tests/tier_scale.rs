@@ -3,7 +3,8 @@
 //! and cache dir) whose `--registry-mirror ORIGIN=http://TIER` names the tier. All nodes at once take 200
 //! concurrent gRPC `Fetch` requests each, spread over 3 modules; the origin must see one blob GET per module.
 //!
-//! `cargo test --test tier_scale -- --nocapture` prints the figures (docs/benchmarks.md keeps them).
+//! `cargo test --test tier_scale -- --nocapture` prints the figures (docs/benchmarks.md keeps them). A second
+//! test pulls a private module through the tier with `--forward-credentials-to`.
 //!
 //! The nodes have no `--insecure-registry` for the origin: the origin itself (always tried after the mirrors)
 //! refuses them, so a node gets a module through the tier or not at all.
@@ -182,5 +183,55 @@ async fn eight_nodes_behind_one_tier_pull_each_module_from_the_origin_once() {
         tier_blob_gets,
         (NODES * MODULES) as f64,
         "each node pulled each module from the tier once (its own single flight)"
+    );
+}
+
+/// A private module through the tier: the node passes the request's pull secret for the origin to the tier
+/// (`--forward-credentials-to TIER`), the tier passes it upstream, and a request without one is refused. The
+/// node has no `--ca-file` for the HTTPS origin, so it cannot go around the tier.
+#[tokio::test]
+async fn node_forwards_the_pull_secret_to_the_tier_for_a_private_module() {
+    let registry = Registry::shared_tls_auth();
+    let origin = registry.proxy().await;
+    let origin_host = origin.host();
+    let module = wasm_module("scale/private");
+    registry.push("scale/private", Some("v1"), cncf_image(&module)).await;
+    let ca = registry.ca_file().to_str().unwrap().to_string();
+    let tier_listen = free_local_addr().to_string();
+    let tier = Daemon::start(&["--registry-listen", &tier_listen, "--ca-file", &ca]).await;
+    let mirror = format!("{origin_host}=http://{tier_listen}");
+    let node = Daemon::start(&[
+        "--registry-mirror",
+        &mirror,
+        "--forward-credentials-to",
+        &tier_listen,
+        "--retry-backoff",
+        "10ms",
+    ])
+    .await;
+    let url = origin.oci("scale/private:v1");
+    let (user, password) = USER_A;
+    let mut client = node.client().await;
+
+    let anonymous = fetch(&mut client, req(&url)).await;
+    let mut with_secret = req(&url);
+    with_secret.pull_secret = docker_config_json(&origin_host, user, password);
+    let (_, bytes) = fetch_ok(&mut client, with_secret).await;
+
+    assert!(bytes == module, "the private module, through the tier");
+    // The node reports the error of the last host it tried, the origin it cannot verify; the tier's answer
+    // to it was a 401, in the tier's log.
+    anonymous.expect_err("a request without the pull secret is refused");
+    assert!(
+        tier.log()
+            .lines()
+            .any(|l| l.contains(r#"route="manifest""#) && l.contains("status=401")),
+        "the tier refused the anonymous request: {}",
+        tier.log()
+    );
+    assert!(
+        origin.seen().iter().any(|s| s.authorized && s.status == 200),
+        "the credentials reached the origin: {}",
+        origin.describe()
     );
 }
