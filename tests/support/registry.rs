@@ -318,7 +318,16 @@ impl Registry {
 
     /// A counting proxy in front of this registry, on the current test's runtime.
     pub async fn proxy(&self) -> Proxy {
-        Proxy::start(self).await
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Proxy::start(self, listener).await
+    }
+
+    /// A counting proxy in front of this registry on `listener`, already bound (for an address other than
+    /// `127.0.0.1:0`, such as port 80 or 443 of another loopback address).
+    pub async fn proxy_on(&self, listener: std::net::TcpListener) -> Proxy {
+        listener.set_nonblocking(true).expect("nonblocking proxy listener");
+        let listener = TcpListener::from_std(listener).expect("proxy listener on the runtime");
+        Proxy::start(self, listener).await
     }
 
     // --- the registry HTTP API -------------------------------------------------------------------------------
@@ -687,8 +696,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    async fn start(registry: &Registry) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    async fn start(registry: &Registry, listener: TcpListener) -> Proxy {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(ProxyState::default());
         let acceptor = registry.tls.as_ref().map(|tls| {
@@ -717,7 +725,7 @@ impl Proxy {
         }
     }
 
-    /// `127.0.0.1:PORT` of the proxy.
+    /// `IP:PORT` of the proxy (`127.0.0.1:PORT` unless it was started with [`Registry::proxy_on`]).
     pub fn host(&self) -> String {
         self.addr.to_string()
     }
