@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use crate::digest::{DigestError, Sha256};
 use crate::fetch::unbox::UnboxError;
 use crate::fetch::FetchError;
+use crate::metrics::FailureReason;
 use crate::source::UrlError;
 use crate::store::StoreError;
 
@@ -53,7 +54,7 @@ pub enum Error {
     #[error("{message}")]
     Shared {
         code: Code,
-        reason: &'static str,
+        reason: FailureReason,
         message: String,
     },
 }
@@ -73,33 +74,42 @@ impl Error {
         }
     }
 
-    /// A short label for logs and metrics.
+    /// A short label for logs and metrics ([`FailureReason::label`]).
     pub fn reason(&self) -> &'static str {
+        self.failure().label()
+    }
+
+    /// Which failure this is, for metrics and logs.
+    pub fn failure(&self) -> FailureReason {
         match self {
-            Error::Url(_) | Error::Digest(_) | Error::InvalidArgument(_) => "invalid_argument",
-            Error::ChecksumMismatch { .. } => "checksum_mismatch",
-            Error::CorruptNotRefetched { .. } => "corrupt_blob",
+            Error::Url(_) | Error::Digest(_) | Error::InvalidArgument(_) => FailureReason::InvalidArgument,
+            Error::ChecksumMismatch { .. } => FailureReason::ChecksumMismatch,
+            Error::CorruptNotRefetched { .. } => FailureReason::CorruptBlob,
             Error::Fetch(FetchError::TooLarge { .. })
             | Error::Fetch(FetchError::Unbox {
                 source: UnboxError::TooLarge { .. },
                 ..
-            }) => "size_limit",
+            }) => FailureReason::SizeLimit,
             Error::Fetch(FetchError::Unbox {
                 source: UnboxError::NotWasm(_) | UnboxError::Archive(_),
                 ..
-            }) => "invalid_module",
-            Error::Fetch(FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. }) => "checksum_mismatch",
-            Error::Fetch(FetchError::Format { .. }) => "manifest_failure",
-            Error::Fetch(FetchError::Sink { .. }) => "store_failure",
-            Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => "unauthorized",
-            Error::Fetch(FetchError::CredentialProvider { .. }) => "credential_provider",
-            Error::Fetch(_) => "download_failure",
-            Error::Store(_) => "store_failure",
-            Error::NotCached(_) => "not_cached",
-            Error::Removed(_) => "removed",
-            Error::SignatureRefused { .. } => "signature_refused",
-            Error::Internal(_) => "internal",
-            Error::Shared { reason, .. } => reason,
+            }) => FailureReason::InvalidModule,
+            Error::Fetch(FetchError::DigestMismatch { .. } | FetchError::SizeMismatch { .. }) => {
+                FailureReason::ChecksumMismatch
+            }
+            Error::Fetch(FetchError::Format { .. }) => FailureReason::ManifestFailure,
+            Error::Fetch(FetchError::Sink { .. }) => FailureReason::StoreFailure,
+            Error::Fetch(FetchError::Unauthenticated { .. } | FetchError::Forbidden { .. }) => {
+                FailureReason::Unauthorized
+            }
+            Error::Fetch(FetchError::CredentialProvider { .. }) => FailureReason::CredentialProvider,
+            Error::Fetch(_) => FailureReason::DownloadFailure,
+            Error::Store(_) => FailureReason::StoreFailure,
+            Error::NotCached(_) => FailureReason::NotCached,
+            Error::Removed(_) => FailureReason::Removed,
+            Error::SignatureRefused { .. } => FailureReason::SignatureRefused,
+            Error::Internal(_) => FailureReason::Internal,
+            Error::Shared { reason, .. } => *reason,
         }
     }
 }
@@ -120,7 +130,7 @@ impl Error {
     /// error shared by a single flight ([`Error::Shared`]) maps as the original does. 4xx codes are the
     /// spec's; 5xx use `UNAVAILABLE` (retry may help) and `UNKNOWN`, as CNCF distribution does.
     pub fn registry_status(&self, object: RegistryObject) -> (u16, &'static str) {
-        match (self.code(), self.reason()) {
+        match (self.code(), self.failure()) {
             (Code::InvalidArgument, _) if matches!(self, Error::Digest(_)) => (400, "DIGEST_INVALID"),
             (Code::InvalidArgument, _) => (400, "NAME_INVALID"),
             (Code::NotFound, _) => match object {
@@ -132,14 +142,18 @@ impl Error {
             (Code::PermissionDenied, _) => (403, "DENIED"),
             // Over --max-module-bytes or --max-manifest-bytes: this cache's policy refuses it, and asking
             // again will not help (429 would invite retries).
-            (Code::ResourceExhausted, "size_limit") => (403, "DENIED"),
+            (Code::ResourceExhausted, FailureReason::SizeLimit) => (403, "DENIED"),
             // Not a Wasm module, or an image in no layout the cache reads: not served here.
-            (Code::FailedPrecondition, "invalid_module" | "manifest_failure") => (400, "UNSUPPORTED"),
+            (Code::FailedPrecondition, FailureReason::InvalidModule | FailureReason::ManifestFailure) => {
+                (400, "UNSUPPORTED")
+            }
             // Upstream answered a status that is not retried, or sent content that did not match its digest.
-            (Code::FailedPrecondition, _) | (Code::DataLoss, "checksum_mismatch") => (502, "UNKNOWN"),
+            (Code::FailedPrecondition, _) | (Code::DataLoss, FailureReason::ChecksumMismatch) => (502, "UNKNOWN"),
             (Code::DeadlineExceeded, _) => (504, "UNAVAILABLE"),
             // Upstream down, 5xx or 429 after every attempt, TLS, a failed credential provider.
-            (Code::Unavailable, "download_failure" | "credential_provider") => (502, "UNAVAILABLE"),
+            (Code::Unavailable, FailureReason::DownloadFailure | FailureReason::CredentialProvider) => {
+                (502, "UNAVAILABLE")
+            }
             // The cache itself: index down, disk full, the module removed while waiting (retry).
             (Code::Unavailable | Code::ResourceExhausted, _) => (503, "UNAVAILABLE"),
             _ => (500, "UNKNOWN"),
@@ -193,6 +207,15 @@ fn io_code(e: &std::io::Error) -> Code {
         Some(libc::ENOSPC) | Some(libc::EDQUOT) => Code::ResourceExhausted,
         _ => Code::Internal,
     }
+}
+
+/// The status of a call whose `grpc-timeout` passed before the module was ready (the client's deadline, not
+/// an error of the cache's).
+pub fn call_deadline_status(timeout: std::time::Duration) -> Status {
+    Status::deadline_exceeded(format!(
+        "the call's deadline ({}) passed before the module was ready",
+        humantime::format_duration(timeout)
+    ))
 }
 
 impl From<&Error> for Status {
@@ -376,22 +399,22 @@ mod tests {
             (Error::Internal("bug".into()), (500, "UNKNOWN"), (500, "UNKNOWN")),
             // A single flight's shared error keeps the mapping of the error it stands for.
             (
-                shared(Code::NotFound, "download_failure"),
+                shared(Code::NotFound, FailureReason::DownloadFailure),
                 (404, "MANIFEST_UNKNOWN"),
                 (404, "BLOB_UNKNOWN"),
             ),
             (
-                shared(Code::Unauthenticated, "unauthorized"),
+                shared(Code::Unauthenticated, FailureReason::Unauthorized),
                 (401, "UNAUTHORIZED"),
                 (401, "UNAUTHORIZED"),
             ),
             (
-                shared(Code::ResourceExhausted, "size_limit"),
+                shared(Code::ResourceExhausted, FailureReason::SizeLimit),
                 (403, "DENIED"),
                 (403, "DENIED"),
             ),
             (
-                shared(Code::Unavailable, "download_failure"),
+                shared(Code::Unavailable, FailureReason::DownloadFailure),
                 (502, "UNAVAILABLE"),
                 (502, "UNAVAILABLE"),
             ),

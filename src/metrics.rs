@@ -92,6 +92,49 @@ impl Eviction {
     }
 }
 
+/// Why a request or an upstream fetch failed, in one word: the `result` label of `remote_fetch` (beside
+/// `success`), the `reason` of logs and of the registry endpoint's error detail. [`crate::Error::failure`]
+/// says which error is which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureReason {
+    InvalidArgument,
+    ChecksumMismatch,
+    CorruptBlob,
+    SizeLimit,
+    InvalidModule,
+    ManifestFailure,
+    StoreFailure,
+    Unauthorized,
+    CredentialProvider,
+    DownloadFailure,
+    NotCached,
+    Removed,
+    SignatureRefused,
+    Internal,
+}
+
+impl FailureReason {
+    /// The label.
+    pub fn label(self) -> &'static str {
+        match self {
+            FailureReason::InvalidArgument => "invalid_argument",
+            FailureReason::ChecksumMismatch => "checksum_mismatch",
+            FailureReason::CorruptBlob => "corrupt_blob",
+            FailureReason::SizeLimit => "size_limit",
+            FailureReason::InvalidModule => "invalid_module",
+            FailureReason::ManifestFailure => "manifest_failure",
+            FailureReason::StoreFailure => "store_failure",
+            FailureReason::Unauthorized => "unauthorized",
+            FailureReason::CredentialProvider => "credential_provider",
+            FailureReason::DownloadFailure => "download_failure",
+            FailureReason::NotCached => "not_cached",
+            FailureReason::Removed => "removed",
+            FailureReason::SignatureRefused => "signature_refused",
+            FailureReason::Internal => "internal",
+        }
+    }
+}
+
 /// Why the WasmPlugin watch did not prefetch a plugin. Not a reason of `remote_fetch`: no fetch was
 /// attempted, and a skipped plugin has no scheme to count it under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -235,7 +235,7 @@ impl ModuleCache for Service {
                         msg: Some(proto::fetch_response::Msg::Chunk(bytes)),
                     }
                 })
-                .map_err(|e| Status::internal(format!("reading cached module: {e}")))
+                .map_err(|e| Status::from(Error::Internal(format!("reading cached module: {e}"))))
         });
         let stream = futures_util::stream::once(async { Ok(info) }).chain(chunks);
         Ok(Response::new(Box::pin(stream)))
@@ -257,7 +257,7 @@ impl ModuleCache for Service {
         let cache = self.cache.clone();
         let listed = tokio::task::spawn_blocking(move || cache.list())
             .await
-            .map_err(|e| Status::internal(format!("list task failed: {e}")))??;
+            .map_err(|e| Error::Internal(format!("list task failed: {e}")))??;
         let modules = listed
             .into_iter()
             .map(|l| proto::CachedModule {
@@ -341,10 +341,11 @@ impl ModuleCache for Service {
     async fn warm(&self, request: Request<proto::WarmRequest>) -> Result<Response<WarmStream>, Status> {
         let request = request.into_inner();
         if request.items.len() > MAX_WARM_ITEMS {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::InvalidArgument(format!(
                 "warm takes at most {MAX_WARM_ITEMS} items, got {}",
                 request.items.len()
-            )));
+            ))
+            .into());
         }
         let concurrency = match request.concurrency {
             0 => DEFAULT_WARM_CONCURRENCY,

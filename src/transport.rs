@@ -113,11 +113,7 @@ where
             };
             match tokio::time::timeout(timeout, response).await {
                 Ok(response) => response,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "the call's deadline ({}) passed before the module was ready",
-                    humantime::format_duration(timeout)
-                ))
-                .into_http()),
+                Err(_) => Ok(crate::error::call_deadline_status(timeout).into_http()),
             }
         })
     }

@@ -138,7 +138,7 @@ impl Cache {
 pub(super) fn unshare(e: Arc<Error>) -> Error {
     Arc::try_unwrap(e).unwrap_or_else(|shared| Error::Shared {
         code: shared.code(),
-        reason: shared.reason(),
+        reason: shared.failure(),
         message: shared.to_string(),
     })
 }
