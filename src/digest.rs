@@ -75,6 +75,47 @@ impl fmt::Display for Sha256 {
     }
 }
 
+/// Serde forms of a digest for records kept on disk: text, so that the index stays readable and its
+/// records keep the form they always had.
+pub mod serde_form {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Sha256;
+
+    fn parse<'de, D: Deserializer<'de>>(text: &str) -> Result<Sha256, D::Error> {
+        text.parse().map_err(serde::de::Error::custom)
+    }
+
+    /// Bare hex: `3a5c...`.
+    pub mod hex {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Sha256, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(d)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Sha256, D::Error> {
+            parse::<D>(&String::deserialize(de)?)
+        }
+    }
+
+    /// `sha256:<hex>`, or none.
+    pub mod prefixed_opt {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(d: &Option<Sha256>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_some(&d.prefixed()),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Sha256>, D::Error> {
+            Option::<String>::deserialize(de)?.map(|t| parse::<D>(&t)).transpose()
+        }
+    }
+}
+
 impl fmt::Debug for Sha256 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{self}")

@@ -137,7 +137,6 @@ impl HeldContent<'_> {
 
 impl Held for HeldContent<'_> {
     fn image(&self, digest: &Sha256) -> Option<HeldImage> {
-        let wanted = digest.prefixed();
         let refs = match self.store.index().refs() {
             Ok(refs) => refs,
             Err(e) => {
@@ -146,13 +145,11 @@ impl Held for HeldContent<'_> {
             }
         };
         refs.into_iter()
-            .filter(|(_, r)| {
-                r.manifest_digest.as_deref() == Some(&wanted) || r.index_digest.as_deref() == Some(&wanted)
-            })
+            .filter(|(_, r)| r.manifest_digest == Some(*digest) || r.index_digest == Some(*digest))
             .filter_map(|(_, r)| {
                 Some(HeldImage {
-                    module: r.digest()?,
-                    manifest: r.manifest_digest.as_deref()?.parse().ok()?,
+                    module: r.digest,
+                    manifest: r.manifest_digest?,
                 })
             })
             .find(|h| self.servable(&h.module))

@@ -122,7 +122,10 @@ impl FetchJob {
             Fetched::NotModified(meta) => {
                 let record = self.store.index().get_ref(&self.key)?;
                 let Some((mut record, digest)) = record
-                    .and_then(|r| r.digest().map(|d| (r, d)))
+                    .map(|r| {
+                        let digest = r.digest;
+                        (r, digest)
+                    })
                     .filter(|(_, d)| self.store.contains(d))
                 else {
                     return Ok(None);
@@ -130,7 +133,8 @@ impl FetchJob {
                 if judge::needs_judgement(self.policy.as_deref(), &self.url, &self.key, &record) {
                     let signed: Vec<Sha256> = [&record.index_digest, &record.manifest_digest]
                         .into_iter()
-                        .filter_map(|d| d.as_deref().and_then(|d| d.parse().ok()))
+                        .flatten()
+                        .copied()
                         .collect();
                     if signed.is_empty() {
                         // Not modified, but what a signature covers (the payload) was not kept: download it.
@@ -143,7 +147,7 @@ impl FetchJob {
                 self.store.index().put_ref(&self.key, &record)?;
                 self.record_access(digest, meta.authenticated)?;
                 self.store.index().flush().await?;
-                let manifest_digest = record.manifest_digest.as_deref().and_then(|m| m.parse().ok());
+                let manifest_digest = record.manifest_digest;
                 Landed {
                     digest,
                     manifest_digest,
@@ -218,9 +222,9 @@ impl FetchJob {
         verification: Option<Verification>,
     ) -> Result<Landed, Error> {
         let record = RefRecord {
-            digest: digest.to_string(),
-            manifest_digest: meta.manifest_digest.map(|d| d.prefixed()),
-            index_digest: meta.index_digest.map(|d| d.prefixed()),
+            digest,
+            manifest_digest: meta.manifest_digest,
+            index_digest: meta.index_digest,
             resource: self.resource.clone(),
             etag: meta.etag.clone(),
             fetched_at_ms: now,

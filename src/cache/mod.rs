@@ -198,13 +198,13 @@ impl Cache {
         let record = self.store.index().get_ref(&key)?;
         let bound = record
             .as_ref()
-            .and_then(|r| r.digest().map(|d| (d, r)))
+            .map(|r| (r.digest, r))
             .filter(|(d, _)| self.store.contains(d));
         let facts = Facts {
             url: bound.map(|(digest, r)| UrlFacts {
                 digest,
-                manifest_digest: r.manifest_digest.as_deref().and_then(|m| m.parse().ok()),
-                index_digest: r.index_digest.as_deref().and_then(|m| m.parse().ok()),
+                manifest_digest: r.manifest_digest,
+                index_digest: r.index_digest,
                 resource: r.resource.clone(),
                 judged: !judge::needs_judgement(self.policy().as_deref(), &req.url, &key, r),
             }),

@@ -77,7 +77,7 @@ impl Cache {
                 self.store
                     .index()
                     .get_ref(&key)?
-                    .and_then(|r| r.digest())
+                    .map(|r| r.digest)
                     .ok_or(Error::NotCached(key))?
             }
         };
@@ -121,11 +121,10 @@ impl Cache {
             digests: vec![],
             urls: vec![key],
         };
-        if let Some(digest) = record.digest() {
-            if self.store.index().refs_to(&digest)?.is_empty() && self.store.delete(&digest)?.is_some() {
-                self.metrics.evicted(Eviction::Removed);
-                removed.digests.push(digest);
-            }
+        let digest = record.digest;
+        if self.store.index().refs_to(&digest)?.is_empty() && self.store.delete(&digest)?.is_some() {
+            self.metrics.evicted(Eviction::Removed);
+            removed.digests.push(digest);
         }
         Ok(removed)
     }

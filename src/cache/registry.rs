@@ -101,11 +101,11 @@ impl super::Cache {
     fn document_for(&self, key: &str, reference: &ManifestRef) -> Result<Option<Document>, Error> {
         let digest = match reference {
             ManifestRef::Digest(digest) => Some(*digest),
-            ManifestRef::Tag(_) => self.store.index().get_ref(key)?.and_then(|r| {
-                r.index_digest
-                    .or(r.manifest_digest)
-                    .and_then(|d| d.parse::<Sha256>().ok())
-            }),
+            ManifestRef::Tag(_) => self
+                .store
+                .index()
+                .get_ref(key)?
+                .and_then(|r| r.index_digest.or(r.manifest_digest)),
         };
         let Some(digest) = digest else {
             return Ok(None);
@@ -209,13 +209,10 @@ impl super::Cache {
                 continue;
             }
             for document in [&record.index_digest, &record.manifest_digest].into_iter().flatten() {
-                let Some(document) = document.parse::<Sha256>().ok() else {
-                    continue;
-                };
-                if document == digest {
+                if *document == digest {
                     return Ok(());
                 }
-                if let Some((_, body)) = self.store.index().get_document(&document)? {
+                if let Some((_, body)) = self.store.index().get_document(document)? {
                     if names_blob(&body, digest) {
                         return Ok(());
                     }

@@ -105,7 +105,6 @@ impl Store {
             .into_iter()
             .flat_map(|(_, r)| [r.manifest_digest, r.index_digest])
             .flatten()
-            .filter_map(|d| d.parse().ok())
             .collect();
         let pruned = self.index.prune_documents(&keep)?;
         if pruned > 0 {
@@ -245,7 +244,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let (old, fresh) = (put(&store, b"old"), put(&store, b"fresh"));
         let record = super::super::RefRecord {
-            digest: old.to_string(),
+            digest: old,
             manifest_digest: None,
             index_digest: None,
             resource: None,

@@ -16,14 +16,23 @@ use crate::digest::Sha256;
 /// What a reference resolved to at its last successful fetch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RefRecord {
-    /// Hex sha256 of the module.
-    pub digest: String,
-    /// `sha256:<hex>` of the manifest the module came from, when there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest_digest: Option<String>,
-    /// `sha256:<hex>` of the index the manifest was chosen from, when there was one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index_digest: Option<String>,
+    /// The module (kept as bare hex).
+    #[serde(with = "crate::digest::serde_form::hex")]
+    pub digest: Sha256,
+    /// The manifest the module came from, when there was one (kept as `sha256:<hex>`).
+    #[serde(
+        default,
+        with = "crate::digest::serde_form::prefixed_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub manifest_digest: Option<Sha256>,
+    /// The index the manifest was chosen from, when there was one (kept as `sha256:<hex>`).
+    #[serde(
+        default,
+        with = "crate::digest::serde_form::prefixed_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub index_digest: Option<Sha256>,
     /// `(resource_name, resource_version)` of the request that last fetched it, for the Always policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<(String, String)>,
@@ -56,12 +65,6 @@ impl Verification {
         } else {
             format!("rule {} (warn): not verified: {}", self.rule, self.detail)
         }
-    }
-}
-
-impl RefRecord {
-    pub fn digest(&self) -> Option<Sha256> {
-        self.digest.parse().ok()
     }
 }
 
@@ -265,11 +268,10 @@ impl Index {
 
     /// References that currently resolve to `digest`.
     pub fn refs_to(&self, digest: &Sha256) -> Result<Vec<String>, StoreError> {
-        let hex = digest.to_string();
         Ok(self
             .refs()?
             .into_iter()
-            .filter(|(_, r)| r.digest == hex)
+            .filter(|(_, r)| r.digest == *digest)
             .map(|(k, _)| k)
             .collect())
     }

@@ -523,7 +523,7 @@ impl Store {
             return Ok(false);
         }
         let referenced: std::collections::HashSet<Sha256> =
-            self.index.refs()?.into_iter().filter_map(|(_, r)| r.digest()).collect();
+            self.index.refs()?.into_iter().map(|(_, r)| r.digest).collect();
         let digests: Vec<Sha256> = self.sizes.lock().unwrap().keys().copied().collect();
         for digest in digests {
             if referenced.contains(&digest) || self.is_held(&digest) || self.index.get_blob(&digest)?.is_some() {
@@ -541,9 +541,7 @@ impl Store {
         let dir = self.layout.blobs_dir();
         let mut by_digest: HashMap<Sha256, Vec<(String, RefRecord)>> = HashMap::new();
         for (reference, record) in self.index.refs()? {
-            if let Some(d) = record.digest() {
-                by_digest.entry(d).or_default().push((reference, record));
-            }
+            by_digest.entry(record.digest).or_default().push((reference, record));
         }
         let mut out = Vec::new();
         for item in std::fs::read_dir(&dir).map_err(StoreError::io(&dir))? {

@@ -34,7 +34,7 @@ fn open(dir: &std::path::Path) -> Store {
 
 fn record(digest: Sha256) -> RefRecord {
     RefRecord {
-        digest: digest.to_string(),
+        digest,
         manifest_digest: None,
         index_digest: None,
         resource: None,
@@ -151,7 +151,7 @@ fn blobs_and_refs_survive_reopen() {
         c.digest
     };
     let store = open(dir.path());
-    assert_eq!(store.index().get_ref("ref").unwrap().unwrap().digest(), Some(digest));
+    assert_eq!(store.index().get_ref("ref").unwrap().unwrap().digest, digest);
     assert_eq!(
         std::fs::read(store.open_blob(&digest).unwrap().path).unwrap(),
         b"persist"
@@ -231,4 +231,22 @@ fn a_second_open_of_a_directory_in_use_names_the_holder_and_sweeps_nothing() {
         Ok(_) => panic!("a second store opened a directory in use"),
     }
     assert!(ingest.path().exists(), "the first store's ingest is untouched");
+}
+
+#[test]
+fn reference_records_keep_their_text_form_on_disk() {
+    let (module, manifest) = (Sha256::of(b"module"), Sha256::of(b"manifest"));
+    let written = serde_json::json!({
+        "digest": module.to_string(),
+        "manifest_digest": manifest.prefixed(),
+        "fetched_at_ms": 7,
+    });
+    let record: RefRecord = serde_json::from_value(written.clone()).unwrap();
+    assert_eq!(
+        (record.digest, record.manifest_digest, record.index_digest),
+        (module, Some(manifest), None)
+    );
+    assert_eq!(serde_json::to_value(&record).unwrap(), written);
+    let bad = serde_json::json!({"digest": "not-a-digest", "fetched_at_ms": 7});
+    assert!(serde_json::from_value::<RefRecord>(bad).is_err());
 }
