@@ -28,7 +28,7 @@ pub enum Error {
     ChecksumMismatch {
         url: String,
         expected: Sha256,
-        found: String,
+        found: Box<Found>,
     },
     #[error("{url}: cached module sha256:{digest} was corrupt on disk and fetching it again failed: {cause}")]
     CorruptNotRefetched {
@@ -57,6 +57,42 @@ pub enum Error {
         reason: FailureReason,
         message: String,
     },
+}
+
+/// What a download hashed to: the module, and for OCI also the image manifest and index the request could
+/// have named instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub module: Sha256,
+    pub manifest: Option<Sha256>,
+    pub index: Option<Sha256>,
+}
+
+impl Found {
+    /// A download with nothing but the module (http(s), file).
+    pub fn module(module: Sha256) -> Self {
+        Found {
+            module,
+            manifest: None,
+            index: None,
+        }
+    }
+}
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.manifest.is_none() && self.index.is_none() {
+            return write!(f, "{}", self.module.prefixed());
+        }
+        write!(f, "module {}", self.module.prefixed())?;
+        if let Some(m) = self.manifest {
+            write!(f, ", image manifest {}", m.prefixed())?;
+        }
+        if let Some(i) = self.index {
+            write!(f, ", index {}", i.prefixed())?;
+        }
+        Ok(())
+    }
 }
 
 impl Error {
@@ -239,7 +275,7 @@ mod tests {
         let e = Error::ChecksumMismatch {
             url: "http://o/m.wasm".into(),
             expected: Sha256::of(b"a"),
-            found: Sha256::of(b"b").prefixed(),
+            found: Box::new(Found::module(Sha256::of(b"b"))),
         };
         let status = Status::from(&e);
         assert_eq!(status.code(), Code::DataLoss);

@@ -187,22 +187,12 @@ impl FetchJob {
                 let store = self.store.clone();
                 let max_bytes = self.fetchers.max_bytes();
                 let key = self.key.clone();
-                let pick = meta.pick;
+                let (pick, image) = (meta.pick, (meta.manifest_digest, meta.index_digest));
                 let committed = tokio::task::spawn_blocking(move || {
-                    finish_ingest(&store, raw, &key, expected_module, max_bytes, pick)
+                    finish_ingest(&store, raw, &key, expected_module, max_bytes, pick, image)
                 })
                 .await
-                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))?;
-                let committed = committed.map_err(|e| match e {
-                    Error::ChecksumMismatch { url, expected, found } if meta.manifest_digest.is_some() => {
-                        let found = found
-                            .trim_start_matches("sha256:")
-                            .parse()
-                            .map_or(found, |module| candidates(module, &meta));
-                        Error::ChecksumMismatch { url, expected, found }
-                    }
-                    other => other,
-                })?;
+                .map_err(|e| Error::Internal(format!("commit task failed: {e}")))??;
                 self.bind(committed.digest, committed.created, &meta, now, verification)
                     .await?
             }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use super::*;
 use crate::digest::Sha256;
-use crate::error::Error;
+use crate::error::{Error, Found};
 use crate::fetch::unbox::{self, Kind};
 use crate::fetch::{FetchError, Meta};
 use crate::store::{Committed, Ingest, Store, StoreError};
@@ -27,17 +27,14 @@ pub(super) async fn payload_digests(raw: &Ingest) -> Result<judge::Signed, Error
     Ok(judge::Signed::Blob { sha256, sha512 })
 }
 
-/// What a download hashed to, for a checksum mismatch: the module's digest, and for OCI also the image
-/// manifest's and index's, any of which the request could have named.
-pub(super) fn candidates(module: Sha256, meta: &Meta) -> String {
-    let mut found = format!("module {}", module.prefixed());
-    if let Some(m) = meta.manifest_digest {
-        found.push_str(&format!(", image manifest {}", m.prefixed()));
-    }
-    if let Some(i) = meta.index_digest {
-        found.push_str(&format!(", index {}", i.prefixed()));
-    }
-    found
+/// What a download hashed to, for a checksum mismatch: the module, and for OCI also the image manifest and
+/// index, any of which the request could have named.
+pub(super) fn candidates(module: Sha256, meta: &Meta) -> Box<Found> {
+    Box::new(Found {
+        module,
+        manifest: meta.manifest_digest,
+        index: meta.index_digest,
+    })
 }
 
 /// Unwraps the downloaded payload when it is an archive, checks the Wasm header, and commits.
@@ -48,6 +45,7 @@ pub(super) fn finish_ingest(
     expected: Option<Sha256>,
     max_bytes: u64,
     pick: unbox::Pick,
+    (manifest, index): (Option<Sha256>, Option<Sha256>),
 ) -> Result<Committed, Error> {
     let unbox_err = |source| {
         Error::Fetch(FetchError::Unbox {
@@ -76,7 +74,11 @@ pub(super) fn finish_ingest(
         Err(StoreError::DigestMismatch { expected, actual }) => Err(Error::ChecksumMismatch {
             url: url.to_string(),
             expected,
-            found: actual.prefixed(),
+            found: Box::new(Found {
+                module: actual,
+                manifest,
+                index,
+            }),
         }),
         Err(e) => Err(e.into()),
     }
