@@ -1,8 +1,9 @@
 //! The Kubernetes manifests in `deploy/kubernetes/`: every file parses, is known to Kubernetes field by field
-//! (through k8s-openapi's types), is listed by the kustomization, and makes the choices the DaemonSet and
-//! its RBAC exist for. The overlay `deploy/overlays/pull-secrets/` is checked against the base it patches: its
-//! files exist, its RoleBindings name the DaemonSet's service account, its patch reaches the daemon's container.
-//! No cluster (and no kustomize) is needed.
+//! (through k8s-openapi's types), is listed by the kustomization, and makes the choices the DaemonSet, its
+//! Service and its RBAC exist for. The overlays are checked against the base they patch: `deploy/overlays/
+//! pull-secrets/` (its files exist, its RoleBindings name the DaemonSet's service account, its patch reaches
+//! the daemon's container) and `deploy/overlays/registry-tls/` (its certificate names the Service and lands in
+//! the Secret its patch mounts, and the flags point into that mount). No cluster (and no kustomize) is needed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,11 @@ const KUSTOMIZATION: &str = "kustomization.yaml";
 /// kustomize refuses a base whose directory contains the overlay ("cycle detected").
 const PULL_SECRETS_OVERLAY: &str = "deploy/overlays/pull-secrets";
 const PULL_SECRETS_FLAG: &str = "--watch-pull-secrets";
+/// The overlay that puts TLS on the registry endpoint.
+const REGISTRY_TLS_OVERLAY: &str = "deploy/overlays/registry-tls";
+/// The Service in front of the registry endpoint, and the name of its port and of the container's.
+const SERVICE: &str = "wasmcache";
+const REGISTRY_PORT_NAME: &str = "registry";
 
 fn manifest_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes")
@@ -144,6 +150,8 @@ fn every_manifest_is_of_the_expected_kind() {
         (KUSTOMIZATION, "kustomize.config.k8s.io/v1beta1", "Kustomization"),
         ("namespace.yaml", "v1", "Namespace"),
         ("networkpolicy.yaml", "networking.k8s.io/v1", "NetworkPolicy"),
+        ("networkpolicy-registry.yaml", "networking.k8s.io/v1", "NetworkPolicy"),
+        ("service.yaml", "v1", "Service"),
         ("serviceaccount.yaml", "v1", "ServiceAccount"),
     ]
     .into_iter()
@@ -163,6 +171,7 @@ fn manifests_have_no_fields_unknown_to_kubernetes() {
             "DaemonSet" => unknown_fields::<apps::v1::DaemonSet>(&doc),
             "Namespace" => unknown_fields::<core::v1::Namespace>(&doc),
             "NetworkPolicy" => unknown_fields::<networking::v1::NetworkPolicy>(&doc),
+            "Service" => unknown_fields::<core::v1::Service>(&doc),
             "ServiceAccount" => unknown_fields::<core::v1::ServiceAccount>(&doc),
             "Kustomization" => continue,
             other => panic!("{name}: no type for kind {other}"),
@@ -236,7 +245,9 @@ fn daemonset_serves_the_host_socket_and_cache_directories() {
             SOCKET,
             "--listen",
             "0.0.0.0:9090",
-            "--watch-wasmplugins"
+            "--watch-wasmplugins",
+            "--registry-listen",
+            "0.0.0.0:5000"
         ]
     );
     let volumes: BTreeMap<&str, &Value> = at(pod_spec(&ds), "/volumes")
@@ -308,8 +319,8 @@ fn probes_use_the_kubelets_grpc_check_on_the_listen_port() {
         .parse()
         .unwrap();
     assert_eq!(
-        at(container, "/ports"),
-        &json!([{"name": "grpc", "containerPort": port, "protocol": "TCP"}])
+        container_port(container, "grpc"),
+        &json!({"name": "grpc", "containerPort": port, "protocol": "TCP"})
     );
     for probe in ["startupProbe", "livenessProbe"] {
         assert_eq!(
@@ -333,23 +344,135 @@ fn readiness_probe_asks_for_the_module_service() {
     );
 }
 
+/// The container's port named `name`.
+fn container_port<'a>(container: &'a Value, name: &str) -> &'a Value {
+    at(container, "/ports")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no container port named {name}"))
+}
+
+/// The port number a Service or NetworkPolicy port refers to in the daemon's container: a number as it is, a
+/// name through the container's ports.
+fn resolve_port(container: &Value, port: &Value) -> u64 {
+    match port {
+        Value::Number(n) => n.as_u64().unwrap(),
+        Value::String(name) => at(container_port(container, name), "/containerPort").as_u64().unwrap(),
+        other => panic!("a port is a number or a name, not {other}"),
+    }
+}
+
+fn objects_of_kind(kind: &str) -> Vec<(String, Value)> {
+    manifests().into_iter().filter(|(_, d)| d["kind"] == kind).collect()
+}
+
+/// The plain-text gRPC port serves the whole API (Fetch, Remove, ...): no Service exposes it, and no
+/// NetworkPolicy lets a pod reach it. The base's deny-all policy stays as it was; the only other one allows
+/// the registry port by number.
 #[test]
 fn grpc_port_is_reachable_by_no_service_and_no_pod() {
+    let ds = daemonset();
+    let container = daemon_container(&ds);
+    let grpc = resolve_port(container, &json!("grpc"));
+    for (file, service) in objects_of_kind("Service") {
+        for port in at(&service, "/spec/ports").as_array().unwrap() {
+            let target = resolve_port(container, port.get("targetPort").unwrap_or(&port["port"]));
+            assert_ne!(target, grpc, "{file} exposes the gRPC port");
+        }
+    }
     let docs = manifests();
-    assert!(
-        docs.values().all(|d| d["kind"] != "Service"),
-        "the plain-text gRPC port serves the whole API and must not be exposed by a Service"
-    );
-    let policy = &docs["networkpolicy.yaml"];
-    let ds = &docs["daemonset.yaml"];
+    let deny = &docs["networkpolicy.yaml"];
     assert_eq!(
-        at(policy, "/spec/podSelector/matchLabels"),
-        at(ds, "/spec/template/metadata/labels")
+        at(deny, "/spec/podSelector/matchLabels"),
+        at(&ds, "/spec/template/metadata/labels")
     );
-    assert_eq!(at(policy, "/spec/policyTypes"), &json!(["Ingress"]));
+    assert_eq!(at(deny, "/spec/policyTypes"), &json!(["Ingress"]));
     assert!(
-        policy.pointer("/spec/ingress").is_none(),
-        "the policy must allow no ingress at all"
+        deny.pointer("/spec/ingress").is_none(),
+        "the base policy must allow no ingress at all"
+    );
+    for (file, policy) in objects_of_kind("NetworkPolicy") {
+        for rule in policy
+            .pointer("/spec/ingress")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let ports = rule["ports"].as_array().filter(|p| !p.is_empty());
+            let ports = ports.unwrap_or_else(|| panic!("{file}: an ingress rule without ports allows every port"));
+            for port in ports {
+                assert_ne!(
+                    resolve_port(container, &port["port"]),
+                    grpc,
+                    "{file} allows the gRPC port"
+                );
+                assert!(port.get("endPort").is_none(), "{file}: a port range");
+            }
+        }
+    }
+}
+
+/// `--registry-listen`, the container's port `registry`, the Service's port and the NetworkPolicy's are one
+/// port, and the Service sends a client only to the daemon on its own node.
+#[test]
+fn registry_port_agrees_between_flag_container_service_and_policy() {
+    let ds = daemonset();
+    let container = daemon_container(&ds);
+    let (host, port) = flag_value(&args(container), "--registry-listen")
+        .rsplit_once(':')
+        .unwrap();
+    assert_eq!(host, "0.0.0.0", "the endpoint listens on the pod's addresses");
+    let port: u64 = port.parse().unwrap();
+    assert_eq!(
+        container_port(container, REGISTRY_PORT_NAME),
+        &json!({"name": REGISTRY_PORT_NAME, "containerPort": port, "protocol": "TCP"})
+    );
+
+    let service = manifest("service.yaml");
+    assert_eq!(str_at(&service, "/metadata/name"), SERVICE);
+    assert_eq!(
+        str_at(&service, "/metadata/namespace"),
+        str_at(&ds, "/metadata/namespace")
+    );
+    assert_eq!(
+        at(&service, "/spec/selector"),
+        at(&ds, "/spec/template/metadata/labels")
+    );
+    assert_eq!(str_at(&service, "/spec/type"), "ClusterIP");
+    assert_eq!(
+        str_at(&service, "/spec/internalTrafficPolicy"),
+        "Local",
+        "each node's clients must reach their own node's cache"
+    );
+    let ports = at(&service, "/spec/ports").as_array().unwrap();
+    let [service_port] = ports.as_slice() else {
+        panic!("the Service exposes the registry port only, found {}", ports.len())
+    };
+    assert_eq!(str_at(service_port, "/name"), REGISTRY_PORT_NAME);
+    assert_eq!(str_at(service_port, "/protocol"), "TCP");
+    assert_eq!(
+        at(service_port, "/port").as_u64(),
+        Some(port),
+        "clients address :{port}"
+    );
+    assert_eq!(resolve_port(container, at(service_port, "/targetPort")), port);
+
+    let policy = manifest("networkpolicy-registry.yaml");
+    assert_eq!(
+        str_at(&policy, "/metadata/namespace"),
+        str_at(&ds, "/metadata/namespace")
+    );
+    assert_eq!(
+        at(&policy, "/spec/podSelector/matchLabels"),
+        at(&ds, "/spec/template/metadata/labels")
+    );
+    assert_eq!(at(&policy, "/spec/policyTypes"), &json!(["Ingress"]));
+    assert_eq!(
+        at(&policy, "/spec/ingress"),
+        &json!([{"from": [{"namespaceSelector": {}}], "ports": [{"port": port, "protocol": "TCP"}]}]),
+        "pods of every namespace reach the registry port, and only it"
     );
 }
 
@@ -501,22 +624,28 @@ fn binding_grants_the_role_to_the_daemonsets_service_account() {
 fn namespaced_objects_live_in_the_namespace_manifest() {
     let docs = manifests();
     assert_eq!(str_at(&docs["namespace.yaml"], "/metadata/name"), NAMESPACE);
-    for name in ["daemonset.yaml", "serviceaccount.yaml", "networkpolicy.yaml"] {
+    for name in [
+        "daemonset.yaml",
+        "serviceaccount.yaml",
+        "networkpolicy.yaml",
+        "networkpolicy-registry.yaml",
+        "service.yaml",
+    ] {
         assert_eq!(str_at(&docs[name], "/metadata/namespace"), NAMESPACE, "{name}");
     }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// overlays/pull-secrets
+// overlays (`overlay` is the overlay's directory relative to the crate)
 // ---------------------------------------------------------------------------------------------------------------
 
-fn overlay_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(PULL_SECRETS_OVERLAY)
+fn overlay_dir(overlay: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(overlay)
 }
 
 /// Every YAML file of the overlay, by file name, as its list of documents.
-fn overlay_files() -> BTreeMap<String, Vec<Value>> {
-    let dir = overlay_dir();
+fn overlay_files(overlay: &str) -> BTreeMap<String, Vec<Value>> {
+    let dir = overlay_dir(overlay);
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
@@ -531,45 +660,45 @@ fn overlay_files() -> BTreeMap<String, Vec<Value>> {
     files
 }
 
-fn overlay_kustomization() -> Value {
-    let mut files = overlay_files();
+fn overlay_kustomization(overlay: &str) -> Value {
+    let mut files = overlay_files(overlay);
     let docs = files
         .remove(KUSTOMIZATION)
-        .unwrap_or_else(|| panic!("no {KUSTOMIZATION} in {PULL_SECRETS_OVERLAY}"));
+        .unwrap_or_else(|| panic!("no {KUSTOMIZATION} in {overlay}"));
     let [kustomization] = <[Value; 1]>::try_from(docs).expect("one document in the overlay's kustomization");
     assert_eq!(str_at(&kustomization, "/kind"), "Kustomization");
     kustomization
 }
 
 /// The overlay's Kubernetes objects (its `resources` other than the base), each with the file it is in.
-fn overlay_objects() -> Vec<(String, Value)> {
-    let kustomization = overlay_kustomization();
-    let files = overlay_files();
+fn overlay_objects(overlay: &str) -> Vec<(String, Value)> {
+    let kustomization = overlay_kustomization(overlay);
+    let files = overlay_files(overlay);
     let mut objects = Vec::new();
     for resource in at(&kustomization, "/resources").as_array().unwrap() {
         let resource = resource.as_str().unwrap();
-        if overlay_dir().join(resource).is_dir() {
+        if overlay_dir(overlay).join(resource).is_dir() {
             continue;
         }
         let docs = files
             .get(resource)
-            .unwrap_or_else(|| panic!("{PULL_SECRETS_OVERLAY}: resource {resource} is not a YAML file of the overlay"));
+            .unwrap_or_else(|| panic!("{overlay}: resource {resource} is not a YAML file of the overlay"));
         objects.extend(docs.iter().map(|d| (resource.to_string(), d.clone())));
     }
     objects
 }
 
-fn overlay_objects_of_kind(kind: &str) -> Vec<(String, Value)> {
-    overlay_objects()
+fn overlay_objects_of_kind(overlay: &str, kind: &str) -> Vec<(String, Value)> {
+    overlay_objects(overlay)
         .into_iter()
         .filter(|(_, o)| o["kind"] == kind)
         .collect()
 }
 
 /// The overlay's JSON patches: `(target, operations)`.
-fn overlay_patches() -> Vec<(Value, Vec<Value>)> {
-    let kustomization = overlay_kustomization();
-    let files = overlay_files();
+fn overlay_patches(overlay: &str) -> Vec<(Value, Vec<Value>)> {
+    let kustomization = overlay_kustomization(overlay);
+    let files = overlay_files(overlay);
     at(&kustomization, "/patches")
         .as_array()
         .unwrap()
@@ -578,7 +707,7 @@ fn overlay_patches() -> Vec<(Value, Vec<Value>)> {
             let path = str_at(patch, "/path");
             let docs = files
                 .get(path)
-                .unwrap_or_else(|| panic!("{PULL_SECRETS_OVERLAY}: patch {path} is not a YAML file of the overlay"));
+                .unwrap_or_else(|| panic!("{overlay}: patch {path} is not a YAML file of the overlay"));
             let [ops] = <[Value; 1]>::try_from(docs.clone()).expect("one document in a patch file");
             let ops = ops.as_array().cloned().unwrap_or_else(|| {
                 panic!("{path}: a JSON patch (a list of operations) is expected, as kustomize applies to a target")
@@ -625,22 +754,19 @@ fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
     }
 }
 
-#[test]
-fn pull_secrets_overlay_lists_files_that_exist_and_every_file_it_has() {
-    let kustomization = overlay_kustomization();
+/// The overlay's kustomization lists files that exist, and every file of the overlay is listed.
+fn assert_overlay_lists_files_that_exist_and_every_file_it_has(overlay: &str) {
+    let kustomization = overlay_kustomization(overlay);
     assert_eq!(str_at(&kustomization, "/apiVersion"), "kustomize.config.k8s.io/v1beta1");
     let mut listed = BTreeSet::new();
     for resource in at(&kustomization, "/resources").as_array().unwrap() {
         let resource = resource.as_str().unwrap();
-        let path = overlay_dir().join(resource);
-        assert!(
-            path.exists(),
-            "{PULL_SECRETS_OVERLAY}: resource {resource} does not exist"
-        );
+        let path = overlay_dir(overlay).join(resource);
+        assert!(path.exists(), "{overlay}: resource {resource} does not exist");
         if path.is_dir() {
             assert!(
                 path.join(KUSTOMIZATION).is_file(),
-                "{PULL_SECRETS_OVERLAY}: resource {resource} is a directory without a kustomization"
+                "{overlay}: resource {resource} is a directory without a kustomization"
             );
         } else {
             listed.insert(resource.to_string());
@@ -649,25 +775,28 @@ fn pull_secrets_overlay_lists_files_that_exist_and_every_file_it_has() {
     for patch in at(&kustomization, "/patches").as_array().unwrap() {
         let path = str_at(patch, "/path");
         assert!(
-            overlay_dir().join(path).is_file(),
-            "{PULL_SECRETS_OVERLAY}: patch {path} does not exist"
+            overlay_dir(overlay).join(path).is_file(),
+            "{overlay}: patch {path} does not exist"
         );
         listed.insert(path.to_string());
     }
-    let present: BTreeSet<String> = overlay_files().into_keys().filter(|f| f != KUSTOMIZATION).collect();
+    let present: BTreeSet<String> = overlay_files(overlay)
+        .into_keys()
+        .filter(|f| f != KUSTOMIZATION)
+        .collect();
     assert_eq!(listed, present, "every file of the overlay is used, and only those");
 }
 
-#[test]
-fn pull_secrets_overlay_builds_on_the_base() {
-    let kustomization = overlay_kustomization();
+/// The overlay builds on the base, once, from outside it, and moves nothing to another namespace.
+fn assert_overlay_builds_on_the_base(overlay: &str) {
+    let kustomization = overlay_kustomization(overlay);
     let base = manifest_dir().canonicalize().unwrap();
     let bases: Vec<&str> = at(&kustomization, "/resources")
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r.as_str().unwrap())
-        .filter(|r| overlay_dir().join(r).canonicalize().ok().as_ref() == Some(&base))
+        .filter(|r| overlay_dir(overlay).join(r).canonicalize().ok().as_ref() == Some(&base))
         .collect();
     assert_eq!(
         bases.len(),
@@ -675,19 +804,29 @@ fn pull_secrets_overlay_builds_on_the_base() {
         "the overlay lists deploy/kubernetes once among its resources"
     );
     assert!(
-        !overlay_dir().canonicalize().unwrap().starts_with(&base),
+        !overlay_dir(overlay).canonicalize().unwrap().starts_with(&base),
         "kustomize refuses a base directory that contains the overlay"
     );
     assert!(
         kustomization.get("namespace").is_none(),
-        "a kustomization namespace would move the base and the per-namespace Roles alike"
+        "a kustomization namespace would move every object of the base and of the overlay into one namespace"
     );
+}
+
+#[test]
+fn pull_secrets_overlay_lists_files_that_exist_and_every_file_it_has() {
+    assert_overlay_lists_files_that_exist_and_every_file_it_has(PULL_SECRETS_OVERLAY);
+}
+
+#[test]
+fn pull_secrets_overlay_builds_on_the_base() {
+    assert_overlay_builds_on_the_base(PULL_SECRETS_OVERLAY);
 }
 
 #[test]
 fn pull_secrets_overlay_objects_are_roles_and_bindings_known_to_kubernetes() {
     use k8s_openapi::api::rbac;
-    let objects = overlay_objects();
+    let objects = overlay_objects(PULL_SECRETS_OVERLAY);
     assert!(!objects.is_empty(), "the overlay has no Role and RoleBinding");
     let mut unknown = Vec::new();
     for (file, doc) in objects {
@@ -704,7 +843,7 @@ fn pull_secrets_overlay_objects_are_roles_and_bindings_known_to_kubernetes() {
 
 #[test]
 fn pull_secrets_overlay_roles_only_get_secrets_in_their_namespace() {
-    let roles = overlay_objects_of_kind("Role");
+    let roles = overlay_objects_of_kind(PULL_SECRETS_OVERLAY, "Role");
     assert!(!roles.is_empty(), "the overlay has no Role");
     for (file, role) in roles {
         assert!(!str_at(&role, "/metadata/namespace").is_empty(), "{file}");
@@ -738,7 +877,7 @@ fn pull_secrets_overlay_bindings_grant_their_namespaces_role_to_the_daemonsets_s
         "name": account,
         "namespace": str_at(&ds, "/metadata/namespace"),
     }]);
-    let roles: BTreeSet<(String, String)> = overlay_objects_of_kind("Role")
+    let roles: BTreeSet<(String, String)> = overlay_objects_of_kind(PULL_SECRETS_OVERLAY, "Role")
         .iter()
         .map(|(_, r)| {
             (
@@ -748,7 +887,7 @@ fn pull_secrets_overlay_bindings_grant_their_namespaces_role_to_the_daemonsets_s
         })
         .collect();
     let mut bound = BTreeSet::new();
-    for (file, binding) in overlay_objects_of_kind("RoleBinding") {
+    for (file, binding) in overlay_objects_of_kind(PULL_SECRETS_OVERLAY, "RoleBinding") {
         let namespace = str_at(&binding, "/metadata/namespace").to_string();
         assert_eq!(at(&binding, "/subjects"), &subject, "{file}");
         assert_eq!(
@@ -770,7 +909,7 @@ fn pull_secrets_overlay_bindings_grant_their_namespaces_role_to_the_daemonsets_s
 #[test]
 fn pull_secrets_overlay_patch_adds_the_flag_to_the_daemonsets_container() {
     let mut ds = daemonset();
-    let patches = overlay_patches();
+    let patches = overlay_patches(PULL_SECRETS_OVERLAY);
     let [(target, ops)] = patches.as_slice() else {
         panic!("one patch expected, found {}", patches.len())
     };
@@ -799,5 +938,213 @@ fn pull_secrets_overlay_patch_adds_the_flag_to_the_daemonsets_container() {
     assert!(
         unknown.is_empty(),
         "flags that `wasmcache serve` does not have: {unknown:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// overlays/registry-tls
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The fields of cert-manager's `cert-manager.io/v1` objects that the overlay may use, by JSON pointer: a
+/// misspelt field would be pruned by the API server (cert-manager's CRDs are structural) and the certificate
+/// silently issued without it.
+const CERT_MANAGER_FIELDS: &[(&str, &str, &[&str])] = &[
+    ("Issuer", "/spec", &["selfSigned", "ca"]),
+    ("Issuer", "/spec/ca", &["secretName"]),
+    (
+        "Certificate",
+        "/spec",
+        &[
+            "secretName",
+            "commonName",
+            "dnsNames",
+            "isCA",
+            "duration",
+            "renewBefore",
+            "usages",
+            "privateKey",
+            "issuerRef",
+        ],
+    ),
+    (
+        "Certificate",
+        "/spec/privateKey",
+        &["algorithm", "size", "encoding", "rotationPolicy"],
+    ),
+    ("Certificate", "/spec/issuerRef", &["group", "kind", "name"]),
+];
+
+#[test]
+fn registry_tls_overlay_lists_files_that_exist_and_every_file_it_has() {
+    assert_overlay_lists_files_that_exist_and_every_file_it_has(REGISTRY_TLS_OVERLAY);
+}
+
+#[test]
+fn registry_tls_overlay_builds_on_the_base() {
+    assert_overlay_builds_on_the_base(REGISTRY_TLS_OVERLAY);
+}
+
+#[test]
+fn registry_tls_overlay_objects_are_cert_manager_issuers_and_certificates() {
+    let ds = daemonset();
+    let namespace = str_at(&ds, "/metadata/namespace");
+    let objects = overlay_objects(REGISTRY_TLS_OVERLAY);
+    assert!(!objects.is_empty(), "the overlay has no Certificate");
+    let issuers: BTreeSet<&str> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Issuer")
+        .map(|(_, o)| str_at(o, "/metadata/name"))
+        .collect();
+    let ca_secrets: BTreeSet<&str> = objects
+        .iter()
+        .filter(|(_, o)| o["kind"] == "Certificate" && o.pointer("/spec/isCA") == Some(&json!(true)))
+        .map(|(_, o)| str_at(o, "/spec/secretName"))
+        .collect();
+    for (file, object) in &objects {
+        assert_eq!(str_at(object, "/apiVersion"), "cert-manager.io/v1", "{file}");
+        let kind = str_at(object, "/kind");
+        assert!(
+            ["Issuer", "Certificate"].contains(&kind),
+            "{file}: the overlay adds only cert-manager Issuers and Certificates, not a {kind}"
+        );
+        assert_eq!(str_at(object, "/metadata/namespace"), namespace, "{file}");
+        for (of, pointer, known) in CERT_MANAGER_FIELDS {
+            let Some(Value::Object(fields)) = object.pointer(pointer).filter(|_| *of == kind) else {
+                continue;
+            };
+            let unknown: Vec<&String> = fields.keys().filter(|k| !known.contains(&k.as_str())).collect();
+            assert!(
+                unknown.is_empty(),
+                "{file}: {kind} fields {pointer}/{unknown:?} are not cert-manager's"
+            );
+        }
+        match kind {
+            "Certificate" => {
+                let issuer = at(object, "/spec/issuerRef");
+                assert_eq!(issuer["group"], "cert-manager.io", "{file}");
+                assert_eq!(issuer["kind"], "Issuer", "{file}");
+                let name = str_at(issuer, "/name");
+                assert!(
+                    issuers.contains(name),
+                    "{file}: issued by {name}, which the overlay does not define"
+                );
+            }
+            _ => {
+                if let Some(ca) = object.pointer("/spec/ca") {
+                    let secret = str_at(ca, "/secretName");
+                    assert!(
+                        ca_secrets.contains(secret),
+                        "{file}: a CA Issuer signing with {secret}, which no CA Certificate of the overlay fills"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The patch mounts the serving certificate's Secret read-only and passes its `tls.crt` and `tls.key` to the
+/// daemon's TLS flags; the certificate names the Service as clients address it. What comes out is still a
+/// DaemonSet Kubernetes knows field by field, running flags the daemon has.
+#[test]
+fn registry_tls_overlay_patch_serves_the_certificate_issued_for_the_service() {
+    let mut ds = daemonset();
+    let namespace = str_at(&ds, "/metadata/namespace").to_string();
+    let patches = overlay_patches(REGISTRY_TLS_OVERLAY);
+    let [(target, ops)] = patches.as_slice() else {
+        panic!("one patch expected, found {}", patches.len())
+    };
+    let (group, version) = str_at(&ds, "/apiVersion").split_once('/').unwrap();
+    assert_eq!(
+        target,
+        &json!({
+            "group": group,
+            "version": version,
+            "kind": str_at(&ds, "/kind"),
+            "name": str_at(&ds, "/metadata/name"),
+            "namespace": namespace,
+        })
+    );
+    let before: Vec<String> = args(daemon_container(&ds)).into_iter().map(String::from).collect();
+
+    apply_json_patch(&mut ds, ops);
+
+    let container = daemon_container(&ds);
+    let after = args(container);
+    let (cert, key) = (
+        flag_value(&after, "--registry-tls-cert"),
+        flag_value(&after, "--registry-tls-key"),
+    );
+    let mut expected: Vec<&str> = before.iter().map(String::as_str).collect();
+    expected.extend(["--registry-tls-cert", cert, "--registry-tls-key", key]);
+    assert_eq!(after, expected, "the daemon's arguments plus the two TLS flags");
+    assert!(
+        after.contains(&"--registry-listen"),
+        "TLS for the endpoint the base serves"
+    );
+    let unknown = unknown_flags(&after);
+    assert!(
+        unknown.is_empty(),
+        "flags that `wasmcache serve` does not have: {unknown:?}"
+    );
+
+    let (cert_dir, cert_file) = cert.rsplit_once('/').unwrap();
+    let (key_dir, key_file) = key.rsplit_once('/').unwrap();
+    assert_eq!(cert_dir, key_dir, "certificate and key come from one Secret");
+    assert_eq!(
+        (cert_file, key_file),
+        ("tls.crt", "tls.key"),
+        "the keys cert-manager writes"
+    );
+    let mount = at(container, "/volumeMounts")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == cert_dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {cert_dir}"));
+    assert_eq!(mount["readOnly"], true, "the key is mounted read-only");
+    let volume = at(pod_spec(&ds), "/volumes")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]));
+    let secret = str_at(volume, "/secret/secretName");
+
+    let certificates = overlay_objects_of_kind(REGISTRY_TLS_OVERLAY, "Certificate");
+    let (file, serving) = certificates
+        .iter()
+        .find(|(_, c)| c["spec"]["secretName"] == secret)
+        .unwrap_or_else(|| panic!("no Certificate of the overlay fills the mounted Secret {secret}"));
+    assert_ne!(
+        serving.pointer("/spec/isCA"),
+        Some(&json!(true)),
+        "{file}: the serving certificate is no CA"
+    );
+    let names: BTreeSet<&str> = at(serving, "/spec/dnsNames")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    let service = manifest("service.yaml");
+    assert_eq!(str_at(&service, "/metadata/namespace"), namespace);
+    for name in [
+        format!("{SERVICE}.{namespace}.svc"),
+        format!("{SERVICE}.{namespace}.svc.cluster.local"),
+    ] {
+        assert!(names.contains(name.as_str()), "{file}: {name} is not among {names:?}");
+    }
+    assert!(
+        at(serving, "/spec/usages")
+            .as_array()
+            .unwrap()
+            .contains(&json!("server auth")),
+        "{file}: a serving certificate"
+    );
+
+    let unknown = unknown_fields::<k8s_openapi::api::apps::v1::DaemonSet>(&ds);
+    assert!(
+        unknown.is_empty(),
+        "the patched DaemonSet has fields Kubernetes does not know: {unknown:?}"
     );
 }

@@ -75,7 +75,7 @@ impl Conn {
                 Conn::Grpc(Box::new(ModuleCacheClient::new(channel)), request)
             }
             Target::Http { addr, path } => {
-                let tcp = TcpStream::connect(addr).await.expect("connect to nginx");
+                let tcp = TcpStream::connect(addr).await.expect("connect to the HTTP server");
                 tcp.set_nodelay(true).expect("nodelay");
                 let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
                     .await

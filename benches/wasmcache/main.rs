@@ -9,12 +9,14 @@
 //! - `stats`, `report`: medians and percentiles; the machine description and the markdown report.
 //! - One module per comparison: `pull` (1, cold pull vs skopeo), `serving` (2, 3 and 5: hit throughput
 //!   vs nginx, small-module latency vs the health-check floor, peak RSS), `flight` (4, single flight),
-//!   `startup` (6, start-up with 10,000 cached modules), `sha` (7, sha256 vs `openssl speed`).
+//!   `startup` (6, start-up with 10,000 cached modules), `sha` (7, sha256 vs `openssl speed`), `blobs` (8
+//!   and 9, blob GETs from the registry endpoint vs nginx and vs `docker-registry`).
 //!
 //! Flags (after `bench/run` or `cargo bench --bench wasmcache --`): `--only 2,3` runs some comparisons
 //! (the report then goes to `target/benchmarks-partial.md`), `--quick` halves the repetitions,
 //! `--out FILE` writes the report elsewhere.
 
+mod blobs;
 mod flight;
 mod load;
 mod procs;
@@ -56,8 +58,8 @@ impl Opts {
                     let targets = list
                         .split(',')
                         .map(|t| match t.trim().parse::<u8>() {
-                            Ok(n @ 1..=7) => n,
-                            _ => panic!("--only takes target numbers 1 to 7, got {t:?}"),
+                            Ok(n @ 1..=9) => n,
+                            _ => panic!("--only takes target numbers 1 to 9, got {t:?}"),
                         })
                         .collect();
                     opts.only = Some(targets);
@@ -122,6 +124,11 @@ fn main() {
     if opts.runs(6) {
         done(startup::run(&rt, work.path(), &opts));
     }
+    if opts.runs(8) || opts.runs(9) {
+        for section in blobs::run(&rt, work.path(), &opts) {
+            done(section);
+        }
+    }
     sections.sort_by_key(|s| s.title.clone());
 
     let complete = opts.only.is_none();
@@ -141,7 +148,9 @@ fn main() {
         started.elapsed().as_secs_f64(),
         complete,
     );
-    report::write(&path, &text);
+    // What follows the kept-by-hand marker in the existing report is not ours to regenerate.
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    report::write(&path, &report::keep_hand_written(&text, &existing));
     let met = sections.iter().filter(|s| s.met()).count();
     println!(
         "bench: {met} of {} targets met in {:.0} s; report written to {}",

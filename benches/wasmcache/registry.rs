@@ -33,7 +33,7 @@ pub fn digest_of(bytes: &[u8]) -> String {
 
 /// A running `docker-registry serve` storing under `dir/root`.
 pub struct Registry {
-    _proc: Proc,
+    proc: Proc,
     pub addr: SocketAddr,
 }
 
@@ -75,7 +75,11 @@ impl Registry {
             assert!(Instant::now() < deadline, "docker-registry not answering on {addr}");
             std::thread::sleep(Duration::from_millis(20));
         }
-        Registry { _proc: proc, addr }
+        Registry { proc, addr }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
     }
 
     /// Pushes `module` as a CNCF Wasm artifact (config `application/vnd.wasm.config.v0+json`, one
