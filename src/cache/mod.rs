@@ -343,3 +343,6 @@ fn is_access_verdict(e: &Error) -> bool {
 fn verified_by(record: Option<&RefRecord>) -> Option<String> {
     record.and_then(|r| r.verification.as_ref()).map(Verification::describe)
 }
+
+#[cfg(test)]
+mod tests;
