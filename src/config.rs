@@ -751,8 +751,7 @@ impl Config {
 }
 
 fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn env_dir(name: &str) -> Option<PathBuf> {
@@ -783,8 +782,7 @@ pub fn default_socket() -> PathBuf {
 }
 
 fn uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Parses a byte size: a plain number, or one with a `K`/`KiB`/`M`/`MiB`/`G`/`GiB` suffix (powers of 1024).
@@ -803,22 +801,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// A group name (from `/etc/group`) or number, as its gid.
+/// A group name or number, as its gid. Names are looked up with getgrnam, as `getent group` does, so that
+/// groups from NSS (LDAP, systemd's dynamic users) count as well as those in `/etc/group`.
 pub fn resolve_group(group: &str) -> Result<u32, String> {
     let group = group.trim();
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let table = std::fs::read_to_string("/etc/group").map_err(|e| format!("reading /etc/group: {e}"))?;
-    table
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            Some((fields.next()?, fields.nth(1)?))
-        })
-        .find(|(name, _)| *name == group)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| format!("group {group:?} is not in /etc/group (give its number instead)"))
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid.as_raw()),
+        Ok(None) => Err(format!("no group is named {group:?} (give its number instead)")),
+        Err(e) => Err(format!("looking up group {group:?}: {e}")),
+    }
 }
 
 /// Parses a duration such as `500ms`, `15s`, `1m`.
