@@ -1,21 +1,23 @@
-//! The daemon's configuration: every default in one place, filled in and validated before anything binds.
+//! The daemon's configuration, filled in and validated before anything binds.
 //!
 //! A setting comes from four layers; the first that has it wins:
 //!
 //! 1. a command-line flag (`--fetch-timeout 5s`),
 //! 2. an environment variable (`WASMCACHE_FETCH_TIMEOUT=5s`; lists comma-separated),
 //! 3. the `--config` TOML file (`fetch-timeout = "5s"`, see [`FileConfig`]),
-//! 4. the `DEFAULT_*` constants below.
+//! 4. the built-in default.
 //!
-//! Each of the first three is read into an [`Overrides`] (every field optional), and [`Config::build`] is the
-//! one function that layers them over the defaults and validates the result. It is pure apart from reading the
-//! `docker-config` file, so tests build a `Config` from strings and maps and never touch the process
-//! environment. [`SETTINGS`] names every setting's flag, file key and variable; errors name the source that
-//! set the bad value: `wasmcache.toml: line 4: fetch-attempts: must be at least 1`,
+//! Every setting is declared once, in `config/settings.rs`: its names, how its values are written (a
+//! [`kind::Kind`]), its default, help line, place in [`Config`] and checks. Each layer is read into an
+//! [`Overrides`] (every field optional), and [`Config::build`] is the one function that layers them over the
+//! defaults and validates the result. It is pure apart from reading the files that settings name, so tests
+//! build a `Config` from strings and maps and never touch the process environment. Errors name the source
+//! that set the bad value: `wasmcache.toml: line 4: fetch-attempts: must be at least 1`,
 //! `WASMCACHE_FETCH_ATTEMPTS: must be at least 1`, or `fetch-attempts: must be at least 1` for a flag.
 
-mod env;
 mod file;
+pub mod kind;
+mod settings;
 #[cfg(test)]
 mod tests;
 
@@ -26,26 +28,22 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use file::FileConfig;
+pub use file::{FileConfig, Reader};
+pub use settings::{flags, setting_for, Overrides, Setting, SETTINGS};
 
 pub use crate::cache::Lifecycle;
 
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
 
-pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
-pub const DEFAULT_FETCH_DEADLINE: Duration = Duration::from_secs(5 * 60);
-pub const DEFAULT_FETCH_ATTEMPTS: u32 = 5;
-pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(500);
+// Every setting's default is in its entry in `config/settings.rs`; these are named because other code or
+// tests need them, or because they are no setting.
+/// How long in-flight streams may run after a shutdown signal (the systemd unit and the DaemonSet leave time
+/// for it).
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// The retry backoff's growth and cap (`--retry-backoff` sets its start).
 pub const DEFAULT_BACKOFF_FACTOR: f64 = 1.5;
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
-pub const DEFAULT_MAX_MODULE_BYTES: u64 = 256 << 20;
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9464";
-pub const DEFAULT_MODULE_EXPIRY: Duration = Duration::from_secs(24 * 3600);
-pub const DEFAULT_RESOLVE_LEASE: Duration = Duration::from_secs(3600);
-pub const DEFAULT_PURGE_INTERVAL: Duration = Duration::from_secs(3600);
-pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Socket mode: owner and group may connect (proxies join the daemon's group), others may not.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Cache and socket locations when running as root (systemd, DaemonSet).
@@ -178,244 +176,13 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// One setting and the three names it goes by.
-#[derive(Clone, Copy, Debug)]
-pub struct Setting {
-    /// The `serve` flag without `--`; also the `key` of [`ConfigError::Invalid`].
-    pub flag: &'static str,
-    /// The key in the configuration file, dotted for keys in a table (`registry.platform`).
-    pub file_key: &'static str,
-    pub env: &'static str,
-}
-
-const fn setting(flag: &'static str, file_key: &'static str, env: &'static str) -> Setting {
-    Setting { flag, file_key, env }
-}
-
-/// Every setting of `serve` (except `--config` itself, [`CONFIG_ENV`]).
-pub const SETTINGS: &[Setting] = &[
-    setting("cache-dir", "cache-dir", "WASMCACHE_CACHE_DIR"),
-    setting("socket", "socket", "WASMCACHE_SOCKET"),
-    setting("socket-group", "socket-group", "WASMCACHE_SOCKET_GROUP"),
-    setting("listen", "listen", "WASMCACHE_LISTEN"),
-    setting("admin-listen", "admin-listen", "WASMCACHE_ADMIN_LISTEN"),
-    setting("registry-listen", "registry-listen", "WASMCACHE_REGISTRY_LISTEN"),
-    setting("registry-tls-cert", "registry-tls-cert", "WASMCACHE_REGISTRY_TLS_CERT"),
-    setting("registry-tls-key", "registry-tls-key", "WASMCACHE_REGISTRY_TLS_KEY"),
-    setting("file-root", "file-root", "WASMCACHE_FILE_ROOT"),
-    setting("fetch-timeout", "fetch-timeout", "WASMCACHE_FETCH_TIMEOUT"),
-    setting("fetch-deadline", "fetch-deadline", "WASMCACHE_FETCH_DEADLINE"),
-    setting("fetch-attempts", "fetch-attempts", "WASMCACHE_FETCH_ATTEMPTS"),
-    setting("retry-backoff", "retry-backoff", "WASMCACHE_RETRY_BACKOFF"),
-    setting("max-module-bytes", "max-module-bytes", "WASMCACHE_MAX_MODULE_BYTES"),
-    setting("blocked-cidr", "blocked-cidr", "WASMCACHE_BLOCKED_CIDR"),
-    setting("ca-file", "ca-file", "WASMCACHE_CA_FILE"),
-    setting(
-        "insecure-skip-verify",
-        "insecure-skip-verify",
-        "WASMCACHE_INSECURE_SKIP_VERIFY",
-    ),
-    setting("no-serve-stale", "serve-stale", "WASMCACHE_NO_SERVE_STALE"),
-    setting("shutdown-grace", "shutdown-grace", "WASMCACHE_SHUTDOWN_GRACE"),
-    setting("verify-policy", "verify-policy", "WASMCACHE_VERIFY_POLICY"),
-    setting("insecure-registry", "registry.insecure", "WASMCACHE_INSECURE_REGISTRY"),
-    setting("registry-mirror", "registry.mirrors", "WASMCACHE_REGISTRY_MIRROR"),
-    setting(
-        "forward-credentials-to",
-        "registry.forward-credentials-to",
-        "WASMCACHE_FORWARD_CREDENTIALS_TO",
-    ),
-    setting("docker-config", "registry.docker-config", "WASMCACHE_DOCKER_CONFIG"),
-    setting(
-        "image-credential-provider-config",
-        "registry.image-credential-provider-config",
-        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
-    ),
-    setting(
-        "image-credential-provider-bin-dir",
-        "registry.image-credential-provider-bin-dir",
-        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
-    ),
-    setting(
-        "image-credential-provider-timeout",
-        "registry.image-credential-provider-timeout",
-        "WASMCACHE_IMAGE_CREDENTIAL_PROVIDER_TIMEOUT",
-    ),
-    setting("platform", "registry.platform", "WASMCACHE_PLATFORM"),
-    setting(
-        "max-manifest-bytes",
-        "registry.max-manifest-bytes",
-        "WASMCACHE_MAX_MANIFEST_BYTES",
-    ),
-    setting("watch-wasmplugins", "watch.enabled", "WASMCACHE_WATCH_WASMPLUGINS"),
-    setting("kubeconfig", "watch.kubeconfig", "WASMCACHE_KUBECONFIG"),
-    setting("watch-namespace", "watch.namespace", "WASMCACHE_WATCH_NAMESPACE"),
-    setting("watch-selector", "watch.selector", "WASMCACHE_WATCH_SELECTOR"),
-    setting(
-        "watch-pull-secrets",
-        "watch.pull-secrets",
-        "WASMCACHE_WATCH_PULL_SECRETS",
-    ),
-    setting(
-        "max-cache-bytes",
-        "lifecycle.max-cache-bytes",
-        "WASMCACHE_MAX_CACHE_BYTES",
-    ),
-    setting("module-expiry", "lifecycle.module-expiry", "WASMCACHE_MODULE_EXPIRY"),
-    setting("resolve-lease", "lifecycle.resolve-lease", "WASMCACHE_RESOLVE_LEASE"),
-    setting("purge-interval", "lifecycle.purge-interval", "WASMCACHE_PURGE_INTERVAL"),
-    setting("log-level", "log.level", "WASMCACHE_LOG_LEVEL"),
-    setting("log-format", "log.format", "WASMCACHE_LOG_FORMAT"),
-];
-
-/// The setting behind a flag name. Panics on a name that is not in [`SETTINGS`]: that is a bug, which the
-/// tests catch.
-pub fn setting_for(flag: &str) -> &'static Setting {
-    SETTINGS
-        .iter()
-        .find(|s| s.flag == flag)
-        .unwrap_or_else(|| panic!("{flag:?} is not in config::SETTINGS"))
-}
-
-/// One layer of settings (the flags, the environment or the file): `None` where the layer is silent.
-/// A list replaces the list of a lower layer; it is never appended to it.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    pub cache_dir: Option<PathBuf>,
-    pub socket: Option<PathBuf>,
-    pub socket_group: Option<String>,
-    pub listen: Option<SocketAddr>,
-    /// `Some(None)`: the admin listener is off.
-    pub admin_listen: Option<Option<SocketAddr>>,
-    /// `Some(None)`: the registry endpoint is off (as when no layer sets it).
-    pub registry_listen: Option<Option<SocketAddr>>,
-    pub registry_tls_cert: Option<PathBuf>,
-    pub registry_tls_key: Option<PathBuf>,
-    pub file_roots: Option<Vec<PathBuf>>,
-    pub fetch_timeout: Option<Duration>,
-    pub fetch_deadline: Option<Duration>,
-    pub fetch_attempts: Option<u32>,
-    pub retry_backoff: Option<Duration>,
-    pub max_module_bytes: Option<u64>,
-    pub blocked_cidrs: Option<Vec<IpNet>>,
-    pub ca_file: Option<PathBuf>,
-    pub insecure_hosts: Option<Vec<String>>,
-    pub serve_stale: Option<bool>,
-    pub shutdown_grace: Option<Duration>,
-    pub verify_policy: Option<PathBuf>,
-    pub insecure_registries: Option<Vec<String>>,
-    /// `(registry, mirror)` pairs; a registry's mirrors are tried in this order.
-    pub registry_mirrors: Option<Vec<(String, url::Url)>>,
-    pub forward_credentials_to: Option<Vec<String>>,
-    pub docker_config: Option<PathBuf>,
-    pub credential_provider_config: Option<PathBuf>,
-    pub credential_provider_bin_dir: Option<PathBuf>,
-    pub credential_provider_timeout: Option<Duration>,
-    pub platform: Option<String>,
-    pub max_manifest_bytes: Option<u64>,
-    pub watch: Option<bool>,
-    pub kubeconfig: Option<PathBuf>,
-    pub watch_namespace: Option<String>,
-    pub watch_selector: Option<String>,
-    pub watch_pull_secrets: Option<bool>,
-    /// `Some(None)`: no limit.
-    pub max_cache_bytes: Option<Option<u64>>,
-    pub module_expiry: Option<Duration>,
-    pub resolve_lease: Option<Duration>,
-    pub purge_interval: Option<Duration>,
-    pub log_level: Option<String>,
-    pub log_format: Option<LogFormat>,
-}
-
-/// Writes `over` and `keys` from one list, so that a field cannot be layered without being named, or the
-/// other way round (the struct literal in `over` must name every field).
-macro_rules! layered {
-    ($($field:ident => $flag:literal),* $(,)?) => {
-        impl Overrides {
-            /// This layer over `lower`: each field from `self` where set, else from `lower`.
-            pub fn over(self, lower: Overrides) -> Overrides {
-                Overrides { $($field: self.$field.or(lower.$field)),* }
-            }
-
-            /// The flag names of the settings this layer sets.
-            pub fn keys(&self) -> Vec<&'static str> {
-                let mut keys = Vec::new();
-                $(if self.$field.is_some() { keys.push($flag); })*
-                keys
-            }
-        }
-    };
-}
-
-layered! {
-    cache_dir => "cache-dir",
-    socket => "socket",
-    socket_group => "socket-group",
-    listen => "listen",
-    admin_listen => "admin-listen",
-    registry_listen => "registry-listen",
-    registry_tls_cert => "registry-tls-cert",
-    registry_tls_key => "registry-tls-key",
-    file_roots => "file-root",
-    fetch_timeout => "fetch-timeout",
-    fetch_deadline => "fetch-deadline",
-    fetch_attempts => "fetch-attempts",
-    retry_backoff => "retry-backoff",
-    max_module_bytes => "max-module-bytes",
-    blocked_cidrs => "blocked-cidr",
-    ca_file => "ca-file",
-    insecure_hosts => "insecure-skip-verify",
-    serve_stale => "no-serve-stale",
-    shutdown_grace => "shutdown-grace",
-    verify_policy => "verify-policy",
-    insecure_registries => "insecure-registry",
-    registry_mirrors => "registry-mirror",
-    forward_credentials_to => "forward-credentials-to",
-    docker_config => "docker-config",
-    credential_provider_config => "image-credential-provider-config",
-    credential_provider_bin_dir => "image-credential-provider-bin-dir",
-    credential_provider_timeout => "image-credential-provider-timeout",
-    platform => "platform",
-    max_manifest_bytes => "max-manifest-bytes",
-    watch => "watch-wasmplugins",
-    kubeconfig => "kubeconfig",
-    watch_namespace => "watch-namespace",
-    watch_selector => "watch-selector",
-    watch_pull_secrets => "watch-pull-secrets",
-    max_cache_bytes => "max-cache-bytes",
-    module_expiry => "module-expiry",
-    resolve_lease => "resolve-lease",
-    purge_interval => "purge-interval",
-    log_level => "log-level",
-    log_format => "log-format",
-}
-
 impl Overrides {
-    /// Reads the `WASMCACHE_*` variables through `var` (the process environment in `serve`, a map in tests).
-    /// An empty variable counts as unset; lists are comma-separated; booleans are `true`/`false` (also
-    /// `1`/`0`, `yes`/`no`, `on`/`off`).
-    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
-        env::read(var)
-    }
-
-    /// The layered values over the defaults; reads the docker-config and credential provider files. Not yet
-    /// validated.
+    /// These layered values (the defaults included) as a configuration: each setting's `apply`, then the
+    /// settings that only mean something together. Reads the docker-config, verify-policy and credential
+    /// provider files. Not yet validated.
     fn fill(self) -> Result<Config, ConfigError> {
-        let mut c = Config::default();
-        let fetch = &mut c.fetch;
-        macro_rules! set {
-            ($target:expr, $value:expr) => {
-                if let Some(v) = $value {
-                    $target = v;
-                }
-            };
-        }
-        set!(c.cache_dir, self.cache_dir);
-        set!(c.socket, self.socket);
-        c.socket_group = self.socket_group.filter(|g| !g.trim().is_empty());
-        c.listen = self.listen;
-        set!(c.admin_listen, self.admin_listen);
-        set!(c.registry_listen, self.registry_listen);
+        let mut c = Config::empty();
+        self.apply_each(&mut c)?;
         // Without the endpoint its TLS files are not used (and, from the file, may stay; see `build`).
         if c.registry_listen.is_some() {
             match (self.registry_tls_cert, self.registry_tls_key) {
@@ -435,33 +202,9 @@ impl Overrides {
                 (None, None) => {}
             }
         }
-        set!(fetch.file_roots, self.file_roots);
-        set!(fetch.timeout, self.fetch_timeout);
-        set!(fetch.deadline, self.fetch_deadline);
-        set!(fetch.backoff.attempts, self.fetch_attempts);
-        set!(fetch.backoff.initial, self.retry_backoff);
-        set!(fetch.max_bytes, self.max_module_bytes);
-        set!(fetch.blocked_cidrs, self.blocked_cidrs);
-        fetch.ca_file = self.ca_file;
-        set!(fetch.insecure_hosts, self.insecure_hosts.map(trimmed));
-        set!(c.serve_stale, self.serve_stale);
-        set!(c.shutdown_grace, self.shutdown_grace);
-        set!(fetch.oci.insecure_registries, self.insecure_registries.map(trimmed));
-        set!(fetch.oci.mirrors, self.registry_mirrors);
-        set!(fetch.oci.forward_credentials, self.forward_credentials_to.map(trimmed));
-        set!(fetch.oci.platform, self.platform);
-        set!(fetch.oci.max_manifest_bytes, self.max_manifest_bytes);
-        if let Some(path) = self.docker_config {
-            fetch.oci.default_credentials = load_docker_config(&path)?;
-            c.docker_config = Some(path);
-        }
-        if let Some(path) = self.verify_policy {
-            c.verify = Some(VerifyPolicy::load(path)?);
-        }
-        set!(fetch.oci.provider_timeout, self.credential_provider_timeout);
         match (self.credential_provider_config, self.credential_provider_bin_dir) {
             (Some(path), Some(bin_dir)) => {
-                fetch.oci.credential_providers = load_credential_providers(&path, &bin_dir)?;
+                c.fetch.oci.credential_providers = load_credential_providers(&path, &bin_dir)?;
                 c.credential_provider_config = Some(path);
                 c.credential_provider_bin_dir = Some(bin_dir);
             }
@@ -489,12 +232,6 @@ impl Overrides {
                 pull_secrets: self.watch_pull_secrets.unwrap_or(false),
             });
         }
-        set!(c.lifecycle.max_cache_bytes, self.max_cache_bytes);
-        set!(c.lifecycle.module_expiry, self.module_expiry);
-        set!(c.lifecycle.resolve_lease, self.resolve_lease);
-        set!(c.lifecycle.purge_interval, self.purge_interval);
-        set!(c.log.level, self.log_level);
-        set!(c.log.format, self.log_format);
         Ok(c)
     }
 }
@@ -523,47 +260,65 @@ pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigErro
 }
 
 impl Default for Config {
+    /// The built-in defaults ([`Overrides::defaults`]).
     fn default() -> Self {
+        Overrides::defaults().fill().expect("the defaults read no file")
+    }
+}
+
+impl Config {
+    /// The frame that [`Overrides::fill`] applies settings to: what no setting decides, and a blank for
+    /// every value that one does (each of those has a default or means "none" when blank).
+    fn empty() -> Config {
         Config {
-            cache_dir: default_cache_dir(),
-            socket: default_socket(),
+            cache_dir: PathBuf::new(),
+            socket: PathBuf::new(),
             listen: None,
             socket_mode: DEFAULT_SOCKET_MODE,
             socket_group: None,
             fetch: fetch::Settings {
-                timeout: DEFAULT_FETCH_TIMEOUT,
-                deadline: DEFAULT_FETCH_DEADLINE,
+                timeout: Duration::ZERO,
+                deadline: Duration::ZERO,
                 backoff: Backoff {
-                    attempts: DEFAULT_FETCH_ATTEMPTS,
-                    initial: DEFAULT_RETRY_BACKOFF,
+                    attempts: 0,
+                    initial: Duration::ZERO,
                     factor: DEFAULT_BACKOFF_FACTOR,
                     max: DEFAULT_BACKOFF_MAX,
                 },
-                max_bytes: DEFAULT_MAX_MODULE_BYTES,
+                max_bytes: 0,
                 blocked_cidrs: Vec::new(),
                 ca_file: None,
                 insecure_hosts: Vec::new(),
                 file_roots: Vec::new(),
-                oci: fetch::oci::OciSettings::default(),
+                oci: fetch::oci::OciSettings {
+                    insecure_registries: Vec::new(),
+                    mirrors: Vec::new(),
+                    default_credentials: DockerConfig::default(),
+                    credential_providers: fetch::oci::provider::ProviderConfig::default(),
+                    provider_timeout: Duration::ZERO,
+                    platform: String::new(),
+                    max_manifest_bytes: 0,
+                    forward_credentials: Vec::new(),
+                },
             },
             docker_config: None,
             verify: None,
             credential_provider_config: None,
             credential_provider_bin_dir: None,
-            serve_stale: true,
-            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            serve_stale: false,
+            shutdown_grace: Duration::ZERO,
             watch: None,
-            admin_listen: Some(DEFAULT_ADMIN_LISTEN.parse().expect("valid default address")),
+            admin_listen: None,
             registry_listen: None,
             registry_tls: None,
             lifecycle: Lifecycle {
                 max_cache_bytes: None,
-                module_expiry: DEFAULT_MODULE_EXPIRY,
-                resolve_lease: DEFAULT_RESOLVE_LEASE,
-                purge_interval: DEFAULT_PURGE_INTERVAL,
+                module_expiry: Duration::ZERO,
+                resolve_lease: Duration::ZERO,
+                purge_interval: Duration::ZERO,
             },
             log: LogConfig {
-                level: DEFAULT_LOG_LEVEL.to_string(),
+                level: String::new(),
                 format: LogFormat::Text,
             },
         }
@@ -617,44 +372,14 @@ impl Config {
                 }
             }
         }
-        let config = merged.fill().map_err(locate)?;
+        let config = merged.over(Overrides::defaults()).fill().map_err(locate)?;
         config.validate().map_err(locate)?;
         Ok(config)
     }
 
     /// Checks what can be checked before binding: the first problem found is returned, named by its flag.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.cache_dir.as_os_str().is_empty() {
-            return Err(invalid("cache-dir", "must not be empty"));
-        }
-        if let Some(group) = &self.socket_group {
-            resolve_group(group).map_err(|reason| invalid("socket-group", reason))?;
-        }
-        if self.socket.as_os_str().is_empty() {
-            return Err(invalid("socket", "must not be empty"));
-        }
-        if let (Some(admin), Some(listen)) = (self.admin_listen, self.listen) {
-            if admin == listen {
-                return Err(invalid(
-                    "admin-listen",
-                    format!("{admin} is also the gRPC --listen address"),
-                ));
-            }
-        }
-        if let Some(registry) = self.registry_listen {
-            if Some(registry) == self.listen {
-                return Err(invalid(
-                    "registry-listen",
-                    format!("{registry} is also the gRPC --listen address"),
-                ));
-            }
-            if Some(registry) == self.admin_listen {
-                return Err(invalid(
-                    "registry-listen",
-                    format!("{registry} is also the --admin-listen address"),
-                ));
-            }
-        }
+        self.check_each()?;
         if let Some(tls) = &self.registry_tls {
             crate::registry::tls::load_pair(&tls.cert, &tls.key).map_err(|e| {
                 let key = match e.file {
@@ -664,68 +389,6 @@ impl Config {
                 invalid(key, e.to_string())
             })?;
         }
-        if self.fetch.timeout.is_zero() {
-            return Err(invalid("fetch-timeout", "must be greater than zero"));
-        }
-        if self.fetch.deadline < self.fetch.timeout {
-            // The deadline bounds a whole attempt, of which the timeout bounds each wait.
-            return Err(invalid(
-                "fetch-deadline",
-                format!(
-                    "{} must be at least fetch-timeout ({})",
-                    humantime::format_duration(self.fetch.deadline),
-                    humantime::format_duration(self.fetch.timeout)
-                ),
-            ));
-        }
-        if self.fetch.backoff.attempts == 0 {
-            return Err(invalid("fetch-attempts", "must be at least 1"));
-        }
-        if self.fetch.max_bytes == 0 {
-            return Err(invalid("max-module-bytes", "must be greater than zero"));
-        }
-        for root in &self.fetch.file_roots {
-            if !root.is_absolute() {
-                return Err(invalid(
-                    "file-root",
-                    format!("{} is not an absolute path", root.display()),
-                ));
-            }
-            if !root.is_dir() {
-                return Err(invalid("file-root", format!("{} is not a directory", root.display())));
-            }
-        }
-        if let Some(ca) = &self.fetch.ca_file {
-            if !ca.is_file() {
-                return Err(invalid("ca-file", format!("{} is not a readable file", ca.display())));
-            }
-        }
-        parse_platform(&self.fetch.oci.platform).map_err(|e| invalid("platform", e))?;
-        if self.fetch.oci.provider_timeout.is_zero() {
-            return Err(invalid(
-                "image-credential-provider-timeout",
-                "must be greater than zero",
-            ));
-        }
-        if self.fetch.oci.max_manifest_bytes == 0 {
-            return Err(invalid("max-manifest-bytes", "must be greater than zero"));
-        }
-        if self.lifecycle.max_cache_bytes == Some(0) {
-            return Err(invalid(
-                "max-cache-bytes",
-                "must be greater than zero (or off for no limit)",
-            ));
-        }
-        if self.lifecycle.purge_interval.is_zero() {
-            return Err(invalid("purge-interval", "must be greater than zero"));
-        }
-        if self.lifecycle.module_expiry.is_zero() {
-            return Err(invalid("module-expiry", "must be greater than zero"));
-        }
-        if self.lifecycle.resolve_lease.is_zero() {
-            return Err(invalid("resolve-lease", "must be greater than zero"));
-        }
-        parse_log_level(&self.log.level).map_err(|e| invalid("log-level", e))?;
         Ok(())
     }
 
@@ -737,8 +400,7 @@ impl Config {
 }
 
 fn running_as_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 fn env_dir(name: &str) -> Option<PathBuf> {
@@ -769,8 +431,7 @@ pub fn default_socket() -> PathBuf {
 }
 
 fn uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    nix::unistd::geteuid().as_raw()
 }
 
 /// Parses a byte size: a plain number, or one with a `K`/`KiB`/`M`/`MiB`/`G`/`GiB` suffix (powers of 1024).
@@ -789,22 +450,18 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
     n.checked_mul(1 << shift).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// A group name (from `/etc/group`) or number, as its gid.
+/// A group name or number, as its gid. Names are looked up with getgrnam, as `getent group` does, so that
+/// groups from NSS (LDAP, systemd's dynamic users) count as well as those in `/etc/group`.
 pub fn resolve_group(group: &str) -> Result<u32, String> {
     let group = group.trim();
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
     }
-    let table = std::fs::read_to_string("/etc/group").map_err(|e| format!("reading /etc/group: {e}"))?;
-    table
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(':');
-            Some((fields.next()?, fields.nth(1)?))
-        })
-        .find(|(name, _)| *name == group)
-        .and_then(|(_, gid)| gid.parse().ok())
-        .ok_or_else(|| format!("group {group:?} is not in /etc/group (give its number instead)"))
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(found)) => Ok(found.gid.as_raw()),
+        Ok(None) => Err(format!("no group is named {group:?} (give its number instead)")),
+        Err(e) => Err(format!("looking up group {group:?}: {e}")),
+    }
 }
 
 /// Parses a duration such as `500ms`, `15s`, `1m`.

@@ -15,7 +15,8 @@
 //! - [`digest`]: the sha256 type and a hashing writer.
 //! - [`signature`]: the verification policy (TOML) and the judging of cosign/sigstore signatures found next to
 //!   a module: keys, keyless Fulcio identities, Rekor and CT evidence; pure, fed by the fetchers.
-//! - [`config`]: `Config` and every default; validated before anything binds.
+//! - [`config`]: `Config`; every setting (flag, variable, file key, default, checks) declared once in its
+//!   table; validated before anything binds.
 //! - [`server`]: binds the listeners, serves until shutdown, drains with a deadline.
 //! - [`transport`]: HTTP/2 on each accepted connection, with a bounded send buffer per stream;
 //!   `transport::authority` lets Unix socket clients that send the socket path as `:authority` (gRPC

@@ -151,10 +151,16 @@ fn defaults_when_nothing_is_set() {
     let d = Config::default();
     assert_eq!(c.cache_dir, d.cache_dir);
     assert_eq!(c.socket, d.socket);
-    assert_eq!(c.fetch.timeout, DEFAULT_FETCH_TIMEOUT);
-    assert_eq!(c.fetch.backoff.attempts, DEFAULT_FETCH_ATTEMPTS);
-    assert_eq!(c.fetch.max_bytes, DEFAULT_MAX_MODULE_BYTES);
-    assert_eq!(c.admin_listen, Some(DEFAULT_ADMIN_LISTEN.parse().unwrap()));
+    // The defaults the README states.
+    assert_eq!(c.fetch.timeout, Duration::from_secs(15));
+    assert_eq!(c.fetch.deadline, Duration::from_secs(300));
+    assert_eq!(c.fetch.backoff.attempts, 5);
+    assert_eq!(c.fetch.max_bytes, 256 << 20);
+    assert_eq!(c.fetch.oci.max_manifest_bytes, 4 << 20);
+    assert_eq!(c.fetch.oci.platform, "linux/amd64");
+    assert_eq!(c.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+    assert_eq!(c.admin_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(c.registry_listen, None);
     assert_eq!(c.lifecycle, d.lifecycle);
     assert_eq!(c.log, d.log);
     assert!(c.serve_stale);
@@ -390,6 +396,12 @@ fn unknown_key_in_a_table_is_named_with_its_table() {
         &err,
         &["line 3", "unknown key \"registry.insecur\"", "\"registry.insecure\""],
     );
+}
+
+#[test]
+fn a_value_where_a_table_belongs_is_refused_with_its_line() {
+    let err = file_err("socket = \"/s\"\nregistry = 5\n");
+    assert_names(&err, &["line 2", "registry", "expected a table", "integer"]);
 }
 
 #[test]
@@ -660,7 +672,7 @@ fn registry_tls_files_are_read_and_checked_before_binding() {
 
 #[test]
 fn registry_endpoint_on_another_listener_address_is_refused() {
-    let err = build(None, &[], registry_flags(Some(DEFAULT_ADMIN_LISTEN), None, None)).unwrap_err();
+    let err = build(None, &[], registry_flags(Some("127.0.0.1:9464"), None, None)).unwrap_err();
     assert_names(&err.to_string(), &["registry-listen", "--admin-listen"]);
     let flags = Overrides {
         listen: Some("127.0.0.1:5000".parse().unwrap()),

@@ -48,21 +48,6 @@ pub struct OciSettings {
     pub forward_credentials: Vec<String>,
 }
 
-impl Default for OciSettings {
-    fn default() -> Self {
-        OciSettings {
-            insecure_registries: Vec::new(),
-            mirrors: Vec::new(),
-            default_credentials: DockerConfig::default(),
-            credential_providers: ProviderConfig::default(),
-            provider_timeout: provider::DEFAULT_TIMEOUT,
-            platform: "linux/amd64".into(),
-            max_manifest_bytes: 4 << 20,
-            forward_credentials: Vec::new(),
-        }
-    }
-}
-
 pub struct OciFetcher {
     client: RegistryClient,
     settings: OciSettings,

@@ -36,9 +36,6 @@ pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1";
 pub const CONFIG_KIND: &str = "CredentialProviderConfig";
 /// The plugin protocol's `apiVersion`, the only one supported (v1alpha1 and v1beta1 are deprecated).
 pub const PLUGIN_API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
-/// How long a plugin may run: the kubelet's fixed one minute, which leaves a plugin room to retry a
-/// failed request to its cloud's API. `--image-credential-provider-timeout` changes it.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest answer read from a plugin's stdout. Real answers are a few kilobytes.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest configuration file read.
