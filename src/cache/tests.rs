@@ -33,21 +33,15 @@ impl Harness {
     fn new(serve_stale: bool) -> Harness {
         let store_dir = tempfile::tempdir().unwrap();
         let root = tempfile::tempdir().unwrap();
+        // The daemon's defaults, with one attempt and a file root of the test's own.
+        let defaults = crate::config::Config::build(None, &Default::default(), &Default::default()).unwrap();
         let settings = Settings {
-            timeout: Duration::from_secs(5),
-            deadline: Duration::from_secs(5),
             backoff: Backoff {
                 attempts: 1,
-                initial: Duration::from_millis(1),
-                factor: 1.0,
-                max: Duration::from_millis(1),
+                ..defaults.fetch.backoff.clone()
             },
-            max_bytes: 1 << 20,
-            blocked_cidrs: Vec::new(),
-            ca_file: None,
-            insecure_hosts: Vec::new(),
             file_roots: vec![root.path().to_path_buf()],
-            oci: Default::default(),
+            ..defaults.fetch
         };
         let metrics = Arc::new(Metrics::new());
         let fetchers = Arc::new(Fetchers::new(&settings, metrics.clone()).unwrap());
