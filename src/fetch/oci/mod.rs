@@ -4,6 +4,7 @@
 //! against its digest before it is handed on.
 
 pub mod auth;
+mod challenge;
 pub mod formats;
 pub mod provider;
 pub mod registry;
