@@ -4,7 +4,8 @@
 //!
 //! Why not oci-client's client: it builds its own reqwest client, so its DNS lookups, token-realm
 //! requests and redirects can't be put behind our guard; it reads manifests without a size cap, has no
-//! retries and no mirrors. We use its reference parser and manifest types, and speak the protocol here.
+//! retries and no mirrors. We take the reference parser and manifest types from oci-spec, and speak the
+//! protocol here.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
