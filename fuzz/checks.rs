@@ -373,9 +373,9 @@ pub fn manifest(data: &[u8]) {
         Ok(Document::Image(m)) => match formats::select_layer(&m) {
             Ok(selected) => {
                 assert!(
-                    m.layers
+                    m.layers()
                         .iter()
-                        .any(|l| l.digest == selected.layer.digest && l.media_type == selected.layer.media_type),
+                        .any(|l| l.digest() == selected.layer.digest() && l.media_type() == selected.layer.media_type()),
                     "selected a layer the manifest does not list"
                 );
             }
@@ -385,7 +385,7 @@ pub fn manifest(data: &[u8]) {
             for fallback in FALLBACKS {
                 match formats::select_platform(&index, fallback) {
                     Ok(entry) => assert!(
-                        index.manifests.iter().any(|e| std::ptr::eq(e, entry)),
+                        index.manifests().iter().any(|e| std::ptr::eq(e, entry)),
                         "selected an entry the index does not list"
                     ),
                     Err(e) => check_message(&e),

@@ -27,7 +27,7 @@ pub enum ModuleUrl {
 /// for one-segment repositories, tag `latest` when neither tag nor digest is given).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ImageRef {
-    inner: oci_client::Reference,
+    inner: oci_spec::distribution::Reference,
     digest: Option<Sha256>,
 }
 
@@ -43,7 +43,7 @@ impl ImageRef {
         };
         check_reference(raw, &redacted).map_err(bad)?;
         // What the checks let through, the parser accepts; should they ever disagree, its word is final.
-        let inner = oci_client::Reference::try_from(raw).map_err(|e| bad(e.to_string()))?;
+        let inner = oci_spec::distribution::Reference::try_from(raw).map_err(|e| bad(e.to_string()))?;
         let digest = match inner.digest() {
             None => None,
             Some(d) if d.starts_with("sha256:") => {

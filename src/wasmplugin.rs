@@ -40,6 +40,7 @@ use std::fmt;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use serde_path_to_error::Segment;
 
 use crate::policy::PullPolicy;
 
@@ -92,8 +93,8 @@ const DOCUMENT_KINDS: &str = "WasmPlugin, WasmPluginList or List";
 /// Build one with [`load`] (checked, per-document errors) or serde's `Deserialize` (checked, first
 /// error as a message naming the field path). Serializing it gives the API's JSON back, with
 /// absent optional fields left out.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "Value")]
 pub struct WasmPlugin {
     /// Always [`API_VERSION`] once loaded.
     pub api_version: String,
@@ -105,7 +106,7 @@ pub struct WasmPlugin {
 }
 
 /// The Kubernetes metadata the cache uses; other fields (`uid`, `managedFields`, ...) are ignored.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,7 +127,7 @@ pub struct ObjectMeta {
 }
 
 /// What the plugin is and where it runs. Only `url` is required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WasmPluginSpec {
     /// Which workloads get the plugin; absent means every workload in the namespace.
@@ -134,6 +135,7 @@ pub struct WasmPluginSpec {
     pub selector: Option<WorkloadSelector>,
     /// Where the module comes from: `oci://`, `file://`, `http://` or `https://`. Never empty once
     /// loaded.
+    #[serde(default, deserialize_with = "non_blank")]
     pub url: String,
     /// Expected sha256 of the module (or of the image manifest), hex; absent means not checked.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -164,7 +166,7 @@ pub struct WasmPluginSpec {
 }
 
 /// `spec.selector`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -172,7 +174,7 @@ pub struct WorkloadSelector {
 }
 
 /// `spec.vmConfig`: the Wasm VM the plugin runs in.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VmConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,7 +182,7 @@ pub struct VmConfig {
 }
 
 /// `spec.vmConfig.env[]`: an environment variable of the Wasm VM.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -193,7 +195,7 @@ pub struct EnvVar {
 }
 
 /// `spec.match[]`: which traffic the plugin sees.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficSelector {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,7 +205,7 @@ pub struct TrafficSelector {
 }
 
 /// `spec.match[].ports[]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PortSelector {
     /// `u32` as in Istio's `PortSelector`: a negative port is a mistake worth reporting.
@@ -212,7 +214,7 @@ pub struct PortSelector {
 }
 
 /// `spec.targetRefs[]`: a Gateway API style reference to what the plugin attaches to.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyTargetReference {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,8 +226,8 @@ pub struct PolicyTargetReference {
 }
 
 /// A `WasmPluginList`, as the API server returns from a list call.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", try_from = "Value")]
 pub struct WasmPluginList {
     pub api_version: String,
     pub kind: String,
@@ -234,7 +236,7 @@ pub struct WasmPluginList {
 }
 
 /// The metadata of a list: where a paginated list call resumes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListMeta {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -290,11 +292,13 @@ macro_rules! api_enum {
             }
         }
 
-        impl FromValue for $name {
-            fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-                let text = String::from_value(value, path)?;
+        /// By hand rather than derived, for a message that lists the values and cuts a long wrong one
+        /// short (serde's repeats it whole).
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
                 $name::from_api(&text).ok_or_else(|| {
-                    FieldError::new(path, Problem::NotOneOf { found: quote(&text), allowed: $name::NAMES })
+                    D::Error::custom(format_args!("{} is not one of {}", quote(&text), $name::NAMES.join(", ")))
                 })
             }
         }
@@ -391,7 +395,7 @@ impl WasmPlugin {
     /// they must be right.
     pub fn from_api_object(mut value: Value) -> Result<Self, FieldError> {
         default_plugin_type(&mut value);
-        WasmPlugin::from_value(value, &Path::Root)
+        decode_plugin(value, "")
     }
 
     /// The Secret named by `spec.imagePullSecret`, in the plugin's namespace; `None` when absent or empty.
@@ -493,15 +497,10 @@ pub enum Problem {
     Missing,
     #[error("must not be empty")]
     Empty,
-    /// `found` describes the value, e.g. `string "high"` or `an object`.
-    #[error("expected {expected}, found {found}")]
-    WrongType { expected: &'static str, found: String },
-    /// An enum field holds a string the API does not define; `found` is quoted.
-    #[error("{found} is not one of {}", .allowed.join(", "))]
-    NotOneOf {
-        found: String,
-        allowed: &'static [&'static str],
-    },
+    /// Not of the field's type, or not one of an enum's values: serde's message (`invalid type: string
+    /// "high", expected i64`, `"always" is not one of ...`), with a long value cut short.
+    #[error("{message}")]
+    Invalid { message: String },
     #[error("expected {expected}, found {found}")]
     WrongApiVersion { expected: &'static str, found: String },
     /// The document or list item is some other resource.
@@ -514,21 +513,11 @@ pub enum Problem {
 }
 
 impl FieldError {
-    fn new(path: &Path<'_>, problem: Problem) -> Self {
+    fn new(path: &str, problem: Problem) -> Self {
         FieldError {
-            path: path.to_string(),
+            path: path.to_owned(),
             problem,
         }
-    }
-
-    fn wrong_type(path: &Path<'_>, expected: &'static str, found: &Value) -> Self {
-        FieldError::new(
-            path,
-            Problem::WrongType {
-                expected,
-                found: describe(found),
-            },
-        )
     }
 }
 
@@ -748,9 +737,9 @@ fn plugins_in_document(value: Value) -> Vec<Result<WasmPlugin, FieldError>> {
         Some(CORE_LIST_KIND) => list_items(value, CORE_LIST_KIND, CORE_LIST_API_VERSION, false),
         // A missing or non-string kind, or a document that is not a mapping, is reported by the
         // plugin's own checks.
-        Some(KIND) | None => vec![WasmPlugin::from_value(value, &Path::Root)],
+        Some(KIND) | None => vec![decode_plugin(value, "")],
         Some(other) => vec![Err(FieldError::new(
-            &Path::Field(&Path::Root, "kind"),
+            "kind",
             Problem::WrongKind {
                 expected: DOCUMENT_KINDS,
                 found: quote(other),
@@ -774,7 +763,7 @@ fn list_items(
     api_version: &'static str,
     items_default_to_plugins: bool,
 ) -> Vec<Result<WasmPlugin, FieldError>> {
-    match read_list(value, &Path::Root, kind, api_version, items_default_to_plugins) {
+    match read_list(value, kind, api_version, items_default_to_plugins) {
         Ok(list) => list.items,
         Err(error) => vec![Err(error)],
     }
@@ -788,40 +777,47 @@ struct ListParts {
     items: Vec<Result<WasmPlugin, FieldError>>,
 }
 
+/// The list's own fields, as serde reads them; the items stay values until each is decoded alone.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", expecting = "an object")]
+struct ListFields {
+    kind: Option<String>,
+    api_version: Option<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    metadata: ListMeta,
+    #[serde(default, deserialize_with = "null_as_default")]
+    items: Vec<Value>,
+}
+
 fn read_list(
     value: Value,
-    path: &Path<'_>,
     kind: &'static str,
     api_version: &'static str,
     items_default_to_plugins: bool,
 ) -> Result<ListParts, FieldError> {
-    let mut fields = Fields::new(value, path)?;
-    let kind = fields.expect("kind", kind, |expected, found| Problem::WrongKind { expected, found })?;
-    let api_version = fields.expect("apiVersion", api_version, |expected, found| Problem::WrongApiVersion {
+    let fields: ListFields = decode(value, "")?;
+    let kind = expect(fields.kind, "kind", kind, |expected, found| Problem::WrongKind {
         expected,
         found,
     })?;
-    let metadata = fields.get("metadata")?.unwrap_or_default();
-    let items_path = Path::Field(path, "items");
-    let items = match fields.take("items") {
-        None => Vec::new(),
-        Some(Value::Array(items)) => items,
-        Some(other) => return Err(FieldError::wrong_type(&items_path, "an array", &other)),
-    };
-    let items = items
+    let api_version = expect(fields.api_version, "apiVersion", api_version, |expected, found| {
+        Problem::WrongApiVersion { expected, found }
+    })?;
+    let items = fields
+        .items
         .into_iter()
         .enumerate()
         .map(|(index, mut item)| {
             if items_default_to_plugins {
                 default_plugin_type(&mut item);
             }
-            WasmPlugin::from_value(item, &Path::Index(&items_path, index))
+            decode_plugin(item, &format!("items[{index}]"))
         })
         .collect();
     Ok(ListParts {
         api_version,
         kind,
-        metadata,
+        metadata: fields.metadata,
         items,
     })
 }
@@ -838,31 +834,152 @@ fn default_plugin_type(value: &mut Value) {
     }
 }
 
-/// A field path, built on the stack as conversion descends and rendered only for an error.
-#[derive(Clone, Copy)]
-enum Path<'a> {
-    Root,
-    Field(&'a Path<'a>, &'a str),
-    Index(&'a Path<'a>, usize),
+/// What a plugin is and what it is called: read before the rest, so that a document of another kind,
+/// or one without a name, is reported as such rather than by the first field of its spec that fails.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", expecting = "an object")]
+struct PluginHead {
+    kind: Option<String>,
+    api_version: Option<String>,
+    metadata: Option<HeadMeta>,
 }
 
-impl fmt::Display for Path<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Path::Root => Ok(()),
-            Path::Field(parent, name) => {
-                write!(f, "{parent}")?;
-                let plain = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-                if !plain {
-                    write!(f, "[{}]", quote(name))
-                } else if matches!(parent, Path::Root) {
-                    f.write_str(name)
-                } else {
-                    write!(f, ".{name}")
-                }
+#[derive(Deserialize)]
+#[serde(expecting = "an object")]
+struct HeadMeta {
+    name: Option<String>,
+}
+
+/// The rest of a plugin, once its head has passed.
+#[derive(Deserialize)]
+struct PluginBody {
+    #[serde(default, deserialize_with = "null_as_default")]
+    metadata: ObjectMeta,
+    /// Without a spec, what is missing is its one required field.
+    #[serde(default, deserialize_with = "null_as_default")]
+    spec: WasmPluginSpec,
+}
+
+/// Reads one plugin at `at` (empty for a document, `items[i]` for a list item), checked in the order a
+/// reader looks: what it is (`kind`, `apiVersion`), then its name, then its spec.
+fn decode_plugin(value: Value, at: &str) -> Result<WasmPlugin, FieldError> {
+    let head: PluginHead = decode(&value, at)?;
+    let kind = expect(head.kind, &child(at, "kind"), KIND, |expected, found| {
+        Problem::WrongKind { expected, found }
+    })?;
+    let api_version = expect(
+        head.api_version,
+        &child(at, "apiVersion"),
+        API_VERSION,
+        |expected, found| Problem::WrongApiVersion { expected, found },
+    )?;
+    let name_at = child(&child(at, "metadata"), "name");
+    match head.metadata.and_then(|m| m.name) {
+        None => return Err(FieldError::new(&name_at, Problem::Missing)),
+        Some(name) if name.trim().is_empty() => return Err(FieldError::new(&name_at, Problem::Empty)),
+        Some(_) => {}
+    }
+    let body: PluginBody = decode(value, at)?;
+    // A blank url was refused while decoding (`non_blank`); an empty one here was absent or null.
+    if body.spec.url.is_empty() {
+        return Err(FieldError::new(&child(&child(at, "spec"), "url"), Problem::Missing));
+    }
+    Ok(WasmPlugin {
+        api_version,
+        kind,
+        metadata: body.metadata,
+        spec: body.spec,
+    })
+}
+
+impl TryFrom<Value> for WasmPlugin {
+    type Error = FieldError;
+
+    /// What `Deserialize` does: the checks and messages of [`load`], without the file and document, which
+    /// serde does not know.
+    fn try_from(value: Value) -> Result<Self, FieldError> {
+        decode_plugin(value, "")
+    }
+}
+
+impl TryFrom<Value> for WasmPluginList {
+    type Error = FieldError;
+
+    /// The whole list or its first problem; [`load`] reads lists item by item instead.
+    fn try_from(value: Value) -> Result<Self, FieldError> {
+        let list = read_list(value, LIST_KIND, API_VERSION, true)?;
+        Ok(WasmPluginList {
+            api_version: list.api_version,
+            kind: list.kind,
+            metadata: list.metadata,
+            items: list.items.into_iter().collect::<Result<_, _>>()?,
+        })
+    }
+}
+
+/// Deserializes a `T` from `input`, which sits at `at` in the document; an error names the path of the
+/// field it is about.
+fn decode<'de, T, D>(input: D, at: &str) -> Result<T, FieldError>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de, Error = serde_json::Error>,
+{
+    serde_path_to_error::deserialize(input).map_err(|error| {
+        let mut path = at.to_owned();
+        for segment in error.path() {
+            match segment {
+                Segment::Seq { index } => path.push_str(&format!("[{index}]")),
+                Segment::Map { key } | Segment::Enum { variant: key } => path = child(&path, key),
+                Segment::Unknown => {}
             }
-            Path::Index(parent, index) => write!(f, "{parent}[{index}]"),
         }
+        let message = shortened(&error.into_inner().to_string());
+        FieldError::new(&path, Problem::Invalid { message })
+    })
+}
+
+/// `path.key` as `kubectl` writes it: a key that is not a plain name goes in brackets and quotes
+/// (`metadata.labels["app.kubernetes.io/name"]`).
+fn child(path: &str, key: &str) -> String {
+    let plain = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !plain {
+        format!("{path}[{}]", quote(key))
+    } else if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+/// A required string field that must be exactly `expected` (`kind`, `apiVersion`).
+fn expect(
+    found: Option<String>,
+    path: &str,
+    expected: &'static str,
+    wrong: fn(&'static str, String) -> Problem,
+) -> Result<String, FieldError> {
+    match found {
+        None => Err(FieldError::new(path, Problem::Missing)),
+        Some(text) if text != expected => Err(FieldError::new(path, wrong(expected, quote(&text)))),
+        Some(text) => Ok(text),
+    }
+}
+
+/// A field whose `null` means absent, as in Kubernetes, for a type that is not an `Option`.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A required text field: blank is refused here, where serde knows the path; absent (or `null`) reads as
+/// empty, for [`decode_plugin`] to report as missing.
+fn non_blank<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) if text.trim().is_empty() => Err(D::Error::custom(Problem::Empty)),
+        text => Ok(text.unwrap_or_default()),
     }
 }
 
@@ -875,335 +992,19 @@ fn quote(text: &str) -> String {
     }
 }
 
-/// A value as an error message names it: `string "high"`, `number 1.5`, `an object`.
-fn describe(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(s) => format!("string {}", quote(s)),
-        Value::Array(_) => "an array".to_owned(),
-        Value::Object(_) => "an object".to_owned(),
+/// A serde message, which quotes a wrong value whole: its start and its end (what was expected), without
+/// the middle of a long one.
+fn shortened(message: &str) -> String {
+    const HEAD_CHARS: usize = 120;
+    const TAIL_CHARS: usize = 80;
+    let chars = message.chars().count();
+    if chars <= HEAD_CHARS + TAIL_CHARS {
+        return message.to_owned();
     }
+    let head: String = message.chars().take(HEAD_CHARS).collect();
+    let tail: String = message.chars().skip(chars - TAIL_CHARS).collect();
+    format!("{head}...{tail}")
 }
-
-/// Checked conversion from a parsed document, naming the field path of the first problem.
-///
-/// This is how every type here is read, by [`load`] and by `Deserialize` alike: serde's derive
-/// cannot say where in the document a bad value sits, and the error messages must.
-trait FromValue: Sized {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError>;
-}
-
-/// The fields of one mapping, taken out one by one as they are converted; what is left is
-/// unknown and ignored.
-struct Fields<'p> {
-    fields: Map<String, Value>,
-    path: &'p Path<'p>,
-}
-
-impl<'p> Fields<'p> {
-    fn new(value: Value, path: &'p Path<'p>) -> Result<Self, FieldError> {
-        match value {
-            Value::Object(fields) => Ok(Fields { fields, path }),
-            other => Err(FieldError::wrong_type(path, "an object", &other)),
-        }
-    }
-
-    /// The raw value of `key`; `null` counts as absent, as in Kubernetes.
-    fn take(&mut self, key: &str) -> Option<Value> {
-        self.fields.remove(key).filter(|value| !value.is_null())
-    }
-
-    /// The value of an optional field.
-    fn get<T: FromValue>(&mut self, key: &'static str) -> Result<Option<T>, FieldError> {
-        match self.take(key) {
-            None => Ok(None),
-            Some(value) => T::from_value(value, &Path::Field(self.path, key)).map(Some),
-        }
-    }
-
-    /// A required, non-blank string field.
-    fn required_text(&mut self, key: &'static str) -> Result<String, FieldError> {
-        let text: Option<String> = self.get(key)?;
-        let path = Path::Field(self.path, key);
-        match text {
-            None => Err(FieldError::new(&path, Problem::Missing)),
-            Some(text) if text.trim().is_empty() => Err(FieldError::new(&path, Problem::Empty)),
-            Some(text) => Ok(text),
-        }
-    }
-
-    /// A required string field that must be exactly `expected` (`kind`, `apiVersion`).
-    fn expect(
-        &mut self,
-        key: &'static str,
-        expected: &'static str,
-        wrong: fn(&'static str, String) -> Problem,
-    ) -> Result<String, FieldError> {
-        let text: Option<String> = self.get(key)?;
-        let path = Path::Field(self.path, key);
-        match text {
-            None => Err(FieldError::new(&path, Problem::Missing)),
-            Some(text) if text != expected => Err(FieldError::new(&path, wrong(expected, quote(&text)))),
-            Some(text) => Ok(text),
-        }
-    }
-}
-
-impl FromValue for String {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        match value {
-            Value::String(text) => Ok(text),
-            other => Err(FieldError::wrong_type(path, "a string", &other)),
-        }
-    }
-}
-
-/// An integer of type `T`; a fraction (even `10.0`) or a number out of `T`'s range is named as
-/// `expected`.
-fn integer<T>(value: Value, path: &Path<'_>, expected: &'static str) -> Result<T, FieldError>
-where
-    T: TryFrom<i64> + TryFrom<u64>,
-{
-    let converted = match &value {
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => T::try_from(i).ok(),
-            (None, Some(u)) => T::try_from(u).ok(),
-            (None, None) => None,
-        },
-        _ => None,
-    };
-    converted.ok_or_else(|| FieldError::wrong_type(path, expected, &value))
-}
-
-impl FromValue for i64 {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        integer(value, path, "an integer")
-    }
-}
-
-impl FromValue for u32 {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        integer(value, path, "an integer from 0 to 4294967295")
-    }
-}
-
-impl FromValue for Map<String, Value> {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        match value {
-            Value::Object(fields) => Ok(fields),
-            other => Err(FieldError::wrong_type(path, "an object", &other)),
-        }
-    }
-}
-
-/// Labels, annotations, `matchLabels`: string to string, as Kubernetes requires.
-impl FromValue for BTreeMap<String, String> {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let fields = Map::from_value(value, path)?;
-        fields
-            .into_iter()
-            .map(|(key, value)| {
-                let text = String::from_value(value, &Path::Field(path, &key))?;
-                Ok((key, text))
-            })
-            .collect()
-    }
-}
-
-impl<T: FromValue> FromValue for Vec<T> {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        match value {
-            Value::Array(items) => items
-                .into_iter()
-                .enumerate()
-                .map(|(index, item)| T::from_value(item, &Path::Index(path, index)))
-                .collect(),
-            other => Err(FieldError::wrong_type(path, "an array", &other)),
-        }
-    }
-}
-
-impl FromValue for WasmPlugin {
-    /// Checks in the order a reader looks: what it is (`kind`, `apiVersion`), then its name,
-    /// then its spec.
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        let kind = fields.expect("kind", KIND, |expected, found| Problem::WrongKind { expected, found })?;
-        let api_version = fields.expect("apiVersion", API_VERSION, |expected, found| Problem::WrongApiVersion {
-            expected,
-            found,
-        })?;
-        let metadata: ObjectMeta = fields.get("metadata")?.unwrap_or_default();
-        let metadata_path = Path::Field(path, "metadata");
-        let name_path = Path::Field(&metadata_path, "name");
-        match metadata.name.as_deref() {
-            None => return Err(FieldError::new(&name_path, Problem::Missing)),
-            Some(name) if name.trim().is_empty() => return Err(FieldError::new(&name_path, Problem::Empty)),
-            Some(_) => {}
-        }
-        // Without a spec, what is missing is its one required field.
-        let spec_value = fields.take("spec").unwrap_or_else(|| Value::Object(Map::new()));
-        let spec = WasmPluginSpec::from_value(spec_value, &Path::Field(path, "spec"))?;
-        Ok(WasmPlugin {
-            api_version,
-            kind,
-            metadata,
-            spec,
-        })
-    }
-}
-
-impl FromValue for ObjectMeta {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(ObjectMeta {
-            name: fields.get("name")?,
-            namespace: fields.get("namespace")?,
-            labels: fields.get("labels")?,
-            annotations: fields.get("annotations")?,
-            creation_timestamp: fields.get("creationTimestamp")?,
-            resource_version: fields.get("resourceVersion")?,
-        })
-    }
-}
-
-impl FromValue for WasmPluginSpec {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        // In the API's order, so the first problem reported is the first a reader meets.
-        Ok(WasmPluginSpec {
-            selector: fields.get("selector")?,
-            url: fields.required_text("url")?,
-            sha256: fields.get("sha256")?,
-            image_pull_policy: fields.get("imagePullPolicy")?,
-            image_pull_secret: fields.get("imagePullSecret")?,
-            plugin_config: fields.get("pluginConfig")?,
-            plugin_name: fields.get("pluginName")?,
-            phase: fields.get("phase")?,
-            priority: fields.get("priority")?,
-            fail_strategy: fields.get("failStrategy")?,
-            vm_config: fields.get("vmConfig")?,
-            r#match: fields.get("match")?,
-            target_refs: fields.get("targetRefs")?,
-        })
-    }
-}
-
-impl FromValue for WorkloadSelector {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(WorkloadSelector {
-            match_labels: fields.get("matchLabels")?,
-        })
-    }
-}
-
-impl FromValue for VmConfig {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(VmConfig {
-            env: fields.get("env")?,
-        })
-    }
-}
-
-impl FromValue for EnvVar {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(EnvVar {
-            name: fields.get("name")?,
-            value_from: fields.get("valueFrom")?,
-            value: fields.get("value")?,
-        })
-    }
-}
-
-impl FromValue for TrafficSelector {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(TrafficSelector {
-            mode: fields.get("mode")?,
-            ports: fields.get("ports")?,
-        })
-    }
-}
-
-impl FromValue for PortSelector {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(PortSelector {
-            number: fields.get("number")?,
-        })
-    }
-}
-
-impl FromValue for PolicyTargetReference {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(PolicyTargetReference {
-            kind: fields.get("kind")?,
-            group: fields.get("group")?,
-            name: fields.get("name")?,
-        })
-    }
-}
-
-impl FromValue for ListMeta {
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let mut fields = Fields::new(value, path)?;
-        Ok(ListMeta {
-            resource_version: fields.get("resourceVersion")?,
-            r#continue: fields.get("continue")?,
-        })
-    }
-}
-
-impl FromValue for WasmPluginList {
-    /// The whole list or its first problem; [`load`] reads lists item by item instead.
-    fn from_value(value: Value, path: &Path<'_>) -> Result<Self, FieldError> {
-        let list = read_list(value, path, LIST_KIND, API_VERSION, true)?;
-        Ok(WasmPluginList {
-            api_version: list.api_version,
-            kind: list.kind,
-            metadata: list.metadata,
-            items: list.items.into_iter().collect::<Result<_, _>>()?,
-        })
-    }
-}
-
-/// `Deserialize` through [`FromValue`], so serde users get the same checks and messages as [`load`]
-/// (without the file and document, which serde does not know).
-macro_rules! deserialize_via_value {
-    ($($ty:ty),+ $(,)?) => {$(
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let value = Value::deserialize(deserializer)?;
-                <$ty as FromValue>::from_value(value, &Path::Root).map_err(D::Error::custom)
-            }
-        }
-    )+};
-}
-
-deserialize_via_value!(
-    WasmPlugin,
-    WasmPluginList,
-    ObjectMeta,
-    ListMeta,
-    WasmPluginSpec,
-    WorkloadSelector,
-    VmConfig,
-    EnvVar,
-    TrafficSelector,
-    PortSelector,
-    PolicyTargetReference,
-    ImagePullPolicy,
-    PluginPhase,
-    FailStrategy,
-    EnvValueSource,
-    WorkloadMode,
-);
 
 /// One YAML document's text, cut from the file at its document markers.
 struct Chunk<'a> {

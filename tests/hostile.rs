@@ -1095,12 +1095,12 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
         (
             "url-number",
             plugin_yaml("  url: 5\n"),
-            vec!["doc 1: spec.url: expected a string, found number 5"],
+            vec!["doc 1: spec.url: invalid type: integer `5`, expected a string"],
         ),
         (
             "url-object",
             plugin_yaml(&format!("  url: {{href: {url}}}\n")),
-            vec!["doc 1: spec.url: expected a string, found an object"],
+            vec!["doc 1: spec.url: invalid type: map, expected a string"],
         ),
         (
             "no-url",
@@ -1110,22 +1110,22 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
         (
             "priority-string",
             plugin_yaml(&format!("  url: {url}\n  priority: high\n")),
-            vec!["doc 1: spec.priority: expected an integer, found string \"high\""],
+            vec!["doc 1: spec.priority: invalid type: string \"high\", expected i64"],
         ),
         (
             "priority-fraction",
             plugin_yaml(&format!("  url: {url}\n  priority: 1.5\n")),
-            vec!["spec.priority: expected an integer"],
+            vec!["spec.priority: invalid type: floating point `1.5`, expected i64"],
         ),
         (
             "match-object",
             plugin_yaml(&format!("  url: {url}\n  match: {{mode: SERVER}}\n")),
-            vec!["doc 1: spec.match: expected an array"],
+            vec!["doc 1: spec.match: invalid type: map, expected a sequence"],
         ),
         (
             "negative-port",
             plugin_yaml(&format!("  url: {url}\n  match:\n  - ports:\n    - number: -1\n")),
-            vec!["doc 1: spec.match[0].ports[0].number: expected an integer from 0 to 4294967295"],
+            vec!["doc 1: spec.match[0].ports[0].number: invalid value: integer `-1`, expected u32"],
         ),
         (
             "label-number",
@@ -1133,7 +1133,7 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
                 "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata:\n  name: x\n  \
                  labels:\n    app.kubernetes.io/name: 5\nspec:\n  url: {url}\n"
             ),
-            vec![r#"doc 1: metadata.labels["app.kubernetes.io/name"]: expected a string"#],
+            vec![r#"doc 1: metadata.labels["app.kubernetes.io/name"]: invalid type: integer `5`, expected a string"#],
         ),
         (
             "env-value-from",
@@ -1150,12 +1150,12 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
         (
             "sha256-number",
             plugin_yaml(&format!("  url: {url}\n  sha256: 1234\n")),
-            vec!["doc 1: spec.sha256: expected a string, found number 1234"],
+            vec!["doc 1: spec.sha256: invalid type: integer `1234`, expected a string"],
         ),
         (
             "kind-number",
             format!("apiVersion: extensions.istio.io/v1alpha1\nkind: 5\nmetadata:\n  name: x\nspec:\n  url: {url}\n"),
-            vec!["doc 1: kind: expected a string, found number 5"],
+            vec!["doc 1: kind: invalid type: integer `5`, expected a string"],
         ),
         (
             "wrong-api-version",
@@ -1165,12 +1165,12 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
         (
             "list-items-object",
             "apiVersion: v1\nkind: List\nitems: {a: 1}\n".to_string(),
-            vec!["doc 1: items: expected an array"],
+            vec!["doc 1: items: invalid type: map, expected a sequence"],
         ),
         (
             "scalar-document",
             "just a string\n".to_string(),
-            vec!["doc 1: expected an object"],
+            vec!["doc 1: invalid type: string \"just a string\", expected an object"],
         ),
         ("alias-bomb", alias_bomb, vec!["doc 1: invalid YAML"]),
         (
@@ -1185,7 +1185,7 @@ async fn wasmplugin_documents_with_wrong_types_fail_warm_naming_the_field() {
                 "metadata": {"name": "j"}, "spec": {"url": url, "failStrategy": true}}),
             )
             .unwrap(),
-            vec!["doc 1: spec.failStrategy: expected a string, found boolean true"],
+            vec!["doc 1: spec.failStrategy: invalid type: boolean `true`, expected a string"],
         ),
     ];
     for (name, text, expected) in cases {

@@ -626,7 +626,7 @@ proptest! {
             panic!("not parsed as an image: {}", String::from_utf8_lossy(&body))
         };
         let selected = formats::select_layer(&parsed).unwrap();
-        prop_assert_eq!(selected.layer.digest, format!("sha256:{target:064x}"));
+        prop_assert_eq!(selected.layer.digest().as_ref(), format!("sha256:{target:064x}"));
         prop_assert_eq!(selected.format, layout.format);
         prop_assert_eq!(selected.pick, layout.pick);
     }
@@ -664,8 +664,8 @@ proptest! {
         let chosen = formats::select_platform(&index, "linux/amd64");
         let fallback = others.iter().position(|(os, arch, _)| (*os, *arch) == ("linux", "amd64"));
         match (wasm, fallback) {
-            (Some(_), _) => prop_assert_eq!(chosen.unwrap().digest.as_str(), format!("sha256:{:064x}", 100)),
-            (None, Some(i)) => prop_assert_eq!(chosen.unwrap().digest.as_str(), format!("sha256:{:064x}", i + 1)),
+            (Some(_), _) => prop_assert_eq!(chosen.unwrap().digest().as_ref(), format!("sha256:{:064x}", 100)),
+            (None, Some(i)) => prop_assert_eq!(chosen.unwrap().digest().as_ref(), format!("sha256:{:064x}", i + 1)),
             (None, None) => prop_assert!(
                 matches!(chosen, Err(formats::FormatError::NoPlatform { .. })),
                 "expected no platform, got {:?}",

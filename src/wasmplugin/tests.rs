@@ -195,11 +195,11 @@ fn serde_deserialize_error_names_the_field_path() {
 
 #[test]
 fn every_enum_value_round_trips_with_its_api_spelling() {
-    fn check<E: FromValue + Serialize + PartialEq + fmt::Debug + Copy>(all: &[E], names: &[&str]) {
+    fn check<E: serde::de::DeserializeOwned + Serialize + PartialEq + fmt::Debug + Copy>(all: &[E], names: &[&str]) {
         assert_eq!(all.len(), names.len());
         for (value, name) in all.iter().zip(names) {
             assert_eq!(serde_json::to_value(value).unwrap(), json!(name));
-            assert_eq!(E::from_value(json!(name), &Path::Root).unwrap(), *value);
+            assert_eq!(serde_json::from_value::<E>(json!(name)).unwrap(), *value);
         }
     }
     check(ImagePullPolicy::ALL, &["UNSPECIFIED_POLICY", "IfNotPresent", "Always"]);
@@ -303,7 +303,7 @@ fn wrong_match_mode_names_the_match_entry() {
 fn enum_given_a_number_is_a_type_error() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  imagePullPolicy: 1\n")),
-        "plugins.yaml doc 1: spec.imagePullPolicy: expected a string, found number 1"
+        "plugins.yaml doc 1: spec.imagePullPolicy: invalid type: integer `1`, expected a string"
     );
 }
 
@@ -311,7 +311,7 @@ fn enum_given_a_number_is_a_type_error() {
 fn string_priority_is_a_type_error_naming_the_path() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  priority: high\n")),
-        r#"plugins.yaml doc 1: spec.priority: expected an integer, found string "high""#
+        r#"plugins.yaml doc 1: spec.priority: invalid type: string "high", expected i64"#
     );
 }
 
@@ -319,7 +319,7 @@ fn string_priority_is_a_type_error_naming_the_path() {
 fn fractional_priority_is_a_type_error() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  priority: 1.5\n")),
-        "plugins.yaml doc 1: spec.priority: expected an integer, found number 1.5"
+        "plugins.yaml doc 1: spec.priority: invalid type: floating point `1.5`, expected i64"
     );
 }
 
@@ -327,7 +327,7 @@ fn fractional_priority_is_a_type_error() {
 fn priority_beyond_64_bits_is_a_type_error() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  priority: 99999999999999999999999\n")),
-        "plugins.yaml doc 1: spec.priority: expected an integer, found number 1e+23"
+        "plugins.yaml doc 1: spec.priority: invalid type: floating point `1e+23`, expected i64"
     );
 }
 
@@ -340,7 +340,7 @@ fn negative_priority_is_accepted() {
 fn match_given_a_mapping_is_a_type_error() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  match: {}\n")),
-        "plugins.yaml doc 1: spec.match: expected an array, found an object"
+        "plugins.yaml doc 1: spec.match: invalid type: map, expected a sequence"
     );
 }
 
@@ -351,7 +351,7 @@ fn negative_port_is_a_type_error_naming_the_port() {
             "p",
             "  match:\n  - ports:\n    - number: 80\n    - number: -1\n"
         )),
-        "plugins.yaml doc 1: spec.match[0].ports[1].number: expected an integer from 0 to 4294967295, found number -1"
+        "plugins.yaml doc 1: spec.match[0].ports[1].number: invalid value: integer `-1`, expected u32"
     );
 }
 
@@ -359,7 +359,7 @@ fn negative_port_is_a_type_error_naming_the_port() {
 fn plugin_config_must_be_a_mapping() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  pluginConfig: [a]\n")),
-        "plugins.yaml doc 1: spec.pluginConfig: expected an object, found an array"
+        "plugins.yaml doc 1: spec.pluginConfig: invalid type: sequence, expected a map"
     );
 }
 
@@ -371,7 +371,7 @@ fn label_value_must_be_a_string() {
     );
     assert_eq!(
         load_error(&text),
-        r#"plugins.yaml doc 1: metadata.labels["app.kubernetes.io/version"]: expected a string, found number 2"#
+        r#"plugins.yaml doc 1: metadata.labels["app.kubernetes.io/version"]: invalid type: integer `2`, expected a string"#
     );
 }
 
@@ -379,7 +379,7 @@ fn label_value_must_be_a_string() {
 fn match_label_value_must_be_a_string() {
     assert_eq!(
         load_error(&plugin_yaml("p", "  selector:\n    matchLabels:\n      canary: true\n")),
-        "plugins.yaml doc 1: spec.selector.matchLabels.canary: expected a string, found boolean true"
+        "plugins.yaml doc 1: spec.selector.matchLabels.canary: invalid type: boolean `true`, expected a string"
     );
 }
 
@@ -491,7 +491,7 @@ fn missing_kind_is_reported() {
 fn document_that_is_not_a_mapping_is_reported() {
     assert_eq!(
         load_error("just a string\n"),
-        r#"plugins.yaml doc 1: expected an object, found string "just a string""#
+        r#"plugins.yaml doc 1: invalid type: string "just a string", expected an object"#
     );
 }
 
@@ -763,7 +763,7 @@ fn core_list_items_must_say_what_they_are() {
 fn list_items_that_are_not_an_array_are_one_error() {
     assert_eq!(
         load_error("apiVersion: v1\nkind: List\nitems: {a: 1}\n"),
-        "plugins.yaml doc 1: items: expected an array, found an object"
+        "plugins.yaml doc 1: items: invalid type: map, expected a sequence"
     );
 }
 
@@ -792,7 +792,7 @@ fn concatenated_json_documents_are_counted_separately() {
         outcomes(&load("plugins.json", &text)),
         [
             "ok default/a",
-            r#"err plugins.json doc 2: spec.priority: expected an integer, found string "high""#,
+            r#"err plugins.json doc 2: spec.priority: invalid type: string "high", expected i64"#,
         ]
     );
 }
@@ -985,4 +985,19 @@ fn api_object_of_another_kind_is_rejected() {
     value["kind"] = json!("EnvoyFilter");
     let error = WasmPlugin::from_api_object(value).unwrap_err();
     assert_eq!(error.to_string(), r#"kind: expected WasmPlugin, found "EnvoyFilter""#);
+}
+
+/// serde's type errors quote the wrong value whole; the message keeps its start and what was expected.
+#[test]
+fn long_wrongly_typed_values_are_cut_short_in_messages() {
+    let message = load_error(&plugin_yaml(
+        "p",
+        &format!("  priority: {}\n", "9".repeat(10_000) + "x"),
+    ));
+    assert!(message.len() < 300, "{message}");
+    assert!(
+        message.starts_with("plugins.yaml doc 1: spec.priority: invalid type: string \"999"),
+        "{message}"
+    );
+    assert!(message.ends_with("x\", expected i64"), "{message}");
 }

@@ -3,7 +3,7 @@
 //! image form (a tar+gzip layer with `plugin.wasm`); indexes pick a Wasm platform first.
 
 use crate::fetch::unbox::Pick;
-use oci_client::manifest::{ImageIndexEntry, OciDescriptor, OciImageIndex, OciImageManifest};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -33,14 +33,14 @@ const IMAGE_LAYERS: [&str; 4] = [
 /// A parsed manifest document.
 #[derive(Debug)]
 pub enum Document {
-    Image(Box<OciImageManifest>),
-    Index(OciImageIndex),
+    Image(Box<ImageManifest>),
+    Index(Box<ImageIndex>),
 }
 
 /// The blob that holds the module, and how it is packed.
 #[derive(Clone, Debug)]
 pub struct Selected {
-    pub layer: OciDescriptor,
+    pub layer: Descriptor,
     /// Which layout was recognised, for logs and errors.
     pub format: &'static str,
     /// For image layers: only `plugin.wasm` is the module.
@@ -106,20 +106,24 @@ pub fn parse(content_type: Option<&str>, body: &[u8]) -> Result<Document, Format
             .map(|m| Document::Image(Box::new(m)))
             .map_err(|e| malformed(&media_type, e)),
         OCI_INDEX | DOCKER_MANIFEST_LIST => serde_json::from_value(value)
-            .map(Document::Index)
+            .map(|i| Document::Index(Box::new(i)))
             .map_err(|e| malformed(&media_type, e)),
         other => Err(FormatError::UnsupportedMediaType(other.chars().take(128).collect())),
     }
 }
 
 /// Finds the module's layer in an image manifest.
-pub fn select_layer(manifest: &OciImageManifest) -> Result<Selected, FormatError> {
+pub fn select_layer(manifest: &ImageManifest) -> Result<Selected, FormatError> {
     for (media_type, format) in [
         (CNCF_LAYER, "cncf"),
         (WASM_TO_OCI_LAYER, "wasm-to-oci"),
         (SOLO_LAYER, "solo"),
     ] {
-        let matching: Vec<&OciDescriptor> = manifest.layers.iter().filter(|l| l.media_type == media_type).collect();
+        let matching: Vec<&Descriptor> = manifest
+            .layers()
+            .iter()
+            .filter(|l| l.media_type().as_ref() == media_type)
+            .collect();
         match matching.as_slice() {
             [] => {}
             [one] => {
@@ -139,18 +143,18 @@ pub fn select_layer(manifest: &OciImageManifest) -> Result<Selected, FormatError
     }
     // Image form: the module is `plugin.wasm` in the last filesystem layer.
     if let Some(last) = manifest
-        .layers
+        .layers()
         .iter()
         .rev()
-        .find(|l| IMAGE_LAYERS.contains(&l.media_type.as_str()))
+        .find(|l| IMAGE_LAYERS.contains(&l.media_type().as_ref()))
     {
         let format = match manifest
-            .annotations
+            .annotations()
             .as_ref()
             .and_then(|a| a.get("module.wasm.image/variant"))
         {
             Some(v) if v == "compat" => "compat",
-            _ if last.media_type.contains("docker") => "docker-image",
+            _ if last.media_type().as_ref().contains("docker") => "docker-image",
             _ => "oci-image",
         };
         return Ok(Selected {
@@ -159,11 +163,11 @@ pub fn select_layer(manifest: &OciImageManifest) -> Result<Selected, FormatError
             pick: Pick::PluginOnly,
         });
     }
-    let layers = listed(manifest.layers.iter().map(|l| l.media_type.as_str()));
+    let layers = listed(manifest.layers().iter().map(|l| l.media_type().as_ref()));
     Err(FormatError::NoModule(format!(
         "config {}, layers [{layers}]; tried a {CNCF_LAYER} layer (CNCF), a {WASM_TO_OCI_LAYER} layer (wasm-to-oci), \
          a {SOLO_LAYER} layer (Solo), and a tar or tar+gzip image layer holding plugin.wasm",
-        shown(&manifest.config.media_type),
+        shown(manifest.config().media_type().as_ref()),
     )))
 }
 
@@ -205,36 +209,37 @@ fn listed<'a>(items: impl ExactSizeIterator<Item = &'a str>) -> String {
 
 /// Chooses an index entry: a Wasm platform (arch `wasm`, os `wasip1`, `wasip2` or `wasi`) first, then
 /// the fallback `os/arch[/variant]`.
-pub fn select_platform<'a>(index: &'a OciImageIndex, fallback: &str) -> Result<&'a ImageIndexEntry, FormatError> {
-    let platform_of = |e: &ImageIndexEntry| {
-        e.platform.as_ref().map(|p| {
-            let mut s = format!("{}/{}", p.os, p.architecture);
-            if let Some(v) = p.variant.as_deref().filter(|v| !v.is_empty()) {
+pub fn select_platform<'a>(index: &'a ImageIndex, fallback: &str) -> Result<&'a Descriptor, FormatError> {
+    let platform_of = |e: &Descriptor| {
+        e.platform().as_ref().map(|p| {
+            let mut s = format!("{}/{}", p.os(), p.architecture());
+            if let Some(v) = p.variant().as_deref().filter(|v| !v.is_empty()) {
                 s.push('/');
                 s.push_str(v);
             }
             s
         })
     };
-    let is_wasm = |e: &ImageIndexEntry| {
-        e.platform.as_ref().is_some_and(|p| {
-            p.architecture.to_string() == "wasm" && matches!(p.os.to_string().as_str(), "wasip1" | "wasip2" | "wasi")
+    let is_wasm = |e: &Descriptor| {
+        e.platform().as_ref().is_some_and(|p| {
+            p.architecture().to_string() == "wasm"
+                && matches!(p.os().to_string().as_str(), "wasip1" | "wasip2" | "wasi")
         })
     };
-    if let Some(entry) = index.manifests.iter().find(|e| is_wasm(e)) {
+    if let Some(entry) = index.manifests().iter().find(|e| is_wasm(e)) {
         return Ok(entry);
     }
     let wanted = fallback.to_ascii_lowercase();
-    let matches_fallback = |e: &ImageIndexEntry| match platform_of(e) {
+    let matches_fallback = |e: &Descriptor| match platform_of(e) {
         // `linux/arm64` also matches an entry with variant `v8`; a variant in the fallback must match.
         Some(p) => p == wanted || (wanted.matches('/').count() == 1 && p.starts_with(&format!("{wanted}/"))),
         None => false,
     };
-    if let Some(entry) = index.manifests.iter().find(|e| matches_fallback(e)) {
+    if let Some(entry) = index.manifests().iter().find(|e| matches_fallback(e)) {
         return Ok(entry);
     }
     let available: Vec<String> = index
-        .manifests
+        .manifests()
         .iter()
         .map(|e| platform_of(e).unwrap_or_else(|| "(no platform)".into()))
         .collect();
@@ -252,7 +257,7 @@ pub fn select_platform<'a>(index: &'a OciImageIndex, fallback: &str) -> Result<&
 mod tests {
     use super::*;
 
-    fn manifest(config: &str, layers: &[&str]) -> OciImageManifest {
+    fn manifest(config: &str, layers: &[&str]) -> ImageManifest {
         let layers: Vec<serde_json::Value> = layers
             .iter()
             .enumerate()
@@ -267,7 +272,7 @@ mod tests {
         .unwrap()
     }
 
-    fn index(platforms: &[(&str, &str)]) -> OciImageIndex {
+    fn index(platforms: &[(&str, &str)]) -> ImageIndex {
         let manifests: Vec<serde_json::Value> = platforms
             .iter()
             .enumerate()
@@ -288,7 +293,7 @@ mod tests {
             ("application/vnd.oci.image.config.v1+json", SOLO_LAYER, "solo"),
         ] {
             let s = select_layer(&manifest(config, &["application/octet-stream", layer])).unwrap();
-            assert_eq!((s.layer.media_type.as_str(), s.format), (layer, format));
+            assert_eq!((s.layer.media_type().as_ref(), s.format), (layer, format));
         }
     }
 
@@ -298,7 +303,10 @@ mod tests {
             "application/vnd.oci.image.config.v1+json",
             &[IMAGE_LAYERS[0], IMAGE_LAYERS[0]],
         );
-        assert_eq!(select_layer(&m).unwrap().layer.digest, format!("sha256:{:064x}", 1));
+        assert_eq!(
+            select_layer(&m).unwrap().layer.digest().as_ref(),
+            format!("sha256:{:064x}", 1)
+        );
     }
 
     #[test]
@@ -325,7 +333,7 @@ mod tests {
     fn index_prefers_a_wasm_platform() {
         let i = index(&[("linux", "amd64"), ("wasip1", "wasm")]);
         assert_eq!(
-            select_platform(&i, "linux/amd64").unwrap().digest,
+            select_platform(&i, "linux/amd64").unwrap().digest().as_ref(),
             format!("sha256:{:064x}", 1)
         );
     }
@@ -334,7 +342,7 @@ mod tests {
     fn index_falls_back_to_the_configured_platform() {
         let i = index(&[("linux", "arm64"), ("linux", "amd64")]);
         assert_eq!(
-            select_platform(&i, "linux/amd64").unwrap().digest,
+            select_platform(&i, "linux/amd64").unwrap().digest().as_ref(),
             format!("sha256:{:064x}", 1)
         );
     }
@@ -377,7 +385,7 @@ mod tests {
         let body = serde_json::to_vec(&serde_json::json!({"schemaVersion": "s".repeat(3 << 20)})).unwrap();
         let msg = parse(Some(OCI_MANIFEST), &body).unwrap_err().to_string();
         assert!(msg.len() < 2048, "{} bytes", msg.len());
-        assert!(msg.contains("invalid type") && msg.contains("expected u8"), "{msg}");
+        assert!(msg.contains("invalid type") && msg.contains("expected u32"), "{msg}");
     }
 
     #[test]

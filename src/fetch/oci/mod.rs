@@ -4,6 +4,7 @@
 //! against its digest before it is handed on.
 
 pub mod auth;
+mod challenge;
 pub mod formats;
 pub mod provider;
 pub mod registry;
@@ -272,7 +273,7 @@ impl OciFetcher {
                 Document::Image(m) => (m, top.digest, None),
                 Document::Index(index) => {
                     let entry = formats::select_platform(&index, &self.settings.platform).map_err(format_err)?;
-                    let digest = parse_descriptor_digest(s.url, &entry.digest)?;
+                    let digest = parse_descriptor_digest(s.url, entry.digest().as_ref())?;
                     let inner = self.client.manifest(s, &digest.prefixed(), max_manifest).await?;
                     if inner.digest != digest {
                         return Err(FetchError::DigestMismatch {
@@ -298,8 +299,8 @@ impl OciFetcher {
                 }
             };
         let selected = formats::select_layer(&manifest).map_err(format_err)?;
-        let layer_digest = parse_descriptor_digest(s.url, &selected.layer.digest)?;
-        let size = u64::try_from(selected.layer.size).ok().filter(|&n| n > 0);
+        let layer_digest = parse_descriptor_digest(s.url, selected.layer.digest().as_ref())?;
+        let size = Some(selected.layer.size()).filter(|&n| n > 0);
         tracing::debug!(url = s.url, format = selected.format, layer = %layer_digest, "module layer selected");
         let meta = Meta {
             manifest_digest: Some(manifest_digest),

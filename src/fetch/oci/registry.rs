@@ -4,7 +4,8 @@
 //!
 //! Why not oci-client's client: it builds its own reqwest client, so its DNS lookups, token-realm
 //! requests and redirects can't be put behind our guard; it reads manifests without a size cap, has no
-//! retries and no mirrors. We use its reference parser and manifest types, and speak the protocol here.
+//! retries and no mirrors. We take the reference parser and manifest types from oci-spec, and speak the
+//! protocol here.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -18,6 +19,7 @@ use sha2::{Digest as _, Sha256 as Hasher};
 use url::Url;
 
 use super::auth::Credentials;
+use super::challenge::{self, Challenge};
 use crate::digest::Sha256;
 use crate::fetch::guard::Guard;
 use crate::fetch::net::{classify, find_cause};
@@ -322,12 +324,11 @@ impl RegistryClient {
         };
         let mut response = self.request(s, method.clone(), path, accept, first).await?;
         if response.status() == StatusCode::UNAUTHORIZED {
-            let challenge = response
-                .headers()
-                .get_all(WWW_AUTHENTICATE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .find_map(Challenge::parse);
+            let values = response.headers().get_all(WWW_AUTHENTICATE);
+            let challenge = challenge::choose(values.iter().filter_map(|v| v.to_str().ok())).unwrap_or_else(|e| {
+                tracing::warn!(cause = %e, host = %s.endpoint.host, "registry challenge not understood");
+                None
+            });
             let auth = match challenge {
                 Some(Challenge::Bearer { realm, service, scope }) => {
                     let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", s.repository));
@@ -548,75 +549,6 @@ impl RegistryClient {
 enum Auth {
     Bearer(String),
     Basic(Credentials),
-}
-
-/// A `WWW-Authenticate` challenge we can answer.
-#[derive(Debug, PartialEq, Eq)]
-enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic,
-}
-
-impl Challenge {
-    fn parse(header: &str) -> Option<Challenge> {
-        let (scheme, params) = header.trim().split_once(' ').unwrap_or((header.trim(), ""));
-        match scheme.to_ascii_lowercase().as_str() {
-            "basic" => Some(Challenge::Basic),
-            "bearer" => {
-                let params = parse_params(params);
-                Some(Challenge::Bearer {
-                    realm: params.get("realm")?.clone(),
-                    service: params.get("service").cloned(),
-                    scope: params.get("scope").cloned(),
-                })
-            }
-            _ => None,
-        }
-    }
-}
-
-/// `key="value", key=value` pairs; commas inside quotes belong to the value.
-fn parse_params(s: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    let mut rest = s.trim();
-    while !rest.is_empty() {
-        let Some(eq) = rest.find('=') else { break };
-        let key = rest[..eq].trim().trim_start_matches(',').trim().to_ascii_lowercase();
-        rest = rest[eq + 1..].trim_start();
-        let value;
-        if let Some(stripped) = rest.strip_prefix('"') {
-            let mut v = String::new();
-            let mut chars = stripped.char_indices();
-            let mut end = stripped.len();
-            while let Some((i, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = chars.next() {
-                            v.push(n);
-                        }
-                    }
-                    '"' => {
-                        end = i + 1;
-                        break;
-                    }
-                    c => v.push(c),
-                }
-            }
-            value = v;
-            rest = &stripped[end.min(stripped.len())..];
-        } else {
-            let end = rest.find(',').unwrap_or(rest.len());
-            value = rest[..end].trim().to_string();
-            rest = &rest[end..];
-        }
-        rest = rest.trim_start().trim_start_matches(',').trim_start();
-        out.insert(key, value);
-    }
-    out
 }
 
 fn header_digest(headers: &HeaderMap) -> Option<Sha256> {
