@@ -14,6 +14,8 @@
 //! build a `Config` from strings and maps and never touch the process environment. Errors name the source
 //! that set the bad value: `wasmcache.toml: line 4: fetch-attempts: must be at least 1`,
 //! `WASMCACHE_FETCH_ATTEMPTS: must be at least 1`, or `fetch-attempts: must be at least 1` for a flag.
+//!
+//! Long: the Config type the daemon runs on, its layering (defaults, file, environment, flags) and its validation, which refer to each other throughout.
 
 mod file;
 pub mod kind;

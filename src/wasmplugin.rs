@@ -33,6 +33,8 @@
 //! [`MAX_INPUT_BYTES`] of text, [`MAX_DOCUMENTS`] documents, [`MAX_VALUES`] values (after YAML
 //! aliases are expanded) across the file, a nesting depth of 64 in YAML and 128 in JSON, and a
 //! bounded number of alias expansions per YAML document (the "billion laughs" bomb).
+//!
+//! Long: the Istio WasmPlugin API as the OpenAPI schema in ../shared declares it (types, enums, defaults), with the checks that go beyond types and the file loader.
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -9,6 +9,8 @@
 //!
 //! The settings that only mean something together (the endpoint's TLS pair, the credential provider file and
 //! its plugin directory, the watch settings) have an empty `apply`; `Overrides::fill` puts them together.
+//!
+//! Long: the table of every setting, one entry each by design: adding a setting adds one entry here and nowhere else.
 
 use std::net::SocketAddr;
 use std::time::Duration;

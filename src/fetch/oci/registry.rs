@@ -6,6 +6,8 @@
 //! requests and redirects can't be put behind our guard; it reads manifests without a size cap, has no
 //! retries and no mirrors. We take the reference parser and manifest types from oci-spec, and speak the
 //! protocol here.
+//!
+//! Long: one client of the distribution protocol: manifests, blobs and referrers with the auth challenges, size caps and redirects that all three share.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
