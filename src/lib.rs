@@ -4,10 +4,12 @@
 //! # Layout
 //! A request flows `service -> cache -> {policy, fetch, store}`:
 //! - [`service`]: the gRPC `ModuleCache` implementation; translates between wire types and the core.
-//! - [`cache`]: the orchestrator: pull policy, single flight, unwrap, verify, commit.
+//! - [`cache`]: the orchestrator, one file per job: `request` (validation, shared by every edge), `admit`
+//!   (access), `flight` (single flight), `job` (one upstream fetch and its binding), `verify`, `ops`.
 //! - [`policy`]: the pull policy as a pure function of the request and what is cached.
 //! - [`access`]: who may be served a module pulled with credentials (proven credentials only).
-//! - [`fetch`]: fetchers by scheme (http(s), file, oci), the SSRF guard, retries, archive unwrapping;
+//! - [`fetch`]: fetchers by scheme (http(s), file, oci), the SSRF guard, archive unwrapping, the one retry
+//!   loop (`fetch::retry`) and the network layer the http, registry and cluster clients share (`fetch::net`);
 //!   `fetch::oci` speaks the registry protocol and reads every Wasm image layout, and
 //!   `fetch::oci::provider` gets registry credentials from kubelet credential provider plugins.
 //! - [`store`]: the content-addressed blob store (ingest -> verify -> commit) and its sled index.
