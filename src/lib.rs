@@ -38,30 +38,30 @@
 //! - [`error`]: the crate error and its one mapping to gRPC status codes.
 //! - [`metrics`]: every metric name and reason label.
 
-pub mod access;
-pub mod admin;
-pub mod cache;
+pub(crate) mod access;
+pub(crate) mod admin;
+pub(crate) mod cache;
 pub mod cli;
-pub mod client;
-pub mod cluster;
+pub(crate) mod client;
+pub(crate) mod cluster;
 pub mod config;
 pub mod digest;
-pub mod error;
+pub(crate) mod error;
 pub mod fetch;
-pub mod metrics;
-pub mod policy;
-pub mod registry;
-pub mod server;
-pub mod service;
-pub mod signal;
+pub(crate) mod metrics;
+pub(crate) mod policy;
+pub(crate) mod registry;
+pub(crate) mod server;
+pub(crate) mod service;
+pub(crate) mod signal;
 pub mod signature;
 pub mod source;
-pub mod store;
-pub mod systemd;
+pub(crate) mod store;
+pub(crate) mod systemd;
 pub mod transport;
-pub mod warm;
+pub(crate) mod warm;
 pub mod wasmplugin;
-pub mod watch;
+pub(crate) mod watch;
 
 /// Types generated from `proto/wasmcache/v1/cache.proto`.
 #[allow(clippy::all, rust_2018_idioms, missing_docs)] // generated code

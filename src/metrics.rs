@@ -474,6 +474,7 @@ impl Drop for InflightGuard<'_> {
     }
 }
 
+#[cfg(test)]
 /// Reads one sample from an exposition, for tests: the value of `name` with exactly `labels`.
 pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     let wanted = if labels.is_empty() {

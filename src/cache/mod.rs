@@ -14,7 +14,7 @@ pub mod registry;
 mod request;
 mod verify;
 
-pub use ops::{Listed, PinTarget, Removed};
+pub use ops::PinTarget;
 pub use request::{RawRequest, Refused, Request, RequestField};
 
 use admit::{Admission, Caller, HeldContent, LazyCaller};

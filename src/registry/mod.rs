@@ -92,6 +92,7 @@ impl Endpoint {
         self
     }
 
+    #[cfg(test)]
     pub fn with_limits(mut self, limits: Limits) -> Endpoint {
         self.limits = limits;
         self

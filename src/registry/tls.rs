@@ -127,6 +127,7 @@ impl CertReloader {
         })
     }
 
+    #[cfg(test)]
     /// Looks at the files at most this often (tests use zero).
     pub fn check_every(mut self, every: Duration) -> CertReloader {
         self.check_every = every;

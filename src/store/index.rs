@@ -356,21 +356,6 @@ impl Index {
             .try_into()
             .map_err(|_| StoreError::IndexRecord("salt has the wrong length".into()))
     }
-
-    pub fn blobs(&self) -> Result<Vec<(Sha256, BlobRecord)>, StoreError> {
-        let items = self.with(|t| t.blobs.iter().collect::<sled::Result<Vec<_>>>())?;
-        let mut out = Vec::new();
-        for (key, value) in items {
-            let digest = std::str::from_utf8(&key).ok().and_then(|k| k.parse().ok());
-            match (digest, serde_json::from_slice(&value)) {
-                (Some(d), Ok(record)) => out.push((d, record)),
-                _ => {
-                    tracing::warn!(key = %String::from_utf8_lossy(&key), "skipping unreadable blob record")
-                }
-            }
-        }
-        Ok(out)
-    }
 }
 
 /// How long a reopen waits for sled to release the lock of the failed database.

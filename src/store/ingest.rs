@@ -34,10 +34,6 @@ impl Ingest {
         &self.path
     }
 
-    pub fn written(&self) -> u64 {
-        self.writer.as_ref().map_or(0, HashingWriter::written)
-    }
-
     /// The sha256 of everything written since the last reset.
     pub fn sha256(&self) -> Sha256 {
         self.writer.as_ref().expect("ingest used after finish").sha256()

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use index::{AccessRecord, BlobRecord, Failure, Index, RefRecord, Verification};
+pub use index::{AccessRecord, BlobRecord, Index, RefRecord, Verification};
 pub use ingest::Ingest;
 pub use layout::Layout;
 
@@ -289,19 +289,7 @@ impl Store {
         self.index.put_blob(digest, &record)
     }
 
-    /// When the blob's lease ends (unix ms; 0: never leased).
-    pub fn leased_until_ms(&self, digest: &Sha256) -> u64 {
-        self.index
-            .get_blob(digest)
-            .ok()
-            .flatten()
-            .map_or(0, |r| r.leased_until_ms)
-    }
-
-    pub fn is_pinned(&self, digest: &Sha256) -> bool {
-        matches!(self.index.get_blob(digest), Ok(Some(r)) if r.pinned)
-    }
-
+    #[cfg(test)]
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -364,6 +352,7 @@ impl Store {
         self.layout.blob(digest).is_file()
     }
 
+    #[cfg(test)]
     pub fn blob_path(&self, digest: &Sha256) -> PathBuf {
         self.layout.blob(digest)
     }
