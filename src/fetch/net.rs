@@ -148,30 +148,28 @@ pub(crate) fn find_cause<'a, T: std::error::Error + 'static>(
     None
 }
 
+/// An error and its causes, outermost first.
+fn causes<'a>(err: &'a (dyn std::error::Error + 'a)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'a)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
 /// `err: cause: cause`, without repeats.
 pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
+    let mut out = String::new();
+    for text in causes(err).map(ToString::to_string) {
+        if out.is_empty() {
+            out = text;
+        } else if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = cause.source();
     }
     out
 }
 
 /// The innermost cause of an error: for a transport error, the part that says what went wrong.
 pub(crate) fn innermost_cause(err: &dyn std::error::Error) -> String {
-    let mut last = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        last = cause.to_string();
-        source = cause.source();
-    }
-    last
+    causes(err).last().map(ToString::to_string).unwrap_or_default()
 }
 
 /// True when `url`'s host (or `host:port`) is listed, or the list holds `*`.
@@ -207,6 +205,34 @@ impl reqwest::dns::Resolve for GuardedResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn the_chain_names_each_cause_once_and_the_innermost_is_the_last() {
+        let err = Layer(
+            "request failed: connection refused",
+            Some(Box::new(Layer(
+                "connection refused",
+                Some(Box::new(Layer("os error 111", None))),
+            ))),
+        );
+        assert_eq!(error_chain(&err), "request failed: connection refused: os error 111");
+        assert_eq!(innermost_cause(&err), "os error 111");
+    }
 
     #[test]
     fn insecure_hosts_match_by_host_or_host_and_port() {
