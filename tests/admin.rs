@@ -346,13 +346,8 @@ async fn altered_blob_is_not_served() {
     let module = wasm_module_of_size("altered", 50_000);
     let (_origin, daemon, admin, mut client) = cached(&module).await;
     let path = daemon.blob_path(&sha256_hex(&module));
-    let mut altered = std::fs::read(&path).expect("read blob");
-    *altered.last_mut().unwrap() ^= 0xff;
-    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)] // the test owns this file and must write it
-    permissions.set_readonly(false);
-    std::fs::set_permissions(&path, permissions).unwrap();
-    std::fs::write(&path, &altered).expect("alter blob");
+    alter_blob(&path);
+    let altered = std::fs::read(&path).expect("read blob");
 
     let response = http_get(admin, &module_path(&module)).await;
 

@@ -104,18 +104,6 @@ fn pin_digest(hex: &str) -> PinRequest {
     }
 }
 
-/// Rewrites a blob file with other bytes of the same length (it may be read-only).
-fn alter_blob(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).expect("read blob");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    let mut permissions = std::fs::metadata(path).expect("blob metadata").permissions();
-    #[allow(clippy::permissions_set_readonly_false)] // the test owns this file and must write it
-    permissions.set_readonly(false);
-    std::fs::set_permissions(path, permissions).expect("make blob writable");
-    std::fs::write(path, bytes).expect("alter blob");
-}
-
 async fn cli(daemon: &Daemon, args: &[&str]) -> Output {
     let socket = daemon.socket().to_str().unwrap().to_string();
     let mut all = args.to_vec();

@@ -562,15 +562,3 @@ async fn unmet_size_limit_counts_over_limit() {
     );
     assert_eq!(after.value(EVICTIONS, &[("reason", "size_limit")]), 0.0);
 }
-
-/// Rewrites a blob file with other bytes of the same length (it may be read-only).
-fn alter_blob(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).expect("read blob");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    let mut permissions = std::fs::metadata(path).expect("blob metadata").permissions();
-    #[allow(clippy::permissions_set_readonly_false)] // the test owns this file and must write it
-    permissions.set_readonly(false);
-    std::fs::set_permissions(path, permissions).expect("make blob writable");
-    std::fs::write(path, bytes).expect("alter blob");
-}

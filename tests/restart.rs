@@ -9,18 +9,6 @@ use tonic::Code;
 
 const FAST_RETRY: &[&str] = &["--retry-backoff", "10ms"];
 
-/// Flips a byte near the end of the blob (inside the custom section, so the bytes still look like Wasm).
-fn corrupt(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).expect("read blob");
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0xff;
-    let mut permissions = std::fs::metadata(path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)] // the test owns this file and must write it
-    permissions.set_readonly(false);
-    std::fs::set_permissions(path, permissions).unwrap();
-    std::fs::write(path, bytes).expect("corrupt blob");
-}
-
 #[tokio::test]
 async fn cached_module_is_served_after_restart_with_origin_stopped() {
     let mut origin = Origin::start().await;
@@ -130,7 +118,7 @@ async fn corrupted_blob_is_refetched_after_restart() {
     let url = origin.url("/m.wasm");
     fetch_ok(&mut daemon.client().await, req(&url)).await;
     daemon.stop().await;
-    corrupt(&daemon.blob_path(&sha256_hex(&module)));
+    alter_blob(&daemon.blob_path(&sha256_hex(&module)));
 
     daemon.start_again().await;
     let (info, bytes) = fetch_ok(&mut daemon.client().await, req(&url)).await;
@@ -154,7 +142,7 @@ async fn corrupted_blob_is_data_loss_after_restart_with_origin_down() {
     let url = origin.url("/m.wasm");
     fetch_ok(&mut daemon.client().await, req(&url)).await;
     daemon.stop().await;
-    corrupt(&daemon.blob_path(&sha256_hex(&module)));
+    alter_blob(&daemon.blob_path(&sha256_hex(&module)));
     origin.stop().await;
 
     daemon.start_again().await;
@@ -173,7 +161,7 @@ async fn corrupted_blob_is_not_resolved_after_restart_with_origin_down() {
     let url = origin.url("/m.wasm");
     fetch_ok(&mut daemon.client().await, req(&url)).await;
     daemon.stop().await;
-    corrupt(&daemon.blob_path(&sha256_hex(&module)));
+    alter_blob(&daemon.blob_path(&sha256_hex(&module)));
     origin.stop().await;
 
     daemon.start_again().await;
@@ -196,7 +184,7 @@ async fn corrupted_blob_is_not_served_by_digest_after_restart() {
     let mut daemon = Daemon::start(FAST_RETRY).await;
     fetch_ok(&mut daemon.client().await, req(&origin.url("/a.wasm"))).await;
     daemon.stop().await;
-    corrupt(&daemon.blob_path(&sha256_hex(&module)));
+    alter_blob(&daemon.blob_path(&sha256_hex(&module)));
     origin.stop().await;
 
     daemon.start_again().await;

@@ -1240,3 +1240,16 @@ impl TestPki {
         }
     }
 }
+
+/// Rewrites a cached blob file with other bytes of the same length: its last byte flipped, inside a custom
+/// section, so the bytes still look like Wasm. The store makes blobs read-only; the test owns the file.
+pub fn alter_blob(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).expect("read blob");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    let mut permissions = std::fs::metadata(path).expect("blob metadata").permissions();
+    #[allow(clippy::permissions_set_readonly_false)] // the test owns this file and must write it
+    permissions.set_readonly(false);
+    std::fs::set_permissions(path, permissions).expect("make blob writable");
+    std::fs::write(path, bytes).expect("alter blob");
+}
