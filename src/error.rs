@@ -68,17 +68,6 @@ pub struct Found {
     pub index: Option<Sha256>,
 }
 
-impl Found {
-    /// A download with nothing but the module (http(s), file).
-    pub fn module(module: Sha256) -> Self {
-        Found {
-            module,
-            manifest: None,
-            index: None,
-        }
-    }
-}
-
 impl std::fmt::Display for Found {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.manifest.is_none() && self.index.is_none() {
@@ -275,7 +264,11 @@ mod tests {
         let e = Error::ChecksumMismatch {
             url: "http://o/m.wasm".into(),
             expected: Sha256::of(b"a"),
-            found: Box::new(Found::module(Sha256::of(b"b"))),
+            found: Box::new(Found {
+                module: Sha256::of(b"b"),
+                manifest: None,
+                index: None,
+            }),
         };
         let status = Status::from(&e);
         assert_eq!(status.code(), Code::DataLoss);

@@ -121,15 +121,10 @@ impl FetchJob {
         let landed = match fetched {
             Fetched::NotModified(meta) => {
                 let record = self.store.index().get_ref(&self.key)?;
-                let Some((mut record, digest)) = record
-                    .map(|r| {
-                        let digest = r.digest;
-                        (r, digest)
-                    })
-                    .filter(|(_, d)| self.store.contains(d))
-                else {
+                let Some(mut record) = record.filter(|r| self.store.contains(&r.digest)) else {
                     return Ok(None);
                 };
+                let digest = record.digest;
                 if judge::needs_judgement(self.policy.as_deref(), &self.url, &self.key, &record) {
                     let signed: Vec<Sha256> = [&record.index_digest, &record.manifest_digest]
                         .into_iter()
