@@ -37,13 +37,13 @@ pub enum Command {
     /// List cached modules.
     Ls(ls::Args),
     /// Remove a URL or a module from the cache.
-    Rm(rm::Args),
+    Rm(ModuleArgs),
     /// Prefetch the modules of Istio WasmPlugin resources (from files or the cluster).
     Warm(warm::Args),
     /// Keep a module from eviction.
-    Pin(pin::Args),
+    Pin(ModuleArgs),
     /// Let a pinned module be evicted again.
-    Unpin(pin::Args),
+    Unpin(ModuleArgs),
     /// Sweep the cache now and report what was removed.
     Gc(gc::Args),
     /// Re-hash every cached module; quarantine the ones that no longer match.
@@ -76,6 +76,16 @@ impl SocketArg {
         })?;
         Ok(ModuleCacheClient::new(channel).max_decoding_message_size(4 << 20))
     }
+}
+
+/// The arguments of `rm`, `pin` and `unpin`: the daemon's socket and one module.
+#[derive(Debug, clap::Args)]
+pub struct ModuleArgs {
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// A module URL, or a sha256 digest (64 hex characters, `sha256:` prefix optional)
+    #[arg(value_name = "URL|DIGEST")]
+    pub target: ModuleTarget,
 }
 
 /// What `rm`, `pin` and `unpin` act on: a module URL or a module digest, told apart when the command line is

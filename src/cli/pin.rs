@@ -1,18 +1,9 @@
 //! `wasmcache pin` and `wasmcache unpin`: keep a module from eviction, or let it go again.
 
-use super::{CliError, ModuleTarget, SocketArg};
+use super::{CliError, ModuleArgs, ModuleTarget};
 use crate::proto::{pin_request::Target, PinRequest};
 
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub socket: SocketArg,
-    /// A module URL, or a sha256 digest (64 hex characters, `sha256:` prefix optional)
-    #[arg(value_name = "URL|DIGEST")]
-    pub target: ModuleTarget,
-}
-
-pub async fn run(args: Args, pin: bool) -> Result<(), CliError> {
+pub async fn run(args: ModuleArgs, pin: bool) -> Result<(), CliError> {
     let target = match args.target {
         ModuleTarget::Url(url) => Target::Url(url),
         ModuleTarget::Digest(digest) => Target::Sha256(digest.to_string()),

@@ -383,33 +383,29 @@ impl Endpoint {
         let cause = exchange.cause.as_deref();
         let path = exchange.path.as_deref();
         let send_error = failed.map(ToString::to_string);
+        // tracing takes the level as a constant, so the one field list is spelled once for both levels.
+        macro_rules! event {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    method,
+                    route,
+                    name,
+                    reference,
+                    status,
+                    bytes,
+                    duration_ms,
+                    cause,
+                    path,
+                    send_error,
+                    "registry request"
+                )
+            };
+        }
         if status >= 500 || failed.is_some() {
-            tracing::warn!(
-                method,
-                route,
-                name,
-                reference,
-                status,
-                bytes,
-                duration_ms,
-                cause,
-                path,
-                send_error,
-                "registry request"
-            );
+            event!(tracing::Level::WARN);
         } else {
-            tracing::info!(
-                method,
-                route,
-                name,
-                reference,
-                status,
-                bytes,
-                duration_ms,
-                cause,
-                path,
-                "registry request"
-            );
+            event!(tracing::Level::INFO);
         }
     }
 }

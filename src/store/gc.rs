@@ -243,15 +243,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let (old, fresh) = (put(&store, b"old"), put(&store, b"fresh"));
-        let record = super::super::RefRecord {
-            digest: old,
-            manifest_digest: None,
-            index_digest: None,
-            resource: None,
-            etag: None,
-            fetched_at_ms: 1,
-            verification: None,
-        };
+        let record = super::super::tests::record(old);
         store.index.put_ref("oci://r/old:v1", &record).unwrap();
         age(&store, &old, 2 * 3_600_000);
         let report = store

@@ -32,7 +32,8 @@ fn open(dir: &std::path::Path) -> Store {
     }
 }
 
-fn record(digest: Sha256) -> RefRecord {
+/// A reference record for `digest` with nothing else known.
+pub(super) fn record(digest: Sha256) -> RefRecord {
     RefRecord {
         digest,
         manifest_digest: None,
