@@ -136,7 +136,7 @@ async fn module(state: &AdminState, cache: &Cache, hex: &str, req: &Request<Inco
     }
     let blob = match cache.open(digest).await {
         Ok(blob) => blob,
-        Err(Error::Store(StoreError::NotFound(_) | StoreError::Corrupt { .. })) => {
+        Err(Error::Store(StoreError::NotFound(_) | StoreError::Corrupt(_))) => {
             return text(StatusCode::NOT_FOUND, "not cached\n".into())
         }
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),

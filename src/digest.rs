@@ -21,7 +21,25 @@ pub enum DigestError {
     NotHex,
 }
 
+/// Content that should have hashed to `expected` hashed to `actual`: the one mismatch every check reports,
+/// wrapped by each layer's error with what was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("expected sha256:{expected}, got sha256:{actual}")]
+pub struct Mismatch {
+    pub expected: Sha256,
+    pub actual: Sha256,
+}
+
 impl Sha256 {
+    /// `Ok` when content that should have this digest hashed to `actual`.
+    pub fn check(self, actual: Sha256) -> Result<(), Mismatch> {
+        if self == actual {
+            Ok(())
+        } else {
+            Err(Mismatch { expected: self, actual })
+        }
+    }
+
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Sha256(bytes)
     }
@@ -209,6 +227,15 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.to_string(), EMPTY);
         assert_eq!(a, Sha256::of(b""));
+    }
+
+    #[test]
+    fn check_names_both_digests_of_a_mismatch() {
+        let (a, b) = (Sha256::of(b"a"), Sha256::of(b"b"));
+        assert_eq!(a.check(a), Ok(()));
+        let mismatch = a.check(b).unwrap_err();
+        assert_eq!((mismatch.expected, mismatch.actual), (a, b));
+        assert_eq!(mismatch.to_string(), format!("expected sha256:{a}, got sha256:{b}"));
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn fetch_code(e: &FetchError) -> Code {
 
 fn store_code(e: &StoreError) -> Code {
     match e {
-        StoreError::DigestMismatch { .. } | StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::DigestMismatch(_) | StoreError::Corrupt(_) => Code::DataLoss,
         StoreError::NotFound(_) => Code::NotFound,
         _ if e.is_no_space() => Code::ResourceExhausted,
         StoreError::IndexUnavailable(_) => Code::Unavailable,
@@ -258,6 +258,7 @@ impl From<Error> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Mismatch;
 
     #[test]
     fn checksum_mismatch_is_data_loss_naming_both_digests() {
@@ -291,8 +292,10 @@ mod tests {
                 Error::Fetch(FetchError::DigestMismatch {
                     url: url(),
                     what: "blob".into(),
-                    expected: Sha256::of(b"a"),
-                    actual: Sha256::of(b"b"),
+                    mismatch: Mismatch {
+                        expected: Sha256::of(b"a"),
+                        actual: Sha256::of(b"b"),
+                    },
                 }),
                 "checksum_mismatch",
             ),

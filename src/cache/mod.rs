@@ -242,7 +242,7 @@ impl Cache {
                     Err(Error::Store(StoreError::NotFound(_))) => {
                         self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await
                     }
-                    Err(Error::Store(StoreError::Corrupt { .. })) => {
+                    Err(Error::Store(StoreError::Corrupt(_))) => {
                         self.metrics.evicted(Eviction::Corrupt);
                         // Quarantined; fetch it again from the URL that asked.
                         match self.fetch_and_open(req, &key, &caller, fresh, Outcome::Fetched).await {

@@ -71,11 +71,11 @@ pub(super) fn finish_ingest(
     unbox::check_wasm(&unbox::read_head(module.path()).map_err(unbox_err)?).map_err(unbox_err)?;
     match store.commit(module, expected) {
         Ok(c) => Ok(c),
-        Err(StoreError::DigestMismatch { expected, actual }) => Err(Error::ChecksumMismatch {
+        Err(StoreError::DigestMismatch(mismatch)) => Err(Error::ChecksumMismatch {
             url: url.to_string(),
-            expected,
+            expected: mismatch.expected,
             found: Box::new(Found {
-                module: actual,
+                module: mismatch.actual,
                 manifest,
                 index,
             }),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::digest::Sha256;
+use crate::digest::{Mismatch, Sha256};
 use crate::source::ModuleUrl;
 
 /// Where a fetcher writes the bytes it downloads.
@@ -211,12 +211,11 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-    #[error("{url}: {what} digest mismatch: expected sha256:{expected}, got sha256:{actual}; nothing was stored")]
+    #[error("{url}: {what} digest mismatch: {mismatch}; nothing was stored")]
     DigestMismatch {
         url: String,
         what: String,
-        expected: Sha256,
-        actual: Sha256,
+        mismatch: Mismatch,
     },
     #[error("{url}: {reason}")]
     Format { url: String, reason: String },

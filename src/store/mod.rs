@@ -39,7 +39,7 @@ pub use index::{AccessRecord, BlobRecord, Index, RefRecord, Verification};
 pub use ingest::Ingest;
 pub use layout::Layout;
 
-use crate::digest::{self, Sha256};
+use crate::digest::{self, Mismatch, Sha256};
 
 /// Errors of the store layer.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +56,10 @@ pub enum StoreError {
     IndexRecord(String),
     #[error("cache index is unavailable until it can be reopened: {}", .0.cause)]
     IndexUnavailable(index::Failure),
-    #[error("content digest mismatch: expected sha256:{expected}, got sha256:{actual}")]
-    DigestMismatch { expected: Sha256, actual: Sha256 },
-    #[error("cached blob sha256:{digest} is corrupt on disk (its bytes hash to sha256:{actual}); it was quarantined")]
-    Corrupt { digest: Sha256, actual: Sha256 },
+    #[error("content digest mismatch: {0}")]
+    DigestMismatch(Mismatch),
+    #[error("cached blob sha256:{} is corrupt on disk (its bytes hash to sha256:{}); it was quarantined", .0.expected, .0.actual)]
+    Corrupt(Mismatch),
     #[error("module sha256:{0} is not cached")]
     NotFound(Sha256),
     #[error("cache directory {} is in use by another wasmcache (pid {})", dir.display(), pid.map_or("unknown".to_string(), |p| p.to_string()))]
@@ -313,14 +313,9 @@ impl Store {
         let remove_tmp = || {
             let _ = std::fs::remove_file(&tmp);
         };
-        if let Some(expected) = expected {
-            if expected != digest {
-                remove_tmp();
-                return Err(StoreError::DigestMismatch {
-                    expected,
-                    actual: digest,
-                });
-            }
+        if let Some(Err(mismatch)) = expected.map(|e| e.check(digest)) {
+            remove_tmp();
+            return Err(StoreError::DigestMismatch(mismatch));
         }
         let target = self.layout.blob(&digest);
         let created = !target.exists();
@@ -377,12 +372,9 @@ impl Store {
             // Another reader may have verified it while this one waited.
             if !self.is_verified(digest, &stamp) {
                 let (actual, _) = digest::hash_reader(&file).map_err(StoreError::io(&path))?;
-                if actual != *digest {
+                if let Err(mismatch) = digest.check(actual) {
                     self.quarantine(digest);
-                    return Err(StoreError::Corrupt {
-                        digest: *digest,
-                        actual,
-                    });
+                    return Err(StoreError::Corrupt(mismatch));
                 }
                 self.verified.lock().unwrap().insert(*digest, stamp);
             }

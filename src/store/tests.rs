@@ -73,7 +73,7 @@ fn committed_blob_is_readable_and_named_by_its_digest() {
 fn digest_mismatch_commits_nothing_and_leaves_no_temp_file() {
     on_fresh_and_reopened(|store| {
         let err = write_blob(store, b"module", Some(Sha256::of(b"other"))).unwrap_err();
-        assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+        assert!(matches!(err, StoreError::DigestMismatch(_)), "{err}");
         assert!(!store.contains(&Sha256::of(b"module")));
         assert_eq!(std::fs::read_dir(store.layout().ingest_dir()).unwrap().count(), 0);
     });
@@ -186,7 +186,7 @@ fn blob_altered_on_disk_is_quarantined_on_first_read_after_reopen() {
     std::fs::write(dir.path().join("blobs/sha256").join(digest.to_string()), b"tampered").unwrap();
     let store = open(dir.path());
     let err = store.open_blob(&digest).unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
     assert!(!store.contains(&digest));
     assert!(store.index().get_ref("ref").unwrap().is_none());
     assert_eq!(std::fs::read_dir(store.layout().quarantine_dir()).unwrap().count(), 1);
@@ -198,7 +198,7 @@ fn blob_altered_while_running_is_detected_by_its_changed_stamp() {
         let c = write_blob(store, b"original bytes", None).unwrap();
         store.open_blob(&c.digest).unwrap();
         std::fs::write(store.blob_path(&c.digest), b"changed").unwrap();
-        assert!(matches!(store.open_blob(&c.digest), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.open_blob(&c.digest), Err(StoreError::Corrupt(_))));
     });
 }
 

@@ -232,14 +232,13 @@ impl OciFetcher {
         }
         let top = self.client.manifest(s, &reference, max_manifest).await?;
         if let Some(wanted) = image.digest() {
-            if top.digest != wanted {
-                return Err(FetchError::DigestMismatch {
+            wanted
+                .check(top.digest)
+                .map_err(|mismatch| FetchError::DigestMismatch {
                     url: s.url.to_string(),
                     what: "manifest".into(),
-                    expected: wanted,
-                    actual: top.digest,
-                });
-            }
+                    mismatch,
+                })?;
         }
         if conditions.known_digest == Some(top.digest) {
             return Ok(Fetched::NotModified(Meta {
@@ -275,14 +274,13 @@ impl OciFetcher {
                     let entry = formats::select_platform(&index, &self.settings.platform).map_err(format_err)?;
                     let digest = parse_descriptor_digest(s.url, entry.digest().as_ref())?;
                     let inner = self.client.manifest(s, &digest.prefixed(), max_manifest).await?;
-                    if inner.digest != digest {
-                        return Err(FetchError::DigestMismatch {
+                    digest
+                        .check(inner.digest)
+                        .map_err(|mismatch| FetchError::DigestMismatch {
                             url: s.url.to_string(),
                             what: "platform manifest".into(),
-                            expected: digest,
-                            actual: inner.digest,
-                        });
-                    }
+                            mismatch,
+                        })?;
                     documents.push(document(&inner));
                     if let Some(fetched) = held_image(digest, Some(top.digest), &documents) {
                         return Ok(fetched);

@@ -275,14 +275,13 @@ impl RegistryClient {
                 Some(hasher) => Sha256::from_bytes(hasher.finalize().into()),
                 None => sink.sha256().expect("the sink hashes what it is written"),
             };
-            if actual != digest {
-                return Err(fatal(FetchError::DigestMismatch {
+            digest.check(actual).map_err(|mismatch| {
+                fatal(FetchError::DigestMismatch {
                     url: url.to_string(),
                     what: format!("blob {}", digest.prefixed()),
-                    expected: digest,
-                    actual,
-                }));
-            }
+                    mismatch,
+                })
+            })?;
             if let Some(size) = size.filter(|&n| n != received) {
                 return Err(fatal(FetchError::SizeMismatch {
                     url: url.to_string(),
