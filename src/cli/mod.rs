@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each an Args struct and a `run`.
 
 pub mod config;
+mod entry;
 pub mod fetch;
 pub mod gc;
 pub mod ls;
@@ -9,6 +10,8 @@ pub mod rm;
 pub mod serve;
 pub mod verify;
 pub mod warm;
+
+pub use entry::main;
 
 use std::path::PathBuf;
 
