@@ -18,7 +18,7 @@
 //! Long: the Config type the daemon runs on, its layering (defaults, file, environment, flags) and its validation, which refer to each other throughout.
 
 mod file;
-pub mod kind;
+pub(crate) mod kind;
 mod settings;
 #[cfg(test)]
 mod tests;
@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-pub use file::{FileConfig, Reader};
-pub use settings::{flags, setting_for, Overrides, Setting, SETTINGS};
+pub(crate) use file::FileConfig;
+pub(crate) use settings::{flags, setting_for, Overrides, SETTINGS};
 
-pub use crate::cache::Lifecycle;
+pub(crate) use crate::cache::Lifecycle;
 
 use crate::fetch::oci::auth::DockerConfig;
 use crate::fetch::{self, retry::Backoff};
@@ -44,21 +44,21 @@ use crate::fetch::{self, retry::Backoff};
 /// for it).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The retry backoff's growth and cap (`--retry-backoff` sets its start).
-pub const DEFAULT_BACKOFF_FACTOR: f64 = 1.5;
-pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_BACKOFF_FACTOR: f64 = 1.5;
+pub(crate) const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Socket mode: owner and group may connect (proxies join the daemon's group), others may not.
-pub const DEFAULT_SOCKET_MODE: u32 = 0o660;
+pub(crate) const DEFAULT_SOCKET_MODE: u32 = 0o660;
 /// Cache and socket locations when running as root (systemd, DaemonSet).
-pub const ROOT_CACHE_DIR: &str = "/var/lib/wasmcache";
-pub const ROOT_SOCKET: &str = "/run/wasmcache/wasmcache.sock";
+pub(crate) const ROOT_CACHE_DIR: &str = "/var/lib/wasmcache";
+pub(crate) const ROOT_SOCKET: &str = "/run/wasmcache/wasmcache.sock";
 /// The variable that names the configuration file when `--config` is not given.
-pub const CONFIG_ENV: &str = "WASMCACHE_CONFIG";
+pub(crate) const CONFIG_ENV: &str = "WASMCACHE_CONFIG";
 /// EX_CONFIG from sysexits.h: `serve` and `config check` exit with it on a bad configuration.
-pub const EXIT_CONFIG: u8 = 78;
+pub(crate) const EXIT_CONFIG: u8 = 78;
 
 /// Everything `serve` needs.
 #[derive(Clone, Debug)]
-pub struct Config {
+pub(crate) struct Config {
     pub cache_dir: PathBuf,
     pub socket: PathBuf,
     /// Also serve gRPC on TCP (no TLS: bind it to loopback or a trusted network).
@@ -95,13 +95,13 @@ pub struct Config {
 
 /// The PEM files of the registry endpoint's TLS certificate (chain, leaf first) and private key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RegistryTls {
+pub(crate) struct RegistryTls {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     #[default]
     Text,
     Json,
@@ -129,7 +129,7 @@ impl std::fmt::Display for LogFormat {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LogConfig {
+pub(crate) struct LogConfig {
     /// A tracing filter (`info`, `wasmcache=debug`); `RUST_LOG`, when set, wins.
     pub level: String,
     pub format: LogFormat,
@@ -137,7 +137,7 @@ pub struct LogConfig {
 
 impl LogConfig {
     /// Client commands log only warnings and errors (unless `RUST_LOG` says otherwise).
-    pub fn client() -> LogConfig {
+    pub(crate) fn client() -> LogConfig {
         LogConfig {
             level: "warn".into(),
             format: LogFormat::Text,
@@ -146,7 +146,7 @@ impl LogConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     /// A bad value from a flag (or a default): `key` is the flag's name without `--`.
     #[error("{key}: {reason}")]
     Invalid { key: &'static str, reason: String },
@@ -255,7 +255,7 @@ enum Source {
 }
 
 /// Reads the configuration as `serve` does: the file at `path` (if any), the process environment, then `flags`.
-pub fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
+pub(crate) fn load(path: Option<&Path>, flags: &Overrides) -> Result<Config, ConfigError> {
     let file = path.map(FileConfig::read).transpose()?;
     let env = Overrides::from_env(|name| std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()))?;
     Config::build(file.as_ref(), &env, flags)
@@ -331,7 +331,7 @@ impl Config {
     /// The one place where a configuration is put together: defaults, then the file, then the environment,
     /// then the flags (each layer wins over the ones before it), then [`Config::validate`]. An error names
     /// the layer that set the bad value: the file and line, the variable, or the flag.
-    pub fn build(file: Option<&FileConfig>, env: &Overrides, flags: &Overrides) -> Result<Config, ConfigError> {
+    pub(crate) fn build(file: Option<&FileConfig>, env: &Overrides, flags: &Overrides) -> Result<Config, ConfigError> {
         let mut sources: HashMap<&'static str, Source> = HashMap::new();
         if let Some(file) = file {
             sources.extend(file.lines().map(|(flag, line)| (flag, Source::File(line))));
@@ -380,7 +380,7 @@ impl Config {
     }
 
     /// Checks what can be checked before binding: the first problem found is returned, named by its flag.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.check_each()?;
         if let Some(tls) = &self.registry_tls {
             crate::registry::tls::load_pair(&tls.cert, &tls.key).map_err(|e| {
@@ -396,7 +396,7 @@ impl Config {
 
     /// The effective configuration in the file's format, which `--config` reads back unchanged. Nothing in it
     /// is secret: credentials live in the docker-config file, of which only the path is shown.
-    pub fn to_toml(&self) -> String {
+    pub(crate) fn to_toml(&self) -> String {
         file::to_toml(self)
     }
 }
@@ -410,7 +410,7 @@ fn env_dir(name: &str) -> Option<PathBuf> {
 }
 
 /// `/var/lib/wasmcache` for root, else `$XDG_CACHE_HOME/wasmcache` (or `~/.cache/wasmcache`).
-pub fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     if running_as_root() {
         return PathBuf::from(ROOT_CACHE_DIR);
     }
@@ -422,7 +422,7 @@ pub fn default_cache_dir() -> PathBuf {
 
 /// `/run/wasmcache/wasmcache.sock` for root, else `$XDG_RUNTIME_DIR/wasmcache/wasmcache.sock` (or a
 /// per-user directory under the temp dir). Client commands use the same default.
-pub fn default_socket() -> PathBuf {
+pub(crate) fn default_socket() -> PathBuf {
     if running_as_root() {
         return PathBuf::from(ROOT_SOCKET);
     }
@@ -437,7 +437,7 @@ fn uid() -> u32 {
 }
 
 /// Parses a byte size: a plain number, or one with a `K`/`KiB`/`M`/`MiB`/`G`/`GiB` suffix (powers of 1024).
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -454,7 +454,7 @@ pub fn parse_bytes(s: &str) -> Result<u64, String> {
 
 /// A group name or number, as its gid. Names are looked up with getgrnam, as `getent group` does, so that
 /// groups from NSS (LDAP, systemd's dynamic users) count as well as those in `/etc/group`.
-pub fn resolve_group(group: &str) -> Result<u32, String> {
+pub(crate) fn resolve_group(group: &str) -> Result<u32, String> {
     let group = group.trim();
     if let Ok(gid) = group.parse::<u32>() {
         return Ok(gid);
@@ -467,12 +467,12 @@ pub fn resolve_group(group: &str) -> Result<u32, String> {
 }
 
 /// Parses a duration such as `500ms`, `15s`, `1m`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?}: {e}"))
 }
 
 /// Parses a CIDR, or a single address as a one-address network.
-pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet, String> {
     let s = s.trim();
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
@@ -480,7 +480,7 @@ pub fn parse_cidr(s: &str) -> Result<IpNet, String> {
 }
 
 /// Parses `REGISTRY=URL` (URL http or https) for a registry mirror.
-pub fn parse_mirror(s: &str) -> Result<(String, url::Url), String> {
+pub(crate) fn parse_mirror(s: &str) -> Result<(String, url::Url), String> {
     let (registry, mirror) = s.split_once('=').ok_or_else(|| format!("{s:?} is not REGISTRY=URL"))?;
     let registry = registry.trim().to_ascii_lowercase();
     if registry.is_empty() || registry.contains('/') {
@@ -497,7 +497,7 @@ pub fn parse_mirror(s: &str) -> Result<(String, url::Url), String> {
 }
 
 /// Checks an `os/arch[/variant]` platform.
-pub fn parse_platform(s: &str) -> Result<String, String> {
+pub(crate) fn parse_platform(s: &str) -> Result<String, String> {
     let s = s.trim().to_ascii_lowercase();
     let parts: Vec<&str> = s.split('/').collect();
     if (2..=3).contains(&parts.len()) && parts.iter().all(|p| !p.is_empty()) {
@@ -508,7 +508,7 @@ pub fn parse_platform(s: &str) -> Result<String, String> {
 }
 
 /// Parses a listen address, or `off` (`None`), for the admin listener and the registry endpoint.
-pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
+pub(crate) fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -517,14 +517,14 @@ pub fn parse_admin_listen(s: &str) -> Result<Option<SocketAddr>, String> {
 }
 
 /// Parses `HOST:PORT` with an IP address as host (`127.0.0.1:9090`, `[::1]:9090`).
-pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim()
         .parse()
         .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 127.0.0.1:9464)"))
 }
 
 /// Parses the cache size limit: a byte size, or `0` or `off` for no limit (`None`).
-pub fn parse_max_cache_bytes(s: &str) -> Result<Option<u64>, String> {
+pub(crate) fn parse_max_cache_bytes(s: &str) -> Result<Option<u64>, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("off") {
         return Ok(None);
@@ -534,7 +534,7 @@ pub fn parse_max_cache_bytes(s: &str) -> Result<Option<u64>, String> {
 
 /// Checks a log filter: a level (`trace`, `debug`, `info`, `warn`, `error`, `off`) or tracing directives
 /// (`info,wasmcache=debug`).
-pub fn parse_log_level(s: &str) -> Result<String, String> {
+pub(crate) fn parse_log_level(s: &str) -> Result<String, String> {
     const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     let s = s.trim();
     let plain_level = !s.contains(['=', ',', '[']);
@@ -548,7 +548,7 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
 }
 
 /// Parses a boolean environment value: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
-pub fn parse_bool(s: &str) -> Result<bool, String> {
+pub(crate) fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
@@ -557,14 +557,14 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
 }
 
 /// Reads the default registry credentials file. Its contents never reach an error message.
-pub fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
+pub(crate) fn load_docker_config(path: &Path) -> Result<DockerConfig, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))?;
     DockerConfig::parse(&bytes).map_err(|e| invalid("docker-config", format!("{}: {e}", path.display())))
 }
 
 /// Reads and validates a kubelet `CredentialProviderConfig` and checks its plugins in `bin_dir`. The error
 /// names the file and the field (`/etc/kubernetes/credential-providers.yaml: providers[0].apiVersion: ...`).
-pub fn load_credential_providers(
+pub(crate) fn load_credential_providers(
     path: &Path,
     bin_dir: &Path,
 ) -> Result<fetch::oci::provider::ProviderConfig, ConfigError> {
@@ -574,13 +574,13 @@ pub fn load_credential_providers(
 
 /// A loaded signature verification policy and the file it came from (reloaded from there on SIGHUP).
 #[derive(Clone)]
-pub struct VerifyPolicy {
+pub(crate) struct VerifyPolicy {
     pub path: PathBuf,
     pub policy: std::sync::Arc<crate::signature::Policy>,
 }
 
 impl VerifyPolicy {
-    pub fn load(path: PathBuf) -> Result<VerifyPolicy, ConfigError> {
+    pub(crate) fn load(path: PathBuf) -> Result<VerifyPolicy, ConfigError> {
         let policy = crate::signature::Policy::load(&path).map_err(|e| invalid("verify-policy", e.to_string()))?;
         Ok(VerifyPolicy {
             path,
@@ -596,6 +596,6 @@ impl std::fmt::Debug for VerifyPolicy {
 }
 
 /// The directory that will hold the socket; created on start when missing.
-pub fn socket_dir(socket: &Path) -> Option<&Path> {
+pub(crate) fn socket_dir(socket: &Path) -> Option<&Path> {
     socket.parent().filter(|p| !p.as_os_str().is_empty())
 }

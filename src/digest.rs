@@ -32,7 +32,7 @@ pub struct Mismatch {
 
 impl Sha256 {
     /// `Ok` when content that should have this digest hashed to `actual`.
-    pub fn check(self, actual: Sha256) -> Result<(), Mismatch> {
+    pub(crate) fn check(self, actual: Sha256) -> Result<(), Mismatch> {
         if self == actual {
             Ok(())
         } else {
@@ -44,7 +44,7 @@ impl Sha256 {
         Sha256(bytes)
     }
 
-    pub fn as_bytes(&self) -> &[u8; 32] {
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
@@ -59,7 +59,7 @@ impl Sha256 {
     }
 
     /// Parses `sha256:<hex>` or bare `<hex>`; an empty string is `None`.
-    pub fn parse_optional(s: &str) -> Result<Option<Self>, DigestError> {
+    pub(crate) fn parse_optional(s: &str) -> Result<Option<Self>, DigestError> {
         if s.trim().is_empty() {
             Ok(None)
         } else {
@@ -95,7 +95,7 @@ impl fmt::Display for Sha256 {
 
 /// Serde forms of a digest for records kept on disk: text, so that the index stays readable and its
 /// records keep the form they always had.
-pub mod serde_form {
+pub(crate) mod serde_form {
     use serde::{Deserialize, Deserializer, Serializer};
 
     use super::Sha256;
@@ -105,30 +105,30 @@ pub mod serde_form {
     }
 
     /// Bare hex: `3a5c...`.
-    pub mod hex {
+    pub(crate) mod hex {
         use super::*;
 
-        pub fn serialize<S: Serializer>(d: &Sha256, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(d: &Sha256, s: S) -> Result<S::Ok, S::Error> {
             s.collect_str(d)
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Sha256, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Sha256, D::Error> {
             parse::<D>(&String::deserialize(de)?)
         }
     }
 
     /// `sha256:<hex>`, or none.
-    pub mod prefixed_opt {
+    pub(crate) mod prefixed_opt {
         use super::*;
 
-        pub fn serialize<S: Serializer>(d: &Option<Sha256>, s: S) -> Result<S::Ok, S::Error> {
+        pub(crate) fn serialize<S: Serializer>(d: &Option<Sha256>, s: S) -> Result<S::Ok, S::Error> {
             match d {
                 Some(d) => s.serialize_some(&d.prefixed()),
                 None => s.serialize_none(),
             }
         }
 
-        pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Sha256>, D::Error> {
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<Sha256>, D::Error> {
             Option::<String>::deserialize(de)?.map(|t| parse::<D>(&t)).transpose()
         }
     }
@@ -156,16 +156,16 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    pub fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.written
     }
 
-    pub fn get_mut(&mut self) -> &mut W {
+    pub(crate) fn get_mut(&mut self) -> &mut W {
         &mut self.inner
     }
 
     /// The digest of everything written so far.
-    pub fn sha256(&self) -> Sha256 {
+    pub(crate) fn sha256(&self) -> Sha256 {
         Sha256(self.hasher.clone().finalize().into())
     }
 
@@ -189,7 +189,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// The sha512 of a file (in-toto subjects of detached signatures may name it instead of sha256).
-pub fn sha512_of_file(path: &std::path::Path) -> io::Result<[u8; 64]> {
+pub(crate) fn sha512_of_file(path: &std::path::Path) -> io::Result<[u8; 64]> {
     let mut file = std::fs::File::open(path)?;
     let mut hasher = sha2::Sha512::new();
     io::copy(&mut file, &mut hasher)?;

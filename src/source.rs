@@ -35,7 +35,7 @@ impl ImageRef {
     /// Parses a reference without the `oci://` prefix. A malformed one is refused naming the offending part
     /// and the rule it breaks (`repository "Team/x" must be lowercase`), checked here before the reference
     /// parser, which only knows "invalid reference format"; the error shows the reference with `oci://`.
-    pub fn parse(raw: &str) -> Result<Self, UrlError> {
+    pub(crate) fn parse(raw: &str) -> Result<Self, UrlError> {
         let redacted = redact_reference(raw);
         let bad = |reason: String| UrlError::BadReference {
             reference: format!("oci://{redacted}"),
@@ -72,7 +72,7 @@ impl ImageRef {
     }
 
     /// What to ask the registry for: the digest when there is one, else the tag.
-    pub fn manifest_reference(&self) -> String {
+    pub(crate) fn manifest_reference(&self) -> String {
         match (self.digest, self.inner.tag()) {
             (Some(d), _) => d.prefixed(),
             (None, Some(tag)) => tag.to_string(),
@@ -82,12 +82,12 @@ impl ImageRef {
 
     /// A `latest` tag without a digest: it moves, so an unspecified pull policy re-checks it (the
     /// Kubernetes rule).
-    pub fn is_floating(&self) -> bool {
+    pub(crate) fn is_floating(&self) -> bool {
         self.digest.is_none() && self.inner.tag().is_none_or(|t| t == "latest")
     }
 
     /// `registry/repository`, the unit that registry permissions apply to.
-    pub fn repository_key(&self) -> String {
+    pub(crate) fn repository_key(&self) -> String {
         format!("{}/{}", self.registry(), self.repository())
     }
 }
@@ -222,7 +222,7 @@ impl fmt::Debug for ModuleUrl {
 }
 
 /// `url` without username and password.
-pub fn display_url(url: &Url) -> String {
+pub(crate) fn display_url(url: &Url) -> String {
     if url.username().is_empty() && url.password().is_none() {
         return url.to_string();
     }

@@ -9,7 +9,7 @@
 //! Connections from the Unix socket are wrapped in [`authority::AuthorityRewrite`] first, so that clients
 //! which send the socket path as `:authority` (gRPC C-core, grpc-java) are served too.
 
-pub mod authority;
+pub(crate) mod authority;
 mod hpack;
 
 use std::convert::Infallible;
@@ -37,7 +37,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `routes` on every connection from `incoming` until `stop` is cancelled; then stops accepting,
 /// asks each connection to finish its open streams, and returns when all have closed.
-pub async fn serve<S, IO>(incoming: S, routes: Routes, stop: CancellationToken)
+pub(crate) async fn serve<S, IO>(incoming: S, routes: Routes, stop: CancellationToken)
 where
     S: Stream<Item = io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -83,7 +83,7 @@ where
 /// Ends a call whose `grpc-timeout` passes before its response starts with DEADLINE_EXCEEDED, and drops
 /// its handler. A fetch the handler was waiting on goes on for other callers (the cache owns it).
 #[derive(Clone)]
-pub struct Deadlines<S>(pub S);
+pub(crate) struct Deadlines<S>(pub S);
 
 type Reply = hyper::Response<tonic::body::Body>;
 
@@ -121,7 +121,7 @@ where
 
 /// A `grpc-timeout` value: at most 8 digits and a unit (H, M, S, m, u, n), per the gRPC HTTP/2 protocol.
 /// `None` for anything else, which leaves the call without a server-side deadline.
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+pub(crate) fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     if !value.is_ascii() {
         return None;
     }

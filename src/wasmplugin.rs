@@ -50,25 +50,25 @@ use crate::policy::PullPolicy;
 mod tests;
 
 /// The only `apiVersion` of a `WasmPlugin` (and of a `WasmPluginList`) that is accepted.
-pub const API_VERSION: &str = "extensions.istio.io/v1alpha1";
+pub(crate) const API_VERSION: &str = "extensions.istio.io/v1alpha1";
 /// The `kind` of a single plugin.
-pub const KIND: &str = "WasmPlugin";
+pub(crate) const KIND: &str = "WasmPlugin";
 /// The `kind` of the list the API server returns.
-pub const LIST_KIND: &str = "WasmPluginList";
+pub(crate) const LIST_KIND: &str = "WasmPluginList";
 /// The `apiVersion` of a generic Kubernetes `List`.
-pub const CORE_LIST_API_VERSION: &str = "v1";
+pub(crate) const CORE_LIST_API_VERSION: &str = "v1";
 /// The `kind` of the generic list that `kubectl get -o yaml` prints.
-pub const CORE_LIST_KIND: &str = "List";
+pub(crate) const CORE_LIST_KIND: &str = "List";
 
 /// Largest file [`load`] reads. Real plugin files are kilobytes, and a dump of a thousand plugins
 /// is a few megabytes. It also bounds what one JSON document can build before [`MAX_VALUES`] is
 /// checked (JSON has no per-document budget): 8 MiB of `[0,0,...]` is 4 million values.
-pub const MAX_INPUT_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_INPUT_BYTES: usize = 8 * 1024 * 1024;
 /// Most documents [`load`] reads from one file; documents after it are not read.
-pub const MAX_DOCUMENTS: usize = 10_000;
+pub(crate) const MAX_DOCUMENTS: usize = 10_000;
 /// Most values (mappings, sequences and scalars, after alias expansion) [`load`] builds from one
 /// file, which bounds its memory whatever the file's shape.
-pub const MAX_VALUES: usize = 2_000_000;
+pub(crate) const MAX_VALUES: usize = 2_000_000;
 /// Most events one YAML document may replay through aliases. An honest document replays a few
 /// dozen; an alias bomb replays billions.
 const MAX_ALIAS_REPLAY_EVENTS: usize = 100_000;
@@ -227,26 +227,6 @@ pub struct PolicyTargetReference {
     pub name: Option<String>,
 }
 
-/// A `WasmPluginList`, as the API server returns from a list call.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", try_from = "Value")]
-pub struct WasmPluginList {
-    pub api_version: String,
-    pub kind: String,
-    pub metadata: ListMeta,
-    pub items: Vec<WasmPlugin>,
-}
-
-/// The metadata of a list: where a paginated list call resumes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ListMeta {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource_version: Option<String>,
-    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
-    pub r#continue: Option<String>,
-}
-
 /// Defines an API string enum: the variants with their exact API spellings, which are also what
 /// serde reads and writes and what error messages list.
 macro_rules! api_enum {
@@ -262,19 +242,20 @@ macro_rules! api_enum {
 
         impl $name {
             /// Every value, in the API's order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            #[cfg(test)]
+            pub(crate) const ALL: &'static [$name] = &[$($name::$variant),+];
             /// Every spelling, in the API's order: what an error message lists.
-            pub const NAMES: &'static [&'static str] = &[$($text),+];
+            pub(crate) const NAMES: &'static [&'static str] = &[$($text),+];
 
             /// The API spelling.
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text,)+
                 }
             }
 
             /// The value spelled exactly `text`; the API is case-sensitive.
-            pub fn from_api(text: &str) -> Option<Self> {
+            pub(crate) fn from_api(text: &str) -> Option<Self> {
                 match text {
                     $($text => Some($name::$variant),)+
                     _ => None,
@@ -378,7 +359,7 @@ impl From<ImagePullPolicy> for PullPolicy {
 impl WasmPlugin {
     /// `namespace/name`, the key the cache records the plugin's last fetch under. The namespace
     /// defaults to `default` as in Kubernetes, so a file without namespaces and the cluster agree.
-    pub fn resource_name(&self) -> String {
+    pub(crate) fn resource_name(&self) -> String {
         let namespace = match self.metadata.namespace.as_deref() {
             None | Some("") => "default",
             Some(namespace) => namespace,
@@ -388,25 +369,25 @@ impl WasmPlugin {
     }
 
     /// `metadata.resourceVersion`, or empty when absent (as in a hand-written file).
-    pub fn resource_version(&self) -> String {
+    pub(crate) fn resource_version(&self) -> String {
         self.metadata.resource_version.clone().unwrap_or_default()
     }
 
     /// Reads one plugin from the API server, checked like [`load`] does, where `apiVersion` and
     /// `kind` may be absent (items of a `WasmPluginList`, objects from a typed watch); present,
     /// they must be right.
-    pub fn from_api_object(mut value: Value) -> Result<Self, FieldError> {
+    pub(crate) fn from_api_object(mut value: Value) -> Result<Self, FieldError> {
         default_plugin_type(&mut value);
         decode_plugin(value, "")
     }
 
     /// The Secret named by `spec.imagePullSecret`, in the plugin's namespace; `None` when absent or empty.
-    pub fn image_pull_secret(&self) -> Option<&str> {
+    pub(crate) fn image_pull_secret(&self) -> Option<&str> {
         self.spec.image_pull_secret.as_deref().filter(|s| !s.is_empty())
     }
 
     /// The cache's pull policy for this plugin; an absent `imagePullPolicy` is `Unspecified`.
-    pub fn pull_policy(&self) -> PullPolicy {
+    pub(crate) fn pull_policy(&self) -> PullPolicy {
         self.spec.image_pull_policy.unwrap_or_default().into()
     }
 }
@@ -446,7 +427,7 @@ pub enum PluginError {
 
 impl PluginError {
     /// The document the error is about, when it is about one.
-    pub fn doc(&self) -> Option<usize> {
+    pub(crate) fn doc(&self) -> Option<usize> {
         match self {
             PluginError::Invalid { doc, .. }
             | PluginError::Syntax { doc, .. }
@@ -460,7 +441,7 @@ impl PluginError {
 /// list document, the item's index. Problems found with the plugin after loading are reported at it in
 /// the form of [`load`]'s own errors (`plugins.yaml doc 2: items[1].spec.url: ...`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     pub file: String,
     pub doc: usize,
     /// `Some(i)` for `items[i]` of a list document; `None` for a document that is the plugin itself.
@@ -469,7 +450,7 @@ pub struct Location {
 
 impl Location {
     /// A problem at `field` of the plugin read here: `field` is a path within the plugin (`spec.sha256`).
-    pub fn error(&self, field: &str, problem: Problem) -> PluginError {
+    pub(crate) fn error(&self, field: &str, problem: Problem) -> PluginError {
         let path = match self.item {
             Some(index) => format!("items[{index}].{field}"),
             None => field.to_owned(),
@@ -540,7 +521,7 @@ pub fn load(source_name: &str, text: &str) -> Vec<Result<WasmPlugin, PluginError
 }
 
 /// [`load`], with the [`Location`] of each plugin read, for reporting problems found with it later.
-pub fn load_located(source_name: &str, text: &str) -> Vec<Result<(Location, WasmPlugin), PluginError>> {
+pub(crate) fn load_located(source_name: &str, text: &str) -> Vec<Result<(Location, WasmPlugin), PluginError>> {
     located_within(source_name, text, LIMITS)
 }
 
@@ -766,17 +747,9 @@ fn list_items(
     items_default_to_plugins: bool,
 ) -> Vec<Result<WasmPlugin, FieldError>> {
     match read_list(value, kind, api_version, items_default_to_plugins) {
-        Ok(list) => list.items,
+        Ok(items) => items,
         Err(error) => vec![Err(error)],
     }
-}
-
-/// A list document, checked down to the list's own fields; its items are checked one by one.
-struct ListParts {
-    api_version: String,
-    kind: String,
-    metadata: ListMeta,
-    items: Vec<Result<WasmPlugin, FieldError>>,
 }
 
 /// The list's own fields, as serde reads them; the items stay values until each is decoded alone.
@@ -786,8 +759,6 @@ struct ListFields {
     kind: Option<String>,
     api_version: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
-    metadata: ListMeta,
-    #[serde(default, deserialize_with = "null_as_default")]
     items: Vec<Value>,
 }
 
@@ -796,16 +767,16 @@ fn read_list(
     kind: &'static str,
     api_version: &'static str,
     items_default_to_plugins: bool,
-) -> Result<ListParts, FieldError> {
+) -> Result<Vec<Result<WasmPlugin, FieldError>>, FieldError> {
     let fields: ListFields = decode(value, "")?;
-    let kind = expect(fields.kind, "kind", kind, |expected, found| Problem::WrongKind {
+    expect(fields.kind, "kind", kind, |expected, found| Problem::WrongKind {
         expected,
         found,
     })?;
-    let api_version = expect(fields.api_version, "apiVersion", api_version, |expected, found| {
+    expect(fields.api_version, "apiVersion", api_version, |expected, found| {
         Problem::WrongApiVersion { expected, found }
     })?;
-    let items = fields
+    Ok(fields
         .items
         .into_iter()
         .enumerate()
@@ -815,13 +786,7 @@ fn read_list(
             }
             decode_plugin(item, &format!("items[{index}]"))
         })
-        .collect();
-    Ok(ListParts {
-        api_version,
-        kind,
-        metadata: fields.metadata,
-        items,
-    })
+        .collect())
 }
 
 /// Fills in the `apiVersion` and `kind` of a plugin that leaves them out, as the API server may for
@@ -901,21 +866,6 @@ impl TryFrom<Value> for WasmPlugin {
     /// serde does not know.
     fn try_from(value: Value) -> Result<Self, FieldError> {
         decode_plugin(value, "")
-    }
-}
-
-impl TryFrom<Value> for WasmPluginList {
-    type Error = FieldError;
-
-    /// The whole list or its first problem; [`load`] reads lists item by item instead.
-    fn try_from(value: Value) -> Result<Self, FieldError> {
-        let list = read_list(value, LIST_KIND, API_VERSION, true)?;
-        Ok(WasmPluginList {
-            api_version: list.api_version,
-            kind: list.kind,
-            metadata: list.metadata,
-            items: list.items.into_iter().collect::<Result<_, _>>()?,
-        })
     }
 }
 

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use crate::config::{self, ConfigError, Overrides};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(subcommand)]
     pub action: Action,
 }
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Validate FILE and print the effective configuration as TOML
     ///
     /// Loads the defaults, FILE and the WASMCACHE_* variables as `serve` would (without flags), validates the
@@ -22,7 +22,7 @@ pub enum Action {
     },
 }
 
-pub fn run(args: Args) -> Result<(), ConfigError> {
+pub(crate) fn run(args: Args) -> Result<(), ConfigError> {
     match args.action {
         Action::Check { file } => {
             let config = config::load(Some(&file), &Overrides::default())?;

@@ -7,13 +7,13 @@ use super::{outcome_name, rfc3339, CliError, SocketArg};
 use crate::proto::{fetch_response::Msg, FetchRequest, ModuleInfo, PullPolicy};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum PolicyArg {
+pub(crate) enum PolicyArg {
     IfNotPresent,
     Always,
 }
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Expected sha256 of the module (64 hex characters, `sha256:` prefix optional)
@@ -43,7 +43,7 @@ pub struct Args {
     pub url: String,
 }
 
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     let pull_secret = match &args.pull_secret {
         Some(path) => {
             std::fs::read(path).map_err(|e| CliError(format!("reading --pull-secret {}: {e}", path.display())))?

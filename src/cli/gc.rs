@@ -4,7 +4,7 @@ use super::{CliError, SocketArg};
 use crate::proto::GcRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Print the report as one JSON object
@@ -12,7 +12,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     let mut client = args.socket.connect().await?;
     let report = client.gc(GcRequest {}).await?.into_inner();
     if args.json {

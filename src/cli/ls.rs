@@ -4,7 +4,7 @@ use super::{rfc3339, CliError, SocketArg};
 use crate::proto::ListRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Print a JSON array
@@ -12,7 +12,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     let mut client = args.socket.connect().await?;
     let modules = client.list(ListRequest {}).await?.into_inner().modules;
     if args.json {

@@ -1,15 +1,15 @@
 //! The command line: one file per subcommand, each an Args struct and a `run`.
 
-pub mod config;
+pub(crate) mod config;
 mod entry;
-pub mod fetch;
-pub mod gc;
-pub mod ls;
-pub mod pin;
-pub mod rm;
-pub mod serve;
-pub mod verify;
-pub mod warm;
+pub(crate) mod fetch;
+pub(crate) mod gc;
+pub(crate) mod ls;
+pub(crate) mod pin;
+pub(crate) mod rm;
+pub(crate) mod serve;
+pub(crate) mod verify;
+pub(crate) mod warm;
 
 pub use entry::main;
 
@@ -26,13 +26,13 @@ use crate::proto::module_cache_client::ModuleCacheClient;
     version,
     about = "Node-level cache of WebAssembly modules for Envoy proxies"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon.
     Serve(Box<serve::Args>),
     /// Fetch a module through the daemon and print its info.
@@ -57,18 +57,18 @@ pub enum Command {
 
 /// Where client commands find the daemon.
 #[derive(Debug, clap::Args)]
-pub struct SocketArg {
+pub(crate) struct SocketArg {
     /// The daemon's Unix socket [default: /run/wasmcache/wasmcache.sock for root, else under $XDG_RUNTIME_DIR]
     #[arg(long, env = "WASMCACHE_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
 }
 
 impl SocketArg {
-    pub fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         self.socket.clone().unwrap_or_else(crate::config::default_socket)
     }
 
-    pub async fn connect(&self) -> Result<ModuleCacheClient<tonic::transport::Channel>, CliError> {
+    pub(crate) async fn connect(&self) -> Result<ModuleCacheClient<tonic::transport::Channel>, CliError> {
         let path = self.path();
         let channel = crate::client::connect_unix(&path).await.map_err(|e| {
             CliError(format!(
@@ -83,7 +83,7 @@ impl SocketArg {
 
 /// The arguments of `rm`, `pin` and `unpin`: the daemon's socket and one module.
 #[derive(Debug, clap::Args)]
-pub struct ModuleArgs {
+pub(crate) struct ModuleArgs {
     #[command(flatten)]
     pub socket: SocketArg,
     /// A module URL, or a sha256 digest (64 hex characters, `sha256:` prefix optional)
@@ -96,7 +96,7 @@ pub struct ModuleArgs {
 /// mistyped or shortened digest is a usage error naming what a digest needs, instead of being sent to the
 /// daemon as a URL and refused there as a malformed one.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ModuleTarget {
+pub(crate) enum ModuleTarget {
     Url(String),
     Digest(Sha256),
 }
@@ -133,7 +133,7 @@ impl std::str::FromStr for ModuleTarget {
 
 /// Logs to stderr, filtered by `RUST_LOG` when it is set, else by `log.level`; as text, or as one JSON object
 /// per line.
-pub fn init_tracing(log: &crate::config::LogConfig) {
+pub(crate) fn init_tracing(log: &crate::config::LogConfig) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
 
@@ -153,7 +153,7 @@ pub fn init_tracing(log: &crate::config::LogConfig) {
 
 /// A client command failure: printed as one line on stderr, exit code 1.
 #[derive(Debug)]
-pub struct CliError(pub String);
+pub(crate) struct CliError(pub String);
 
 impl std::fmt::Display for CliError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -168,7 +168,7 @@ impl From<tonic::Status> for CliError {
 }
 
 /// Formats a protobuf timestamp as RFC 3339 (empty when unset).
-pub fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
+pub(crate) fn rfc3339(ts: Option<&prost_types::Timestamp>) -> String {
     match ts {
         Some(ts) if ts.seconds > 0 => {
             let t = std::time::UNIX_EPOCH + std::time::Duration::new(ts.seconds as u64, ts.nanos.max(0) as u32);

@@ -3,7 +3,7 @@
 use super::{CliError, ModuleArgs, ModuleTarget};
 use crate::proto::{pin_request::Target, PinRequest};
 
-pub async fn run(args: ModuleArgs, pin: bool) -> Result<(), CliError> {
+pub(crate) async fn run(args: ModuleArgs, pin: bool) -> Result<(), CliError> {
     let target = match args.target {
         ModuleTarget::Url(url) => Target::Url(url),
         ModuleTarget::Digest(digest) => Target::Sha256(digest.to_string()),

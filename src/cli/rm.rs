@@ -3,7 +3,7 @@
 use super::{CliError, ModuleArgs, ModuleTarget};
 use crate::proto::{remove_request::Target, RemoveRequest};
 
-pub async fn run(args: ModuleArgs) -> Result<(), CliError> {
+pub(crate) async fn run(args: ModuleArgs) -> Result<(), CliError> {
     let target = match args.target {
         ModuleTarget::Url(url) => Target::Url(url),
         ModuleTarget::Digest(digest) => Target::Sha256(digest.to_string()),

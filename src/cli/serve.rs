@@ -14,7 +14,7 @@ use crate::server::{self, ServeError};
 
 /// `serve`'s command line: `--config` and a flag for every setting in `config::SETTINGS`.
 #[derive(Debug)]
-pub struct Args {
+pub(crate) struct Args {
     pub config: Option<PathBuf>,
     /// The settings given as flags: the top layer of [`Config::build`].
     pub settings: Overrides,
@@ -60,7 +60,7 @@ impl clap::FromArgMatches for Args {
 
 impl Args {
     /// The configuration: defaults, the file (`--config` or `WASMCACHE_CONFIG`), the environment, the flags.
-    pub fn into_config(self) -> Result<Config, ConfigError> {
+    pub(crate) fn into_config(self) -> Result<Config, ConfigError> {
         let path = self.config.clone().or_else(|| {
             std::env::var_os(config::CONFIG_ENV)
                 .filter(|v| !v.is_empty())
@@ -73,7 +73,7 @@ impl Args {
 /// Builds the configuration, starts logging as it says, and serves until a shutdown signal. Returns the
 /// exit code: 0, 78 for a bad configuration, 1 for other failures, each reported on stderr (as a log event
 /// only when logs are JSON, so that every line stays JSON).
-pub async fn run(args: Args) -> u8 {
+pub(crate) async fn run(args: Args) -> u8 {
     // Asked for JSON logs on the command line or in the environment: even a configuration error (which
     // comes before logging is set up) is written as one JSON line.
     let json_requested = args.settings.log_format == Some(LogFormat::Json)

@@ -4,7 +4,7 @@ use super::{CliError, SocketArg};
 use crate::proto::VerifyRequest;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Print one JSON object: {"checked": N, "quarantined": ["<hex>", ...]}
@@ -13,7 +13,7 @@ pub struct Args {
 }
 
 /// Exits non-zero when a module was quarantined, so a cron job or a probe notices.
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     let mut client = args.socket.connect().await?;
     let report = client.verify(VerifyRequest {}).await?.into_inner();
     if args.json {

@@ -20,7 +20,7 @@ use crate::wasmplugin::{self, Problem, WasmPlugin};
 // Plugins come from files, from the cluster, or both; with neither there is nothing to do, which is a
 // wrong command line (exit 64 with the usage), not a failed warm-up.
 #[group(id = "input", required = true, multiple = true, args = ["files", "from_cluster"])]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     pub socket: SocketArg,
     /// WasmPlugin YAML or JSON file (multi-document; WasmPlugin, WasmPluginList or List), a directory of
@@ -89,7 +89,7 @@ impl Row {
     }
 }
 
-pub async fn run(args: Args) -> Result<(), CliError> {
+pub(crate) async fn run(args: Args) -> Result<(), CliError> {
     let mut rows: Vec<Row> = Vec::new();
     let mut plugins: Vec<(Origin, WasmPlugin)> = Vec::new();
     for path in &args.files {

@@ -18,7 +18,7 @@ use super::{Config, ConfigError, Overrides, SETTINGS};
 
 /// A configuration file, read and converted, with the line of each key it sets.
 #[derive(Clone, Debug)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     path: PathBuf,
     values: Overrides,
     /// Flag name → line (from 1) of the value, so that [`Config::build`] can point at it.
@@ -26,7 +26,7 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
-    pub fn read(path: &Path) -> Result<FileConfig, ConfigError> {
+    pub(crate) fn read(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -35,7 +35,7 @@ impl FileConfig {
     }
 
     /// Parses `text`; `path` only names the file in errors.
-    pub fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
         let mut reader = Reader {
             path,
             src: text,
@@ -51,22 +51,22 @@ impl FileConfig {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn values(&self) -> &Overrides {
+    pub(crate) fn values(&self) -> &Overrides {
         &self.values
     }
 
     /// `(flag, line)` for every setting the file sets.
-    pub fn lines(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
+    pub(crate) fn lines(&self) -> impl Iterator<Item = (&'static str, usize)> + '_ {
         self.lines.iter().map(|(flag, line)| (*flag, *line))
     }
 }
 
 /// The file being read: its text, for lines, and where each setting was found.
-pub struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     path: &'a Path,
     src: &'a str,
     lines: HashMap<&'static str, usize>,
@@ -145,13 +145,13 @@ impl Reader<'_> {
     }
 
     /// A parsed value as a [`Value`], for a [`Kind`] to convert.
-    pub fn value(&self, value: &Spanned<DeValue<'_>>, key: &str) -> Result<Value, ConfigError> {
+    pub(crate) fn value(&self, value: &Spanned<DeValue<'_>>, key: &str) -> Result<Value, ConfigError> {
         let line = self.line(value.span().start);
         Value::deserialize(toml::de::ValueDeserializer::from(value.clone()))
             .map_err(|e| self.error(Some(line), Some(key.to_string()), e.message().to_string()))
     }
 
-    pub fn error(&self, line: Option<usize>, key: Option<String>, reason: String) -> ConfigError {
+    pub(crate) fn error(&self, line: Option<usize>, key: Option<String>, reason: String) -> ConfigError {
         ConfigError::File {
             path: self.path.to_path_buf(),
             line,
@@ -161,7 +161,7 @@ impl Reader<'_> {
     }
 
     /// The line (from 1) of a byte offset.
-    pub fn line(&self, offset: usize) -> usize {
+    pub(crate) fn line(&self, offset: usize) -> usize {
         let offset = offset.min(self.src.len());
         self.src.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
     }

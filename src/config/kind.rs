@@ -20,7 +20,7 @@ use super::{
 };
 
 /// One sort of setting value.
-pub trait Kind {
+pub(crate) trait Kind {
     type Value: Clone + std::fmt::Debug + Send + Sync + 'static;
 
     /// A flag's value, which is also how a variable is read unless [`Kind::from_env`] says otherwise.
@@ -56,7 +56,7 @@ pub trait Kind {
 }
 
 /// A path, never empty.
-pub struct Path;
+pub(crate) struct Path;
 
 impl Kind for Path {
     type Value = PathBuf;
@@ -82,7 +82,7 @@ impl Kind for Path {
 }
 
 /// Any string.
-pub struct Text;
+pub(crate) struct Text;
 
 impl Kind for Text {
     type Value = String;
@@ -104,7 +104,7 @@ impl Kind for Text {
 macro_rules! checked_text {
     ($(#[$doc:meta])* $name:ident = $parse:path) => {
         $(#[$doc])*
-        pub struct $name;
+        pub(crate) struct $name;
 
         impl Kind for $name {
             type Value = String;
@@ -134,7 +134,7 @@ checked_text!(
 );
 
 /// `IP:PORT`.
-pub struct Addr;
+pub(crate) struct Addr;
 
 impl Kind for Addr {
     type Value = SocketAddr;
@@ -153,7 +153,7 @@ impl Kind for Addr {
 }
 
 /// `IP:PORT`, or `off` (`None`).
-pub struct AddrOrOff;
+pub(crate) struct AddrOrOff;
 
 impl Kind for AddrOrOff {
     type Value = Option<SocketAddr>;
@@ -172,7 +172,7 @@ impl Kind for AddrOrOff {
 }
 
 /// A duration with a unit (`500ms`, `15s`); in the file, a string.
-pub struct Dur;
+pub(crate) struct Dur;
 
 impl Kind for Dur {
     type Value = Duration;
@@ -194,7 +194,7 @@ impl Kind for Dur {
 }
 
 /// A whole number; in the file, an integer.
-pub struct Count;
+pub(crate) struct Count;
 
 impl Kind for Count {
     type Value = u32;
@@ -214,7 +214,7 @@ impl Kind for Count {
 }
 
 /// A size: bytes, or with a K/M/G suffix; in the file also a plain integer.
-pub struct Bytes;
+pub(crate) struct Bytes;
 
 impl Kind for Bytes {
     type Value = u64;
@@ -237,7 +237,7 @@ impl Kind for Bytes {
 }
 
 /// A size, or `0` or `off` for no limit (`None`).
-pub struct SizeOrOff;
+pub(crate) struct SizeOrOff;
 
 impl Kind for SizeOrOff {
     type Value = Option<u64>;
@@ -259,7 +259,7 @@ impl Kind for SizeOrOff {
 }
 
 /// A CIDR, or one address.
-pub struct Cidr;
+pub(crate) struct Cidr;
 
 impl Kind for Cidr {
     type Value = IpNet;
@@ -278,7 +278,7 @@ impl Kind for Cidr {
 }
 
 /// `text` or `json`.
-pub struct Format;
+pub(crate) struct Format;
 
 impl Kind for Format {
     type Value = LogFormat;
@@ -297,7 +297,7 @@ impl Kind for Format {
 }
 
 /// A switch that a flag can only turn on; the variable and the file say `true` or `false`.
-pub struct Switch;
+pub(crate) struct Switch;
 
 impl Kind for Switch {
     type Value = bool;
@@ -326,7 +326,7 @@ impl Kind for Switch {
 
 /// A switch whose flag and variable say `--no-…` (turn it off), while the file key states it positively
 /// (`--no-serve-stale`, `WASMCACHE_NO_SERVE_STALE=true`, `serve-stale = false`). The value is the positive one.
-pub struct NoSwitch;
+pub(crate) struct NoSwitch;
 
 impl Kind for NoSwitch {
     type Value = bool;
@@ -354,7 +354,7 @@ impl Kind for NoSwitch {
 
 /// A list of `K`: a repeatable flag, a comma-separated variable (empty items skipped), an array in the file
 /// (or a single item). A list from a higher layer replaces a lower one.
-pub struct List<K>(PhantomData<K>);
+pub(crate) struct List<K>(PhantomData<K>);
 
 impl<K: Kind> Kind for List<K> {
     type Value = Vec<K::Value>;
@@ -391,7 +391,7 @@ impl<K: Kind> Kind for List<K> {
 
 /// Registry mirrors, `(registry, mirror)` in the order they are tried. Flags and the variable take
 /// `REGISTRY=URL` items; the file has a table of quoted registry names, each with its list of URLs.
-pub struct Mirrors;
+pub(crate) struct Mirrors;
 
 impl Kind for Mirrors {
     type Value = Vec<(String, url::Url)>;
@@ -464,7 +464,7 @@ impl Kind for Mirrors {
 }
 
 /// One `REGISTRY=URL`.
-pub struct Mirror;
+pub(crate) struct Mirror;
 
 impl Kind for Mirror {
     type Value = (String, url::Url);

@@ -27,7 +27,7 @@ use super::{
 
 /// One setting and the three names it goes by.
 #[derive(Clone, Copy, Debug)]
-pub struct Setting {
+pub(crate) struct Setting {
     /// The `serve` flag without `--`; also the `key` of [`ConfigError::Invalid`].
     pub flag: &'static str,
     /// The key in the configuration file, dotted for keys in a table (`registry.platform`).
@@ -37,7 +37,7 @@ pub struct Setting {
 
 /// The setting behind a flag name. Panics on a name that is not in [`SETTINGS`]: that is a bug, which the
 /// tests catch.
-pub fn setting_for(flag: &str) -> &'static Setting {
+pub(crate) fn setting_for(flag: &str) -> &'static Setting {
     SETTINGS
         .iter()
         .find(|s| s.flag == flag)
@@ -119,42 +119,42 @@ macro_rules! settings {
         }
     )*) => {
         /// Every setting of `serve` (except `--config` itself, [`super::CONFIG_ENV`]).
-        pub const SETTINGS: &[Setting] = &[$(Setting { flag: $flag, file_key: $file, env: $env }),*];
+        pub(crate) const SETTINGS: &[Setting] = &[$(Setting { flag: $flag, file_key: $file, env: $env }),*];
 
         /// One layer of settings (the flags, the environment, the file or the defaults): `None` where the layer
         /// is silent. A list replaces the list of a lower layer; it is never appended to it.
         #[derive(Clone, Debug, Default)]
-        pub struct Overrides {
+        pub(crate) struct Overrides {
             $($(#[doc = $help])+ pub $field: Option<<$kind as Kind>::Value>,)*
         }
 
         impl Overrides {
             /// This layer over `lower`: each field from `self` where set, else from `lower`.
-            pub fn over(self, lower: Overrides) -> Overrides {
+            pub(crate) fn over(self, lower: Overrides) -> Overrides {
                 Overrides { $($field: self.$field.or(lower.$field)),* }
             }
 
             /// The flag names of the settings this layer sets.
-            pub fn keys(&self) -> Vec<&'static str> {
+            pub(crate) fn keys(&self) -> Vec<&'static str> {
                 let mut keys = Vec::new();
                 $(if self.$field.is_some() { keys.push($flag); })*
                 keys
             }
 
             /// The built-in defaults, the lowest layer.
-            pub fn defaults() -> Overrides {
+            pub(crate) fn defaults() -> Overrides {
                 Overrides { $($field: $default),* }
             }
 
             /// Reads the `WASMCACHE_*` variables through `var` (the process environment in `serve`, a map in
             /// tests). An empty variable counts as unset; lists are comma-separated; booleans are
             /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
-            pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
+            pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Overrides, ConfigError> {
                 Ok(Overrides { $($field: env_value::<$kind>($env, &var)?),* })
             }
 
             /// The settings given as `serve` flags (see [`flags`]).
-            pub fn from_matches(matches: &ArgMatches) -> Overrides {
+            pub(crate) fn from_matches(matches: &ArgMatches) -> Overrides {
                 Overrides { $($field: <$kind as Kind>::from_matches(matches, $flag)),* }
             }
 
@@ -193,7 +193,7 @@ macro_rules! settings {
         }
 
         /// Adds a flag for every setting to `serve`'s command, with its help and default.
-        pub fn flags(command: Command) -> Command {
+        pub(crate) fn flags(command: Command) -> Command {
             let defaults = Overrides::defaults();
             command $(.arg(<$kind as Kind>::arg(
                 Arg::new($flag)

@@ -16,7 +16,7 @@ use super::retry::past_deadline;
 use super::{FetchError, Fetched, Meta, Settings, Sink};
 use crate::source::ModuleUrl;
 
-pub struct FileFetcher {
+pub(crate) struct FileFetcher {
     /// Canonical root directories.
     roots: Vec<PathBuf>,
     max_bytes: u64,
@@ -27,7 +27,7 @@ pub struct FileFetcher {
 }
 
 impl FileFetcher {
-    pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+    pub(crate) fn new(settings: &Settings) -> Result<Self, FetchError> {
         let roots = settings
             .file_roots
             .iter()
@@ -65,7 +65,7 @@ impl FileFetcher {
         }
     }
 
-    pub async fn fetch(&self, url: &ModuleUrl, path: &Path, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
+    pub(crate) async fn fetch(&self, url: &ModuleUrl, path: &Path, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
         let shown = url.to_string();
         if self.roots.is_empty() {
             return Err(FetchError::NoFileRoots { url: shown });

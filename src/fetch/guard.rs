@@ -8,10 +8,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 /// Always blocked: link-local ranges and the cloud metadata endpoints that live outside them.
-pub const ALWAYS_BLOCKED: [&str; 4] = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/32", "100.100.100.200/32"];
+pub(crate) const ALWAYS_BLOCKED: [&str; 4] = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/32", "100.100.100.200/32"];
 
 #[derive(Clone, Debug)]
-pub struct Guard {
+pub(crate) struct Guard {
     blocked: Arc<Vec<IpNet>>,
 }
 
@@ -25,7 +25,7 @@ pub struct Blocked {
 
 impl Guard {
     /// The always-blocked ranges plus the operator's.
-    pub fn new(extra: &[IpNet]) -> Guard {
+    pub(crate) fn new(extra: &[IpNet]) -> Guard {
         let mut blocked: Vec<IpNet> = ALWAYS_BLOCKED
             .iter()
             .map(|n| n.parse().expect("valid built-in CIDR"))
@@ -36,7 +36,7 @@ impl Guard {
         }
     }
 
-    pub fn check(&self, addr: IpAddr) -> Result<(), Blocked> {
+    pub(crate) fn check(&self, addr: IpAddr) -> Result<(), Blocked> {
         // IPv4-mapped IPv6 (::ffff:169.254.169.254) reaches the IPv4 address: judge it as one.
         let addr = addr.to_canonical();
         match self.blocked.iter().find(|net| net.contains(&addr)) {
@@ -46,7 +46,7 @@ impl Guard {
     }
 
     /// Checks a URL host when it is an IP literal; names are checked when they resolve.
-    pub fn check_url(&self, url: &url::Url) -> Result<(), Blocked> {
+    pub(crate) fn check_url(&self, url: &url::Url) -> Result<(), Blocked> {
         match url.host() {
             Some(url::Host::Ipv4(ip)) => self.check(IpAddr::V4(ip)),
             Some(url::Host::Ipv6(ip)) => self.check(IpAddr::V6(ip)),
@@ -55,7 +55,7 @@ impl Guard {
     }
 
     /// Keeps the allowed addresses of a name; refuses the name when none is left.
-    pub fn filter(&self, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Blocked> {
+    pub(crate) fn filter(&self, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Blocked> {
         let mut first_refusal = None;
         let allowed: Vec<SocketAddr> = addrs
             .into_iter()

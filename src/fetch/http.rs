@@ -12,7 +12,7 @@ use super::retry::{self, retryable_status, Backoff, Failure};
 use super::{Conditions, FetchError, Fetched, Meta, Settings, Sink};
 use crate::source::display_url;
 
-pub struct HttpFetcher {
+pub(crate) struct HttpFetcher {
     clients: Clients,
     insecure_hosts: Vec<String>,
     backoff: Backoff,
@@ -23,7 +23,7 @@ pub struct HttpFetcher {
 }
 
 impl HttpFetcher {
-    pub fn new(settings: &Settings, clients: Clients) -> Self {
+    pub(crate) fn new(settings: &Settings, clients: Clients) -> Self {
         HttpFetcher {
             clients,
             insecure_hosts: settings.insecure_hosts.clone(),
@@ -43,14 +43,24 @@ impl HttpFetcher {
     }
 
     /// Downloads `url` into `sink`, retrying transient failures with backoff.
-    pub async fn fetch(&self, url: &Url, conditions: &Conditions, sink: &mut dyn Sink) -> Result<Fetched, FetchError> {
+    pub(crate) async fn fetch(
+        &self,
+        url: &Url,
+        conditions: &Conditions,
+        sink: &mut dyn Sink,
+    ) -> Result<Fetched, FetchError> {
         self.fetch_capped(url, conditions, sink, (self.max_bytes, "module"))
             .await
     }
 
     /// Downloads a small document (a detached signature bundle) of at most `max` bytes into memory, as a
     /// module is downloaded (guard, retries, deadline); `Ok(None)` when the origin has none (404, 410).
-    pub async fn document(&self, url: &Url, max: u64, what: &'static str) -> Result<Option<Vec<u8>>, FetchError> {
+    pub(crate) async fn document(
+        &self,
+        url: &Url,
+        max: u64,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>, FetchError> {
         let mut bytes = super::MemorySink::default();
         match self
             .fetch_capped(url, &Conditions::default(), &mut bytes, (max, what))
@@ -181,6 +191,6 @@ impl HttpFetcher {
 
 /// True when the URL carries userinfo, which reqwest sends as Basic credentials: what such a request
 /// brings back may be private.
-pub fn has_credentials(url: &Url) -> bool {
+pub(crate) fn has_credentials(url: &Url) -> bool {
     !url.username().is_empty() || url.password().is_some()
 }

@@ -4,12 +4,12 @@
 //! A fetcher writes into a sink rather than returning a stream so that it can retry a download that
 //! broke halfway: it resets the sink and starts again, and the caller only sees a complete body.
 
-pub mod file;
-pub mod guard;
-pub mod http;
-pub mod net;
+pub(crate) mod file;
+pub(crate) mod guard;
+pub(crate) mod http;
+pub(crate) mod net;
 pub mod oci;
-pub mod retry;
+pub(crate) mod retry;
 pub mod unbox;
 
 use std::io;
@@ -22,7 +22,7 @@ use crate::digest::{Mismatch, Sha256};
 use crate::source::ModuleUrl;
 
 /// Where a fetcher writes the bytes it downloads.
-pub trait Sink: Send {
+pub(crate) trait Sink: Send {
     /// Drops everything written so far (before a retry).
     fn reset(&mut self) -> io::Result<()>;
     fn write_chunk(&mut self, chunk: &[u8]) -> io::Result<()>;
@@ -35,7 +35,7 @@ pub trait Sink: Send {
 
 /// A sink into memory, for small documents (signatures, bundles) whose size the fetcher bounds.
 #[derive(Default)]
-pub struct MemorySink(pub Vec<u8>);
+pub(crate) struct MemorySink(pub Vec<u8>);
 
 impl Sink for MemorySink {
     fn reset(&mut self) -> io::Result<()> {
@@ -51,7 +51,7 @@ impl Sink for MemorySink {
 
 /// What the caller already has, for a conditional re-check upstream.
 #[derive(Clone, Debug, Default)]
-pub struct Conditions {
+pub(crate) struct Conditions {
     /// The validator (HTTP ETag) recorded at the last fetch.
     pub etag: Option<String>,
     /// The digest an OCI tag resolved to at the last fetch (the index digest when there was one).
@@ -59,7 +59,7 @@ pub struct Conditions {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Fetched {
+pub(crate) enum Fetched {
     /// The sink holds the whole payload.
     Complete(Meta),
     /// Upstream confirmed that the content the conditions describe is still current; nothing was written.
@@ -72,7 +72,7 @@ pub enum Fetched {
 /// What the caller already holds, so that an OCI fetch can stop as soon as the registry names it: a
 /// manifest is content-addressed, so the module it leads to is known once its digest is. Fetchers only
 /// ask; the cache decides (it also applies its access rules here).
-pub trait Held: Send + Sync {
+pub(crate) trait Held: Send + Sync {
     /// The held module that an image manifest or index with this digest led to, with the image
     /// manifest's digest (the platform manifest's, for an index).
     fn image(&self, digest: &Sha256) -> Option<HeldImage>;
@@ -82,13 +82,13 @@ pub trait Held: Send + Sync {
 
 /// A held module and the image manifest it came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeldImage {
+pub(crate) struct HeldImage {
     pub module: Sha256,
     pub manifest: Sha256,
 }
 
 /// Holds nothing: every fetch downloads.
-pub struct NothingHeld;
+pub(crate) struct NothingHeld;
 
 impl Held for NothingHeld {
     fn image(&self, _: &Sha256) -> Option<HeldImage> {
@@ -102,7 +102,7 @@ impl Held for NothingHeld {
 
 /// What a fetch learned besides the bytes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Meta {
+pub(crate) struct Meta {
     /// Digest of the image manifest the module came from (OCI only).
     pub manifest_digest: Option<Sha256>,
     /// Digest of the index the image manifest was chosen from (OCI only).
@@ -119,7 +119,7 @@ pub struct Meta {
 
 /// A manifest or index as a registry served it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ManifestDoc {
+pub(crate) struct ManifestDoc {
     pub digest: Sha256,
     pub media_type: String,
     pub body: bytes::Bytes,
@@ -127,7 +127,7 @@ pub struct ManifestDoc {
 
 /// How fetchers behave; filled in and validated by [`crate::config`].
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// Bound on connecting, and on each wait for the next bytes of a response.
     pub timeout: Duration,
     /// Bound on one whole attempt: connecting, the response and its whole body (or a whole file read).
@@ -148,7 +148,7 @@ pub struct Settings {
 
 impl FetchError {
     /// The cache could not take the bytes (a full disk, an I/O error), as opposed to upstream failing.
-    pub fn sink(url: &str) -> impl FnOnce(io::Error) -> FetchError + '_ {
+    pub(crate) fn sink(url: &str) -> impl FnOnce(io::Error) -> FetchError + '_ {
         move |source| FetchError::Sink {
             url: url.to_string(),
             source,
@@ -239,7 +239,7 @@ pub enum FetchError {
 }
 
 /// Every fetcher, chosen by URL scheme.
-pub struct Fetchers {
+pub(crate) struct Fetchers {
     http: http::HttpFetcher,
     file: file::FileFetcher,
     oci: oci::OciFetcher,
@@ -247,7 +247,10 @@ pub struct Fetchers {
 }
 
 impl Fetchers {
-    pub fn new(settings: &Settings, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Result<Self, FetchError> {
+    pub(crate) fn new(
+        settings: &Settings,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<Self, FetchError> {
         let clients = net::Clients::new(settings)?;
         Ok(Fetchers {
             oci: oci::OciFetcher::new(
@@ -263,17 +266,17 @@ impl Fetchers {
         })
     }
 
-    pub fn oci(&self) -> &oci::OciFetcher {
+    pub(crate) fn oci(&self) -> &oci::OciFetcher {
         &self.oci
     }
 
     /// The cap on downloaded and on unwrapped sizes.
-    pub fn max_bytes(&self) -> u64 {
+    pub(crate) fn max_bytes(&self) -> u64 {
         self.max_bytes
     }
 
     /// The detached signature bundle of an http(s) module at `bundle_url`; `Ok(None)` when there is none.
-    pub async fn http_bundle(&self, bundle_url: &url::Url) -> Result<Option<Vec<u8>>, FetchError> {
+    pub(crate) async fn http_bundle(&self, bundle_url: &url::Url) -> Result<Option<Vec<u8>>, FetchError> {
         self.http
             .document(bundle_url, oci::signatures::MAX_SIGNATURE_BYTES, "signature bundle")
             .await
@@ -281,7 +284,7 @@ impl Fetchers {
 
     /// Fetches `url` into `sink`. `keyring` holds the request's registry credentials (OCI only); `held`
     /// says what need not be downloaded again (OCI only: http and file content is only known once read).
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         url: &ModuleUrl,
         conditions: &Conditions,

@@ -18,7 +18,7 @@ const MAX_REDIRECTS: usize = 10;
 /// The guarded reqwest clients every network fetcher shares: one that verifies TLS, one that does not
 /// (for hosts the operator listed as insecure).
 #[derive(Clone)]
-pub struct Clients {
+pub(crate) struct Clients {
     pub verified: Client,
     pub unverified: Client,
     pub guard: Guard,
@@ -33,7 +33,7 @@ pub(crate) fn install_crypto_provider() {
 }
 
 impl Clients {
-    pub fn new(settings: &Settings) -> Result<Self, FetchError> {
+    pub(crate) fn new(settings: &Settings) -> Result<Self, FetchError> {
         install_crypto_provider();
         let guard = Guard::new(&settings.blocked_cidrs);
         let extra_roots = match &settings.ca_file {
@@ -173,7 +173,7 @@ pub(crate) fn innermost_cause(err: &dyn std::error::Error) -> String {
 }
 
 /// True when `url`'s host (or `host:port`) is listed, or the list holds `*`.
-pub fn host_matches(hosts: &[String], url: &Url) -> bool {
+pub(crate) fn host_matches(hosts: &[String], url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

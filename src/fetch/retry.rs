@@ -8,7 +8,7 @@ use super::FetchError;
 /// Exponential backoff with jitter: `initial`, then x`factor` per attempt, capped at `max`, each delay
 /// drawn from 80-120% of its nominal value so that many nodes retrying one registry spread out.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     /// Attempts in total, the first one included.
     pub attempts: u32,
     pub initial: Duration,
@@ -18,7 +18,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// The pause before attempt `attempt + 1` (attempts count from 1).
-    pub fn delay_after(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay_after(&self, attempt: u32) -> Duration {
         let nominal = self.initial.as_secs_f64() * self.factor.powi(attempt.saturating_sub(1) as i32);
         let capped = nominal.min(self.max.as_secs_f64());
         Duration::from_secs_f64(capped * (0.8 + 0.4 * fastrand::f64()))
@@ -27,7 +27,7 @@ impl Backoff {
 
 /// Why an attempt cut off by `--fetch-deadline` failed. Such an attempt counts as timed out: it is retried,
 /// and the last one ends the fetch with DEADLINE_EXCEEDED.
-pub fn past_deadline(deadline: Duration) -> String {
+pub(crate) fn past_deadline(deadline: Duration) -> String {
     format!(
         "the attempt did not finish within the --fetch-deadline of {}",
         humantime::format_duration(deadline)
@@ -36,13 +36,13 @@ pub fn past_deadline(deadline: Duration) -> String {
 
 /// HTTP statuses worth retrying: 429 and 5xx, except those that say the request itself can never work
 /// (501 Not Implemented, 505 HTTP Version Not Supported, 511 Network Authentication Required).
-pub fn retryable_status(status: u16) -> bool {
+pub(crate) fn retryable_status(status: u16) -> bool {
     status == 429 || (500..600).contains(&status) && !matches!(status, 501 | 505 | 511)
 }
 
 /// How one attempt failed: give up now, or try again after a pause.
 #[derive(Debug)]
-pub enum Failure {
+pub(crate) enum Failure {
     Retry { cause: String, timed_out: bool },
     Fatal(FetchError),
 }
@@ -51,7 +51,7 @@ pub enum Failure {
 /// attempts. Each attempt is bounded as a whole by `deadline` (the client's timeouts bound each wait; only
 /// this bounds an origin that keeps every wait short and never finishes); one cut off counts as timed out.
 /// When every attempt failed, the last cause is the error's, followed by `where_` when given.
-pub async fn run<T, F, Fut>(
+pub(crate) async fn run<T, F, Fut>(
     backoff: &Backoff,
     deadline: Duration,
     url: &str,

@@ -15,7 +15,7 @@ use flate2::read::MultiGzDecoder;
 pub const WASM_HEADER: [u8; 8] = *b"\0asm\x01\0\0\0";
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// How many leading bytes [`sniff`] needs: a tar header block.
-pub const SNIFF_LEN: usize = 512;
+pub(crate) const SNIFF_LEN: usize = 512;
 /// The entry name a Wasm image layer keeps its module under.
 const PLUGIN_ENTRY: &str = "plugin.wasm";
 
@@ -85,7 +85,7 @@ pub fn check_wasm(head: &[u8]) -> Result<(), UnboxError> {
 }
 
 /// Reads the first [`SNIFF_LEN`] bytes (fewer for a short file).
-pub fn read_head(path: &Path) -> Result<Vec<u8>, UnboxError> {
+pub(crate) fn read_head(path: &Path) -> Result<Vec<u8>, UnboxError> {
     let mut head = Vec::with_capacity(SNIFF_LEN);
     File::open(path)
         .and_then(|f| f.take(SNIFF_LEN as u64).read_to_end(&mut head))
@@ -95,7 +95,7 @@ pub fn read_head(path: &Path) -> Result<Vec<u8>, UnboxError> {
 
 /// Unwraps the gzip, tar or tar.gz payload in `path` into `out`, writing at most `limit` bytes and
 /// decompressing at most `limit` bytes. Does not check the Wasm header of the result.
-pub fn unwrap(path: &Path, out: &mut impl Write, limit: u64, pick: Pick) -> Result<(), UnboxError> {
+pub(crate) fn unwrap(path: &Path, out: &mut impl Write, limit: u64, pick: Pick) -> Result<(), UnboxError> {
     unwrap_from(|| File::open(path).map_err(UnboxError::Read), out, limit, pick)
 }
 
@@ -141,7 +141,7 @@ fn unwrap_from<R: Read>(
 /// Cap on each metadata entry of an archive: a GNU long name or long link, a PAX extended header (local or
 /// global). The `tar` crate reads these whole into memory, whatever their size, so a 200 MB long name in a
 /// 200 KB tar.gz cost hundreds of MB per fetch; real ones are a path, or a few records of a few hundred bytes.
-pub const MAX_META_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_META_BYTES: u64 = 64 * 1024;
 /// How many entry names an error message shows, and how many characters of each.
 const SHOWN_NAMES: usize = 10;
 const SHOWN_NAME_CHARS: usize = 100;

@@ -23,7 +23,7 @@
 
 mod glob;
 mod keys;
-pub mod policy;
+pub(crate) mod policy;
 mod provider;
 mod verify;
 
@@ -34,14 +34,17 @@ use std::fmt;
 
 use crate::digest::Sha256;
 
-pub use policy::{Mode, Policy, PolicyError, Rule, RuleRef, Target, COSIGN_SIGN_PREDICATE};
+#[cfg(test)]
+use policy::PolicyError;
+pub(crate) use policy::Rule;
+pub use policy::{Mode, Policy, Target};
 
 /// At most this many signatures and bundles are judged per module; the rest are ignored (and counted in the
 /// refusal's detail). A signer rarely has more than a few, and each costs a few signature checks.
-pub const MAX_JUDGED: usize = 32;
+pub(crate) const MAX_JUDGED: usize = 32;
 
 /// Larger bundles, payloads and annotations are refused as malformed before they are parsed.
-pub const MAX_JSON_BYTES: usize = 1 << 20;
+pub(crate) const MAX_JSON_BYTES: usize = 1 << 20;
 
 /// Signature material found next to a module by the fetchers (sizes already bounded by them).
 #[derive(Clone, Debug, Default)]
@@ -140,7 +143,7 @@ pub enum Reason {
 
 impl Reason {
     /// metric label: no_signature, untrusted_key, identity_mismatch, payload_digest_mismatch, invalid_signature, untrusted_certificate, transparency_log, malformed
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reason::NoSignature => "no_signature",
             Reason::UntrustedKey => "untrusted_key",
@@ -153,8 +156,9 @@ impl Reason {
         }
     }
 
-    /// Every reason, for metrics that pre-register their labels.
-    pub const ALL: [Reason; 8] = [
+    /// Every reason, for the test that their labels are distinct.
+    #[cfg(test)]
+    pub(crate) const ALL: [Reason; 8] = [
         Reason::NoSignature,
         Reason::UntrustedKey,
         Reason::IdentityMismatch,
@@ -167,7 +171,7 @@ impl Reason {
 
     /// How far a signature got before it failed: when several fail, the highest is reported, so a signature
     /// that verified but names another digest is reported over a tampered one, and anything over none at all.
-    pub fn specificity(self) -> u8 {
+    pub(crate) fn specificity(self) -> u8 {
         match self {
             Reason::NoSignature => 0,
             Reason::Malformed => 1,

@@ -43,7 +43,7 @@ use super::glob::Glob;
 use super::keys::{self, PublicKey};
 
 /// The in-toto predicate type of a cosign signature (`cosign sign` with the sigstore bundle format).
-pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+pub(crate) const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
 
 /// What a rule does with its verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,15 +56,7 @@ pub enum Mode {
     Off,
 }
 
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Enforce => "enforce",
-            Mode::Warn => "warn",
-            Mode::Off => "off",
-        }
-    }
-}
+impl Mode {}
 
 /// What a module is, for choosing its rule.
 #[derive(Clone, Copy, Debug)]
@@ -244,15 +236,12 @@ impl Policy {
 
     /// A digest of the policy file and of every file it names: changes when anything that decides a verdict
     /// changes.
-    pub fn fingerprint(&self) -> &str {
+    pub(crate) fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn rules(&self) -> &[Rule] {
+    #[cfg(test)]
+    pub(crate) fn rules(&self) -> &[Rule] {
         &self.rules
     }
 }

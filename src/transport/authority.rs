@@ -25,16 +25,16 @@ use super::hpack::{self, HpackError};
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The largest frame payload the server accepts (SETTINGS_MAX_FRAME_SIZE); [`super::serve`] advertises it.
-pub const MAX_FRAME_SIZE: u32 = 16_384;
+pub(crate) const MAX_FRAME_SIZE: u32 = 16_384;
 
 /// The largest HPACK dynamic table the server allows: SETTINGS_HEADER_TABLE_SIZE's initial value, which
 /// [`super::serve`] never changes.
-pub const HEADER_TABLE_SIZE: u32 = 4_096;
+pub(crate) const HEADER_TABLE_SIZE: u32 = 4_096;
 
 /// The largest header block accepted, encoded (HEADERS and its CONTINUATIONs) and decoded (counted as
 /// SETTINGS_MAX_HEADER_LIST_SIZE counts it). h2 refuses lists over 16 KiB one stream at a time; anything
 /// past this bound is an attempt to make the rewrite buffer without end, and ends the connection.
-pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 /// What `:authority` becomes when the client's value is not a valid authority.
 const REPLACEMENT_AUTHORITY: &[u8] = b"localhost";
@@ -52,7 +52,7 @@ const PRIORITY_LEN: usize = 5;
 
 /// Client input that ends the connection.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum RewriteError {
+pub(crate) enum RewriteError {
     #[error("the client did not start with the HTTP/2 connection preface")]
     BadPreface,
     #[error("a frame of {0} bytes exceeds the {MAX_FRAME_SIZE}-byte maximum")]
@@ -78,7 +78,7 @@ impl From<RewriteError> for io::Error {
 }
 
 /// An accepted connection whose reads go through the rewrite and whose writes do not.
-pub struct AuthorityRewrite<IO> {
+pub(crate) struct AuthorityRewrite<IO> {
     inner: IO,
     rewriter: Rewriter,
     /// Bytes the rewriter made (re-encoded header frames, a frame header that came in pieces), due to the
@@ -92,7 +92,7 @@ pub struct AuthorityRewrite<IO> {
 
 impl<IO> AuthorityRewrite<IO> {
     /// Wraps a connection accepted on the Unix socket, before any byte of it was read.
-    pub fn new(inner: IO) -> AuthorityRewrite<IO> {
+    pub(crate) fn new(inner: IO) -> AuthorityRewrite<IO> {
         AuthorityRewrite {
             inner,
             rewriter: Rewriter::new(),

@@ -16,7 +16,7 @@ use std::collections::VecDeque;
 
 /// Errors in a header block. Each one is a COMPRESSION_ERROR for HTTP/2: the connection cannot go on.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum HpackError {
+pub(crate) enum HpackError {
     #[error("the header block ends inside a field")]
     Truncated,
     #[error("an integer in the header block is too large")]
@@ -43,7 +43,7 @@ const MAX_INTEGER_CONTINUATIONS: u32 = 4;
 type Entry = (Box<[u8]>, Box<[u8]>);
 
 /// The decoding context of one connection's client-to-server direction.
-pub struct Decoder {
+pub(crate) struct Decoder {
     /// Newest entry first, as HPACK indexes them.
     table: VecDeque<Entry>,
     /// Sum of the entries' sizes (name + value + 32).
@@ -59,7 +59,7 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for a peer that may use a dynamic table of up to `table_limit` bytes, refusing header lists
     /// larger than `max_list_size`.
-    pub fn new(table_limit: usize, max_list_size: usize) -> Decoder {
+    pub(crate) fn new(table_limit: usize, max_list_size: usize) -> Decoder {
         Decoder {
             table: VecDeque::new(),
             size: 0,
@@ -71,7 +71,7 @@ impl Decoder {
 
     /// Decodes one complete header block, calling `field(name, value, never_indexed)` for every field in
     /// order, and updates the dynamic table as the block says.
-    pub fn decode(&mut self, block: &[u8], mut field: impl FnMut(&[u8], &[u8], bool)) -> Result<(), HpackError> {
+    pub(crate) fn decode(&mut self, block: &[u8], mut field: impl FnMut(&[u8], &[u8], bool)) -> Result<(), HpackError> {
         let mut input = Input { bytes: block, pos: 0 };
         let mut list_size = 0usize;
         let mut seen_field = false;
@@ -223,7 +223,7 @@ impl Input<'_> {
 
 /// Appends `name: value` as a literal field that is not added to any table (§6.2.2), or that is never to
 /// be indexed (§6.2.3), with both strings raw (no Huffman coding) and a literal name.
-pub fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed: bool) {
+pub(crate) fn encode_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8], never_indexed: bool) {
     out.push(if never_indexed { 0x10 } else { 0x00 });
     encode_string(out, name);
     encode_string(out, value);

@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 /// Largest pull secret or config file accepted. Real ones are a few kilobytes, and Kubernetes caps a
 /// whole Secret at 1 MiB.
-pub const MAX_CONFIG_LEN: usize = 1024 * 1024;
+pub(crate) const MAX_CONFIG_LEN: usize = 1024 * 1024;
 
 /// The names Docker Hub goes by in image references and in config keys. `index.docker.io` is the
 /// key `docker login` writes, and `registry-1.docker.io` is where the registry API answers.
@@ -48,7 +48,7 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+    pub(crate) fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
         Credentials {
             username: username.into(),
             password: password.into(),
@@ -69,7 +69,7 @@ impl Credentials {
     /// length prefixes make sure that `("ab", "c")` and `("a", "bc")` give different fingerprints. With a
     /// different salt, the fingerprints are unrelated, so a leaked index can't be checked against a
     /// guessed password from another node.
-    pub fn fingerprint(&self, salt: &[u8]) -> [u8; 32] {
+    pub(crate) fn fingerprint(&self, salt: &[u8]) -> [u8; 32] {
         let mut hasher = Sha256::new();
         hasher.update(salt);
         for part in [&self.username, &self.password] {
@@ -193,7 +193,7 @@ impl DockerConfig {
 
     /// A config from `(key, credentials)` pairs in order, as a kubelet credential provider's `auth` map gives
     /// them. Keys that are not a registry are dropped, as [`DockerConfig::parse`] drops them.
-    pub fn from_entries(entries: impl IntoIterator<Item = (String, Credentials)>) -> DockerConfig {
+    pub(crate) fn from_entries(entries: impl IntoIterator<Item = (String, Credentials)>) -> DockerConfig {
         let entries = entries
             .into_iter()
             .filter_map(|(key, credentials)| {
@@ -209,11 +209,11 @@ impl DockerConfig {
     }
 
     /// This config's entries, then `other`'s: on equally specific keys this one's come first.
-    pub fn extend(&mut self, other: DockerConfig) {
+    pub(crate) fn extend(&mut self, other: DockerConfig) {
         self.entries.extend(other.entries);
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 

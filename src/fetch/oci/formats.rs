@@ -12,7 +12,7 @@ pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.mani
 
 /// The Accept header for manifests. Without these a distribution registry answers 404 for OCI
 /// manifests and rewrites Docker v2 manifests to schema 1.
-pub const MANIFEST_ACCEPT: &str =
+pub(crate) const MANIFEST_ACCEPT: &str =
     "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, \
      application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -62,7 +62,7 @@ pub enum FormatError {
 
 /// A document's media type as a registry endpoint must serve it again: the Content-Type it came with, else its
 /// `mediaType` field, else the OCI type its shape says.
-pub fn media_type(content_type: Option<&str>, body: &[u8]) -> String {
+pub(crate) fn media_type(content_type: Option<&str>, body: &[u8]) -> String {
     let declared = content_type.map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     if let Some(d) = declared.filter(|d| !d.is_empty() && d != "application/json" && d != "text/plain") {
         return d;

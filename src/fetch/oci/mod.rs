@@ -6,9 +6,9 @@
 pub mod auth;
 mod challenge;
 pub mod formats;
-pub mod provider;
-pub mod registry;
-pub mod signatures;
+pub(crate) mod provider;
+pub(crate) mod registry;
+pub(crate) mod signatures;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +29,7 @@ use crate::source::ImageRef;
 
 /// Registry settings, filled in by [`crate::config`].
 #[derive(Clone, Debug)]
-pub struct OciSettings {
+pub(crate) struct OciSettings {
     /// `host[:port]` (or `*`) reachable over plain HTTP or HTTPS without verification.
     pub insecure_registries: Vec<String>,
     /// Mirrors per registry, in the order they are tried; the registry itself comes last.
@@ -49,7 +49,7 @@ pub struct OciSettings {
     pub forward_credentials: Vec<String>,
 }
 
-pub struct OciFetcher {
+pub(crate) struct OciFetcher {
     client: RegistryClient,
     settings: OciSettings,
     providers: CredentialProviders,
@@ -61,7 +61,7 @@ pub struct OciFetcher {
 /// `--docker-config` file. Made once per request by [`OciFetcher::keyring`], so that the access check and
 /// the fetch use the same credentials.
 #[derive(Clone, Debug, Default)]
-pub struct Keyring {
+pub(crate) struct Keyring {
     secret: Option<DockerConfig>,
     provided: Option<DockerConfig>,
 }
@@ -75,7 +75,7 @@ fn is_docker_hub(registry: &str) -> bool {
 
 impl OciFetcher {
     /// A fetcher with the registry settings of `settings.oci`, and its retries, deadline and size cap.
-    pub fn new(
+    pub(crate) fn new(
         settings: &super::Settings,
         verified: Client,
         unverified: Client,
@@ -98,7 +98,7 @@ impl OciFetcher {
     /// credentials: another provider's, or the `--docker-config` file's. When none of those has an entry for
     /// the registry either, the request fails with the provider's error rather than pulling anonymously
     /// without saying why.
-    pub async fn keyring(
+    pub(crate) async fn keyring(
         &self,
         url: &str,
         image: &ImageRef,
@@ -140,7 +140,7 @@ impl OciFetcher {
     }
 
     /// The credentials used for `image` at its registry; `None` pulls anonymously.
-    pub fn credentials(&self, image: &ImageRef, keyring: &Keyring) -> Option<Credentials> {
+    pub(crate) fn credentials(&self, image: &ImageRef, keyring: &Keyring) -> Option<Credentials> {
         self.credentials_for_host(image.registry(), image.repository(), keyring)
     }
 
@@ -190,7 +190,7 @@ impl OciFetcher {
     /// Fetches the module `image` names into `sink`, trying mirrors before the registry. With a
     /// `known_digest` in the conditions, a tag that still resolves to it downloads nothing; nor does a
     /// manifest, index or layer that `held` already has.
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         url: &str,
         image: &ImageRef,
@@ -326,7 +326,7 @@ impl OciFetcher {
 
     /// The signatures published for `digests` (the image's manifest digests), from the first host that
     /// answers, mirrors first, as the module itself is fetched.
-    pub async fn signatures(
+    pub(crate) async fn signatures(
         &self,
         url: &str,
         image: &ImageRef,
@@ -348,7 +348,7 @@ impl OciFetcher {
 
     /// Any blob of `image`'s repository by digest (an image config, a layer), checked against the digest as it
     /// streams into `sink`; mirrors first, as a module is fetched. For the registry endpoint.
-    pub async fn blob(
+    pub(crate) async fn blob(
         &self,
         url: &str,
         image: &ImageRef,
@@ -380,7 +380,7 @@ impl OciFetcher {
 
     /// The referrers index of `digest` in `image`'s repository (the API, else the `sha256-<hex>` tag), as the
     /// registry serves it; `Ok(None)` when there is neither.
-    pub async fn referrers(
+    pub(crate) async fn referrers(
         &self,
         url: &str,
         image: &ImageRef,
@@ -430,7 +430,7 @@ impl OciFetcher {
 
     /// Asks the registry (never a mirror: mirrors may not enforce the registry's permissions) whether
     /// these credentials may pull `image`. `Ok` when they may.
-    pub async fn check_access(&self, url: &str, image: &ImageRef, keyring: &Keyring) -> Result<(), FetchError> {
+    pub(crate) async fn check_access(&self, url: &str, image: &ImageRef, keyring: &Keyring) -> Result<(), FetchError> {
         let endpoints = self.endpoints(image.registry())?;
         let origin = endpoints.last().expect("the registry itself is always an endpoint");
         let credentials = self.credentials_for_host(&origin.host, image.repository(), keyring);

@@ -31,13 +31,13 @@ use super::auth::{glob_match, parse_authority, strip_scheme, Credentials, Docker
 use crate::metrics::{Metrics, ProviderRun};
 
 /// The `apiVersion` of the configuration file.
-pub const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1";
+pub(crate) const CONFIG_API_VERSION: &str = "kubelet.config.k8s.io/v1";
 /// The `kind` of the configuration file.
-pub const CONFIG_KIND: &str = "CredentialProviderConfig";
+pub(crate) const CONFIG_KIND: &str = "CredentialProviderConfig";
 /// The plugin protocol's `apiVersion`, the only one supported (v1alpha1 and v1beta1 are deprecated).
-pub const PLUGIN_API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
+pub(crate) const PLUGIN_API_VERSION: &str = "credentialprovider.kubelet.k8s.io/v1";
 /// Largest answer read from a plugin's stdout. Real answers are a few kilobytes.
-pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 /// Largest configuration file read.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// Cache key of a `Global` answer.
@@ -45,13 +45,13 @@ const GLOBAL_KEY: &str = "";
 
 /// A validated `CredentialProviderConfig`, with each plugin's executable found in the bin dir.
 #[derive(Clone, Debug, Default)]
-pub struct ProviderConfig {
+pub(crate) struct ProviderConfig {
     pub providers: Vec<ProviderSpec>,
 }
 
 /// One `providers` item. `Debug` shows `env` names, not values.
 #[derive(Clone)]
-pub struct ProviderSpec {
+pub(crate) struct ProviderSpec {
     pub name: String,
     pub match_images: Vec<MatchImage>,
     pub default_cache_duration: Duration,
@@ -80,7 +80,7 @@ impl fmt::Debug for ProviderSpec {
 /// for the file as a whole.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
-pub struct ConfigFileError {
+pub(crate) struct ConfigFileError {
     pub field: String,
     pub reason: String,
 }
@@ -95,7 +95,7 @@ fn field_err(field: impl Into<String>, reason: impl Into<String>) -> ConfigFileE
 impl ProviderConfig {
     /// Reads and validates the file at `path`, and checks that `bin_dir` is a directory holding an executable
     /// for every provider. The error names the field, not the file: the caller knows which file it read.
-    pub fn load(path: &Path, bin_dir: &Path) -> Result<ProviderConfig, ConfigFileError> {
+    pub(crate) fn load(path: &Path, bin_dir: &Path) -> Result<ProviderConfig, ConfigFileError> {
         let meta = std::fs::metadata(path).map_err(|e| field_err("", e.to_string()))?;
         if !meta.is_file() {
             return Err(field_err("", "not a regular file"));
@@ -115,7 +115,7 @@ impl ProviderConfig {
     /// Parses and validates the text of a configuration file (YAML, or JSON), as the kubelet's strict decoder
     /// and `validateCredentialProviderConfig` would: unknown fields are refused, and `tokenAttributes`
     /// (service account tokens for plugins) is refused as not supported rather than ignored.
-    pub fn parse(text: &str, bin_dir: &Path) -> Result<ProviderConfig, ConfigFileError> {
+    pub(crate) fn parse(text: &str, bin_dir: &Path) -> Result<ProviderConfig, ConfigFileError> {
         let value: Value = if text.trim_start().starts_with('{') {
             serde_json::from_str(text)
                 .map_err(|e| field_err("", format!("not valid JSON (line {}, column {})", e.line(), e.column())))?
@@ -336,7 +336,7 @@ fn shown(s: &str) -> String {
 
 /// Parses a Go `time.Duration` string (`"12h"`, `"1h30m"`, `"0"`, `"1.5s"`, `"300ms"`), as the kubelet's
 /// `metav1.Duration` does. Negative durations are refused.
-pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_go_duration(s: &str) -> Result<Duration, String> {
     let bad = || format!("{:?} is not a duration such as \"5m\" or \"1h30m\"", shown(s));
     let mut rest = s.trim();
     if rest.starts_with('-') && rest != "-0" {
@@ -381,7 +381,7 @@ pub fn parse_go_duration(s: &str) -> Result<Duration, String> {
 /// - the port is equal: a pattern without one matches only an image without one;
 /// - the pattern's path is a prefix of the image's path, as a string (the kubelet's `strings.HasPrefix`).
 #[derive(Clone, PartialEq, Eq)]
-pub struct MatchImage {
+pub(crate) struct MatchImage {
     raw: String,
     labels: Vec<String>,
     port: Option<u16>,
@@ -395,7 +395,7 @@ impl fmt::Debug for MatchImage {
 }
 
 impl MatchImage {
-    pub fn parse(pattern: &str) -> Result<MatchImage, String> {
+    pub(crate) fn parse(pattern: &str) -> Result<MatchImage, String> {
         let (labels, port, path) = split_image_url(pattern, true).ok_or_else(|| {
             format!(
                 "{:?} is not a host glob with optional port and path (e.g. *.registry.io, registry.io:5000/team)",
@@ -411,7 +411,7 @@ impl MatchImage {
     }
 
     /// Whether `image` (`host[:port]/repository`) matches.
-    pub fn matches(&self, image: &str) -> bool {
+    pub(crate) fn matches(&self, image: &str) -> bool {
         let Some((labels, port, path)) = split_image_url(image, false) else {
             return false;
         };
@@ -461,7 +461,7 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    pub fn provider(&self) -> &str {
+    pub(crate) fn provider(&self) -> &str {
         match self {
             ProviderError::Spawn { provider, .. }
             | ProviderError::Timeout { provider, .. }
@@ -484,7 +484,7 @@ impl ProviderError {
 
 /// `cacheKeyType` of a response.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheKeyType {
+pub(crate) enum CacheKeyType {
     Image,
     Registry,
     Global,
@@ -492,7 +492,7 @@ pub enum CacheKeyType {
 
 /// A plugin's answer, checked. `Debug` shows no credentials.
 #[derive(Clone, Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub cache_key_type: CacheKeyType,
     /// `None`: the response gave none, so the provider's `defaultCacheDuration` applies.
     pub cache_duration: Option<Duration>,
@@ -501,7 +501,7 @@ pub struct Answer {
 
 /// Checks a plugin's stdout against the protocol. Errors name fields, never values: the answer holds
 /// credentials.
-pub fn parse_response(bytes: &[u8], api_version: &str) -> Result<Answer, String> {
+pub(crate) fn parse_response(bytes: &[u8], api_version: &str) -> Result<Answer, String> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         if e.is_eof() && bytes.iter().all(u8::is_ascii_whitespace) {
             "empty answer".to_string()
@@ -577,7 +577,7 @@ fn request_json(api_version: &str, image: &str) -> Vec<u8> {
 
 /// What the matching providers answered for one image.
 #[derive(Debug, Default)]
-pub struct Provided {
+pub(crate) struct Provided {
     /// Their credentials, the first matching provider's entries first (the kubelet lets the provider earlier
     /// in the file win on overlapping keys).
     pub keyring: DockerConfig,
@@ -601,7 +601,7 @@ struct Provider {
 }
 
 /// The configured providers, each with its cache of answers.
-pub struct CredentialProviders {
+pub(crate) struct CredentialProviders {
     providers: Vec<Provider>,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -617,7 +617,7 @@ impl fmt::Debug for CredentialProviders {
 }
 
 impl CredentialProviders {
-    pub fn new(config: &ProviderConfig, timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(config: &ProviderConfig, timeout: Duration, metrics: Arc<Metrics>) -> Self {
         for spec in &config.providers {
             metrics.provider_configured(&spec.name);
         }
@@ -635,14 +635,14 @@ impl CredentialProviders {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.providers.is_empty()
     }
 
     /// Asks every provider whose `matchImages` match `image` (`registry/repository`), in file order: from its
     /// cache when an answer for the image, its registry or every image is still fresh (looked up in that
     /// order, as the kubelet does), else by running the plugin, once for all concurrent callers.
-    pub async fn provide(&self, image: &str) -> Provided {
+    pub(crate) async fn provide(&self, image: &str) -> Provided {
         let mut provided = Provided::default();
         for provider in self
             .providers

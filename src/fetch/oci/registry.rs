@@ -35,7 +35,7 @@ const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// Where requests for one registry go.
 #[derive(Clone, Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// `https://host[:port]` (or `http://` when configured so).
     pub base: Url,
     /// `host[:port]`, as credentials and the insecure list name it.
@@ -44,12 +44,6 @@ pub struct Endpoint {
     pub insecure: bool,
     /// For a mirror: the registry it stands in for (sent as `?ns=`, as containerd does).
     pub ns: Option<String>,
-}
-
-impl Endpoint {
-    pub fn is_mirror(&self) -> bool {
-        self.ns.is_some()
-    }
 }
 
 /// A bearer token, cached per credential, host and repository so that tokens are never shared across
@@ -67,7 +61,7 @@ struct TokenKey {
     repository: String,
 }
 
-pub struct RegistryClient {
+pub(crate) struct RegistryClient {
     verified: Client,
     unverified: Client,
     guard: Guard,
@@ -84,7 +78,7 @@ pub struct RegistryClient {
 }
 
 /// One operation against one endpoint for one repository, with the credentials to answer challenges.
-pub struct Session<'a> {
+pub(crate) struct Session<'a> {
     pub endpoint: &'a Endpoint,
     pub repository: &'a str,
     pub credentials: Option<&'a Credentials>,
@@ -95,7 +89,7 @@ pub struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    pub fn new(
+    pub(crate) fn new(
         endpoint: &'a Endpoint,
         repository: &'a str,
         credentials: Option<&'a Credentials>,
@@ -111,7 +105,7 @@ impl<'a> Session<'a> {
     }
 
     /// True when credentials were sent to the registry (or its token realm) in this session.
-    pub fn authenticated(&self) -> bool {
+    pub(crate) fn authenticated(&self) -> bool {
         self.authenticated.load(Ordering::Relaxed)
     }
 
@@ -121,14 +115,20 @@ impl<'a> Session<'a> {
 }
 
 /// A fetched manifest.
-pub struct Manifest {
+pub(crate) struct Manifest {
     pub body: Vec<u8>,
     pub content_type: Option<String>,
     pub digest: Sha256,
 }
 
 impl RegistryClient {
-    pub fn new(verified: Client, unverified: Client, guard: Guard, backoff: Backoff, deadline: Duration) -> Self {
+    pub(crate) fn new(
+        verified: Client,
+        unverified: Client,
+        guard: Guard,
+        backoff: Backoff,
+        deadline: Duration,
+    ) -> Self {
         let mut salt = [0u8; 32];
         salt.iter_mut().for_each(|b| *b = fastrand::u8(..));
         RegistryClient {
@@ -146,7 +146,7 @@ impl RegistryClient {
 
     /// The digest the registry reports for a manifest, from a HEAD request (falling back to GET when the
     /// registry does not answer HEAD with a digest).
-    pub async fn manifest_digest(
+    pub(crate) async fn manifest_digest(
         &self,
         s: &Session<'_>,
         reference: &str,
@@ -168,7 +168,12 @@ impl RegistryClient {
     }
 
     /// Fetches a manifest, at most `max_bytes` long, and computes its digest.
-    pub async fn manifest(&self, s: &Session<'_>, reference: &str, max_bytes: u64) -> Result<Manifest, FetchError> {
+    pub(crate) async fn manifest(
+        &self,
+        s: &Session<'_>,
+        reference: &str,
+        max_bytes: u64,
+    ) -> Result<Manifest, FetchError> {
         let path = format!("/v2/{}/manifests/{reference}", s.repository);
         self.document(s, &path, super::formats::MANIFEST_ACCEPT, max_bytes)
             .await
@@ -176,7 +181,12 @@ impl RegistryClient {
 
     /// The referrers of a manifest (OCI distribution 1.1): an image index listing the manifests whose
     /// `subject` is `digest`. Registries without the API answer 404 (or another 4xx).
-    pub async fn referrers(&self, s: &Session<'_>, digest: Sha256, max_bytes: u64) -> Result<Manifest, FetchError> {
+    pub(crate) async fn referrers(
+        &self,
+        s: &Session<'_>,
+        digest: Sha256,
+        max_bytes: u64,
+    ) -> Result<Manifest, FetchError> {
         let path = format!("/v2/{}/referrers/{}", s.repository, digest.prefixed());
         self.document(s, &path, super::formats::OCI_INDEX, max_bytes).await
     }
@@ -225,7 +235,7 @@ impl RegistryClient {
 
     /// Downloads a blob into `sink`, checking its size and digest against the descriptor as it streams.
     /// A download that breaks halfway starts again from an empty sink. `what` names it in a size error.
-    pub async fn blob(
+    pub(crate) async fn blob(
         &self,
         s: &Session<'_>,
         (digest, size): (Sha256, Option<u64>),

@@ -17,9 +17,9 @@ use crate::fetch::{FetchError, MemorySink};
 use crate::signature::{Evidence, FoundBundle, SimpleSignature};
 
 /// Signatures (layers or bundles) gathered per image at most: a registry can't make us judge without end.
-pub const MAX_SIGNATURES: usize = 32;
+pub(crate) const MAX_SIGNATURES: usize = 32;
 /// Largest signature payload or bundle read.
-pub const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
+pub(crate) const MAX_SIGNATURE_BYTES: u64 = 1 << 20;
 
 const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// cosign's artifact type for simple-signing signatures attached as referrers.
@@ -69,7 +69,7 @@ impl Document {
 }
 
 /// Gathers the signatures published for each of `digests` (cosign tag and referrers) in one session.
-pub async fn gather(
+pub(crate) async fn gather(
     client: &RegistryClient,
     s: &Session<'_>,
     digests: &[Sha256],
