@@ -379,9 +379,7 @@ async fn malformed_digest_is_bad_request() {
 async fn module_pulled_with_credentials_is_not_found() {
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    let image = registry
-        .push("admin/private", Some("v1"), cncf_image(&wasm_module("admin/private")))
-        .await;
+    let image = registry.push_module("admin/private", "v1").await;
     let ca = registry.ca_file().to_str().unwrap().to_string();
     let (daemon, admin) = start_with_admin(&["--ca-file", &ca, "--retry-backoff", "10ms"]).await;
     let mut client = daemon.client().await;

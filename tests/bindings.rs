@@ -152,12 +152,8 @@ async fn oci_daemon(proxy: &Proxy) -> (Daemon, Client) {
 async fn pinned_request_for_another_repository_is_checked_at_the_registry() {
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let a = registry
-        .push("bind/oci-a", Some("v1"), cncf_image(&wasm_module("bind/oci-a")))
-        .await;
-    let b = registry
-        .push("bind/oci-b", Some("v1"), cncf_image(&wasm_module("bind/oci-b")))
-        .await;
+    let a = registry.push_module("bind/oci-a", "v1").await;
+    let b = registry.push_module("bind/oci-b", "v1").await;
     let (_daemon, mut client) = oci_daemon(&proxy).await;
     fetch_ok(&mut client, req(&proxy.oci("bind/oci-a:v1"))).await;
 
@@ -173,12 +169,8 @@ async fn pinned_request_for_another_repository_is_checked_at_the_registry() {
 async fn pinned_manifest_digest_of_another_repository_is_checked_at_the_registry() {
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let a = registry
-        .push("bind/man-a", Some("v1"), cncf_image(&wasm_module("bind/man-a")))
-        .await;
-    registry
-        .push("bind/man-b", Some("v1"), cncf_image(&wasm_module("bind/man-b")))
-        .await;
+    let a = registry.push_module("bind/man-a", "v1").await;
+    registry.push_module("bind/man-b", "v1").await;
     let (_daemon, mut client) = oci_daemon(&proxy).await;
     fetch_ok(&mut client, req(&proxy.oci("bind/man-a:v1"))).await;
 

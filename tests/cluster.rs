@@ -309,7 +309,7 @@ async fn from_cluster_reads_the_pull_secret_from_the_cluster_and_pulls_a_private
     let repo = "cluster/private";
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    let image = registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    let image = registry.push_module(repo, "v1").await;
     let stub = KubeStub::start().await;
     stub.put_secret(
         "team-a",
@@ -834,7 +834,7 @@ async fn watch_without_pull_secrets_flag_does_not_prefetch_a_plugin_with_an_imag
     let repo = "watch/skipped";
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    registry.push_module(repo, "v1").await;
     let stub = KubeStub::start().await;
     put_regcred(&stub, "team-a", &proxy.host(), USER_B);
     let url = proxy.oci(&format!("{repo}:v1"));
@@ -1039,7 +1039,7 @@ async fn watch_with_pull_secrets_flag_reads_the_secret_from_the_plugins_namespac
     let repo = "watch/private";
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    registry.push_module(repo, "v1").await;
     let stub = KubeStub::start().await;
     put_regcred(&stub, "team-a", &proxy.host(), USER_B);
     let url = proxy.oci(&format!("{repo}:v1"));

@@ -148,7 +148,7 @@ async fn start_daemon(registry: &Registry, flags: &[String], extra: &[&str]) -> 
 
 /// Pushes a CNCF Wasm artifact of its own to `repo:v1`.
 async fn push_private(registry: &Registry, repo: &str) -> Image {
-    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await
+    registry.push_module(repo, "v1").await
 }
 
 fn req_secret(url: &str, pull_secret: Vec<u8>) -> FetchRequest {
@@ -514,13 +514,7 @@ async fn a_failed_provider_does_not_stop_hits_on_public_modules() {
     args.extend(["--insecure-registry", host.as_str(), "--retry-backoff", "10ms"]);
     let daemon = Daemon::start(&args).await;
     let mut client = daemon.client().await;
-    let image = registry
-        .push(
-            "prov/public-hit",
-            Some("v1"),
-            cncf_image(&wasm_module("prov/public-hit")),
-        )
-        .await;
+    let image = registry.push_module("prov/public-hit", "v1").await;
     let url = format!("oci://{host}/prov/public-hit:v1");
     let (info, _) = fetch_ok(&mut client, req(&url)).await;
     assert_eq!(info.outcome(), Outcome::Fetched);
@@ -531,13 +525,7 @@ async fn a_failed_provider_does_not_stop_hits_on_public_modules() {
     assert_eq!(info.outcome(), Outcome::Hit);
     assert_eq!(providers.runs("flaky"), 1, "the plugin ran for a public hit");
     // A module not cached yet does need it, and the failure is the answer.
-    registry
-        .push(
-            "prov/public-miss",
-            Some("v1"),
-            cncf_image(&wasm_module("prov/public-miss")),
-        )
-        .await;
+    registry.push_module("prov/public-miss", "v1").await;
     let status = fetch_err(&mut client, req(&format!("oci://{host}/prov/public-miss:v1"))).await;
     assert_code(&status, Code::Unavailable);
     assert!(

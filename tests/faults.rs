@@ -5,9 +5,9 @@
 //! once a request has failed (or once the daemon is back after a crash), `List` shows only modules whose blob is
 //! on disk and hashes to its name, and whatever is served hashes to the digest the test expects.
 //!
-//! The upstream faults are made by servers of this file: `RawServer` (a TCP listener that answers by hand: never,
-//! or with half a body) and `FaultProxy` (an HTTP proxy in front of the real registry that throttles, corrupts or
-//! stops answering). `Tmpfs` mounts a small tmpfs as the cache dir (the tests run as root; a failed mount fails
+//! The upstream faults are made by support servers: `RawServer` (a TCP listener that answers by hand: never, or
+//! with half a body) and the registry's counting `Proxy` with a `BlobFault` (it throttles, corrupts or drips
+//! blob bodies, stops answering, or stops). `Tmpfs` mounts a small tmpfs as the cache dir (the tests run as root; a failed mount fails
 //! the test, it never skips it).
 
 mod support;
@@ -17,22 +17,18 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
-use hyper::{Method, Request, Response};
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::raw::{RawServer, Reply};
 use support::registry::*;
 use support::*;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tonic::{Code, Status};
 
@@ -120,302 +116,8 @@ fn compressible_module(size: usize) -> Vec<u8> {
     module
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// RawServer: a TCP server that answers by hand
-// ---------------------------------------------------------------------------------------------------------------
-
-/// What the raw server does with one connection, once it has read the request head.
-#[derive(Clone)]
-enum Reply {
-    /// Nothing: the socket stays open and silent until the server is dropped.
-    Hang,
-    /// `200` with a `Content-Length` of the whole body, then half the body, then close.
-    Half(Bytes),
-    /// `200` with the whole body, then close.
-    Full(Bytes),
-}
-
-/// Accepts on 127.0.0.1:0 and answers connection `n` (counted from 0) as `plan(n)` says.
-struct RawServer {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl RawServer {
-    async fn start(plan: impl Fn(usize) -> Reply + Send + Sync + 'static) -> RawServer {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind raw server");
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = accepted.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let reply = plan(counter.fetch_add(1, Ordering::SeqCst));
-                connections.spawn(raw_connection(stream, reply));
-            }
-        });
-        RawServer { addr, accepted, task }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for RawServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-async fn raw_connection(mut stream: TcpStream, reply: Reply) {
-    // Read the request head (a TLS ClientHello never ends one: that client is left waiting too).
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-        }
-    }
-    let (body, sent) = match reply {
-        Reply::Hang => return std::future::pending().await,
-        Reply::Half(body) => {
-            let half = body.len() / 2;
-            (body, half)
-        }
-        Reply::Full(body) => {
-            let len = body.len();
-            (body, len)
-        }
-    };
-    let header = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/wasm\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(header.as_bytes()).await;
-    let _ = stream.write_all(&body[..sent]).await;
-    let _ = stream.flush().await;
-    let _ = stream.shutdown().await;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// FaultProxy: an HTTP proxy in front of the plain registry that injects faults into blob downloads
-// ---------------------------------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum BlobFault {
-    Pass,
-    /// Blob bodies go out in 64 KiB frames with this pause between frames.
-    Throttle(Duration),
-    /// One byte in the middle of every blob body is flipped (same length, so only a digest check notices).
-    Corrupt,
-    /// Blob bodies go out one byte at a time with this pause between bytes (a slowloris registry).
-    Drip(Duration),
-}
-
-struct FaultState {
-    upstream: SocketAddr,
-    fault: Mutex<BlobFault>,
-    /// Every request is accepted and never answered.
-    hang: AtomicBool,
-    blob_gets: AtomicUsize,
-    /// Blob body bytes sent to the client so far (throttled blobs only).
-    blob_bytes_sent: AtomicU64,
-}
-
-struct FaultProxy {
-    addr: SocketAddr,
-    state: Arc<FaultState>,
-    task: Option<JoinHandle<()>>,
-}
-
-type ProxyBody = BoxBody<Bytes, hyper::Error>;
-
-impl FaultProxy {
-    async fn start(registry: &Registry) -> FaultProxy {
-        assert!(!registry.is_tls(), "the fault proxy speaks plain HTTP");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fault proxy");
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(FaultState {
-            upstream: registry.addr(),
-            fault: Mutex::new(BlobFault::Pass),
-            hang: AtomicBool::new(false),
-            blob_gets: AtomicUsize::new(0),
-            blob_bytes_sent: AtomicU64::new(0),
-        });
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            let mut connections = JoinSet::new();
-            loop {
-                while connections.try_join_next().is_some() {}
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let state = shared.clone();
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| fault_handle(state.clone(), request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
-        FaultProxy {
-            addr,
-            state,
-            task: Some(task),
-        }
-    }
-
-    fn host(&self) -> String {
-        self.addr.to_string()
-    }
-
-    fn oci(&self, reference: &str) -> String {
-        format!("oci://{}/{reference}", self.addr)
-    }
-
-    fn set_fault(&self, fault: BlobFault) {
-        *self.state.fault.lock().unwrap() = fault;
-    }
-
-    fn hang(&self) {
-        self.state.hang.store(true, Ordering::SeqCst);
-    }
-
-    fn blob_gets(&self) -> usize {
-        self.state.blob_gets.load(Ordering::SeqCst)
-    }
-
-    fn blob_bytes_sent(&self) -> u64 {
-        self.state.blob_bytes_sent.load(Ordering::SeqCst)
-    }
-
-    /// Closes the listener and every open connection, mid-body or not: from now on connecting is refused.
-    async fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-async fn fault_handle(state: Arc<FaultState>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
-    if state.hang.load(Ordering::SeqCst) {
-        return std::future::pending().await;
-    }
-    let blob_get = request.method() == Method::GET && request.uri().path().contains("/blobs/sha256:");
-    if blob_get {
-        state.blob_gets.fetch_add(1, Ordering::SeqCst);
-    }
-    let response = match forward(state.upstream, request).await {
-        Ok(response) => response,
-        Err(e) => {
-            let body = Full::new(Bytes::from(format!("fault proxy: {e}\n")))
-                .map_err(|e| match e {})
-                .boxed();
-            return Ok(Response::builder().status(502).body(body).unwrap());
-        }
-    };
-    let fault = *state.fault.lock().unwrap();
-    if !blob_get || response.status() != 200 || fault == BlobFault::Pass {
-        return Ok(response.map(|b| b.boxed()));
-    }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
-        return Ok(Response::builder()
-            .status(502)
-            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-            .unwrap());
-    };
-    let mut bytes = collected.to_bytes().to_vec();
-    let body = match fault {
-        BlobFault::Pass => unreachable!(),
-        BlobFault::Corrupt => {
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x01;
-            Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed()
-        }
-        BlobFault::Drip(pause) => {
-            let frames =
-                futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| async move {
-                    if rest.is_empty() {
-                        return None;
-                    }
-                    if !first {
-                        tokio::time::sleep(pause).await;
-                    }
-                    let frame = rest.split_to(1);
-                    Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
-                });
-            StreamBody::new(frames).boxed()
-        }
-        BlobFault::Throttle(pause) => {
-            let sent = state.clone();
-            let frames = futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| {
-                let sent = sent.clone();
-                async move {
-                    if rest.is_empty() {
-                        return None;
-                    }
-                    if !first {
-                        tokio::time::sleep(pause).await;
-                    }
-                    let frame = rest.split_to(rest.len().min(64 * 1024));
-                    sent.blob_bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
-                    Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
-                }
-            });
-            StreamBody::new(frames).boxed()
-        }
-    };
-    Ok(Response::from_parts(parts, body))
-}
-
-/// Sends `request` on a new HTTP/1.1 connection to `upstream`.
-async fn forward(upstream: SocketAddr, request: Request<Incoming>) -> Result<Response<Incoming>, String> {
-    let (mut parts, body) = request.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    parts.uri = path_and_query.parse().expect("origin-form uri");
-    parts.version = hyper::Version::HTTP_11;
-    let tcp = TcpStream::connect(upstream)
-        .await
-        .map_err(|e| format!("connect {upstream}: {e}"))?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(|e| format!("send: {e}"))
-}
-
 /// A daemon that reaches `proxy` over plain HTTP, with `extra` flags.
-async fn daemon_for(proxy: &FaultProxy, extra: &[&str]) -> Daemon {
+async fn daemon_for(proxy: &Proxy, extra: &[&str]) -> Daemon {
     let host = proxy.host();
     let mut args = vec!["--insecure-registry", &host, "--retry-backoff", "10ms"];
     args.extend_from_slice(extra);
@@ -1255,7 +957,7 @@ async fn registry_stopped_mid_blob_download_is_unavailable_after_retries() {
             cncf_image(&wasm_module_of_size("registry-stopped", 4 << 20)),
         )
         .await;
-    let mut proxy = FaultProxy::start(registry).await;
+    let mut proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Throttle(Duration::from_millis(20)));
     let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
     let mut client = daemon.client().await;
@@ -1276,7 +978,7 @@ async fn registry_stopped_mid_blob_download_is_unavailable_after_retries() {
         "took {:?}",
         started.elapsed()
     );
-    assert_eq!(proxy.blob_gets(), 1);
+    assert_eq!(proxy.blob_gets("faults/stopped"), 1);
     assert_ingest_empty(&daemon, "after the failure");
     assert!(list(&mut daemon.client().await).await.is_empty(), "nothing listed");
     assert!(
@@ -1292,7 +994,7 @@ async fn registry_stopped_mid_blob_download_on_refresh_serves_the_cached_copy() 
     let v1 = registry
         .push(repo, Some("v1"), cncf_image(&wasm_module("registry-refresh-v1")))
         .await;
-    let mut proxy = FaultProxy::start(registry).await;
+    let mut proxy = registry.proxy().await;
     let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));
@@ -1491,7 +1193,7 @@ async fn registry_that_stops_answering_on_refresh_serves_the_cached_copy_within_
     let v1 = registry
         .push(repo, Some("v1"), cncf_image(&wasm_module("registry-hang-v1")))
         .await;
-    let proxy = FaultProxy::start(registry).await;
+    let proxy = registry.proxy().await;
     let daemon = daemon_for(&proxy, &HANG_FLAGS[..4]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));
@@ -1601,7 +1303,7 @@ async fn registry_dripping_a_blob_is_deadline_exceeded_at_the_fetch_deadline() {
             cncf_image(&wasm_module_of_size("drip", 64 * 1024)),
         )
         .await;
-    let proxy = FaultProxy::start(registry).await;
+    let proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Drip(DRIP));
     let daemon = daemon_for(
         &proxy,
@@ -1629,7 +1331,7 @@ async fn registry_dripping_a_blob_is_deadline_exceeded_at_the_fetch_deadline() {
         elapsed >= Duration::from_millis(1900) && elapsed < Duration::from_secs(6),
         "answered after {elapsed:?}; the deadline is 2 s"
     );
-    assert_eq!(proxy.blob_gets(), 1);
+    assert_eq!(proxy.blob_gets("faults/drip"), 1);
     assert_ingest_empty(&daemon, "after the deadline");
     assert!(
         !daemon.blob_path(&image.module_digest).exists(),
@@ -1741,7 +1443,7 @@ async fn registry_blob_corrupted_in_transit_is_data_loss_and_nothing_is_stored()
             cncf_image(&wasm_module_of_size("corrupt-in-transit", 256 * 1024)),
         )
         .await;
-    let proxy = FaultProxy::start(registry).await;
+    let proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Corrupt);
     let daemon = daemon_for(&proxy, &[]).await;
     let mut client = daemon.client().await;
@@ -1777,7 +1479,7 @@ async fn registry_blob_corrupted_in_transit_on_refresh_serves_the_cached_copy() 
     let v1 = registry
         .push(repo, Some("v1"), cncf_image(&wasm_module("corrupt-refresh-v1")))
         .await;
-    let proxy = FaultProxy::start(registry).await;
+    let proxy = registry.proxy().await;
     let daemon = daemon_for(&proxy, &[]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));

@@ -333,9 +333,7 @@ async fn url_credentials_never_appear_in_the_log() {
 async fn pull_secret_never_appears_in_the_log() {
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    registry
-        .push("logs/secret", Some("v1"), cncf_image(&wasm_module("logs/secret")))
-        .await;
+    registry.push_module("logs/secret", "v1").await;
     let ca = registry.ca_file().to_str().unwrap().to_string();
     let mut args = vec!["--ca-file", ca.as_str()];
     args.extend_from_slice(JSON);

@@ -56,145 +56,75 @@ fn hex(digest: &str) -> &str {
 // Formats
 // ---------------------------------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn cncf_wasm_artifact_is_served() {
+/// Pushes the module for `repo` in the format `build` makes as `repo:v1`, fetches it through a fresh daemon
+/// and checks that the pushed module was served and cached with its digests.
+async fn assert_served_as_pushed(repo: &str, build: impl FnOnce(&[u8]) -> BuiltImage) {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("formats/cncf", Some("v1"), cncf_image(&wasm_module("formats/cncf")))
-        .await;
+    let image = registry.push(repo, Some("v1"), build(&wasm_module(repo))).await;
 
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/cncf:v1"))).await;
+    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci(&format!("{repo}:v1")))).await;
 
     assert_fetched(&info, &bytes, &image);
+}
+
+/// Pushes an image that holds no module `build` as `repo:v1`: fetching it is FAILED_PRECONDITION and caches
+/// nothing.
+async fn assert_refused_without_module(repo: &str, build: impl FnOnce(&[u8]) -> BuiltImage) {
+    let (registry, proxy, _daemon, mut client) = setup().await;
+    registry.push(repo, Some("v1"), build(&wasm_module(repo))).await;
+
+    let status = fetch_err(&mut client, req(&proxy.oci(&format!("{repo}:v1")))).await;
+
+    assert_code(&status, Code::FailedPrecondition);
+    assert!(list(&mut client).await.is_empty(), "nothing is cached");
+}
+
+#[tokio::test]
+async fn cncf_wasm_artifact_is_served() {
+    assert_served_as_pushed("formats/cncf", cncf_image).await;
 }
 
 #[tokio::test]
 async fn wasm_to_oci_artifact_is_served() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "formats/wasm-to-oci",
-            Some("v1"),
-            wasm_to_oci_image(&wasm_module("formats/wasm-to-oci")),
-        )
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/wasm-to-oci:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/wasm-to-oci", wasm_to_oci_image).await;
 }
 
 #[tokio::test]
 async fn solo_image_is_served() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("formats/solo", Some("v1"), solo_image(&wasm_module("formats/solo")))
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/solo:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/solo", solo_image).await;
 }
 
 /// The Solo content layer is found among unrelated layers (three layers, the module in the middle).
 #[tokio::test]
 async fn solo_image_with_extra_layers_is_served() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "formats/solo-extra",
-            Some("v1"),
-            solo_image_with_extra_layers(&wasm_module("formats/solo-extra")),
-        )
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/solo-extra:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/solo-extra", solo_image_with_extra_layers).await;
 }
 
 #[tokio::test]
 async fn compat_image_with_variant_annotation_serves_plugin_wasm() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "formats/compat-annotated",
-            Some("v1"),
-            compat_image(&wasm_module("formats/compat-annotated"), true, LINUX_AMD64),
-        )
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/compat-annotated:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/compat-annotated", |m| compat_image(m, true, LINUX_AMD64)).await;
 }
 
 /// Without the annotation, an OCI image config with tar+gzip layers is still read as compat: `plugin.wasm`
 /// comes from the last layer.
 #[tokio::test]
 async fn compat_image_without_annotation_serves_plugin_wasm_from_last_layer() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "formats/compat-plain",
-            Some("v1"),
-            compat_image(&wasm_module("formats/compat-plain"), false, LINUX_AMD64),
-        )
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/compat-plain:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/compat-plain", |m| compat_image(m, false, LINUX_AMD64)).await;
 }
 
 #[tokio::test]
 async fn docker_schema2_image_serves_plugin_wasm_from_last_layer() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "formats/docker",
-            Some("v1"),
-            docker_image(&wasm_module("formats/docker"), LINUX_AMD64),
-        )
-        .await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("formats/docker:v1"))).await;
-
-    assert_fetched(&info, &bytes, &image);
+    assert_served_as_pushed("formats/docker", |m| docker_image(m, LINUX_AMD64)).await;
 }
 
 #[tokio::test]
 async fn image_with_tar_layer_lacking_plugin_wasm_is_failed_precondition() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    registry
-        .push(
-            "formats/no-plugin",
-            Some("v1"),
-            image_without_plugin_wasm(&wasm_module("formats/no-plugin")),
-        )
-        .await;
-
-    let status = fetch_err(&mut client, req(&proxy.oci("formats/no-plugin:v1"))).await;
-
-    assert_code(&status, Code::FailedPrecondition);
-    assert!(list(&mut client).await.is_empty(), "nothing is cached");
+    assert_refused_without_module("formats/no-plugin", image_without_plugin_wasm).await;
 }
 
 #[tokio::test]
 async fn image_with_unknown_layer_type_is_failed_precondition() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    registry
-        .push(
-            "formats/unknown-layer",
-            Some("v1"),
-            image_with_unknown_layer(&wasm_module("formats/unknown-layer")),
-        )
-        .await;
-
-    let status = fetch_err(&mut client, req(&proxy.oci("formats/unknown-layer:v1"))).await;
-
-    assert_code(&status, Code::FailedPrecondition);
-    assert!(list(&mut client).await.is_empty(), "nothing is cached");
+    assert_refused_without_module("formats/unknown-layer", image_with_unknown_layer).await;
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -237,6 +167,16 @@ async fn push_index_with_wasm_entry(
     (wasm, index)
 }
 
+/// An index with a Wasm entry for `platform` among Linux ones, at `repo:v1`: the Wasm entry is served.
+async fn assert_index_serves_wasm_entry(repo: &str, platform: Platform) {
+    let (registry, proxy, _daemon, mut client) = setup().await;
+    let (wasm, _) = push_index_with_wasm_entry(registry, repo, "v1", platform).await;
+
+    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci(&format!("{repo}:v1")))).await;
+
+    assert_fetched(&info, &bytes, &wasm);
+}
+
 /// Pushes one compat image per platform into `repo` (by digest) and an index of them at `tag`.
 async fn push_linux_index(registry: &Registry, repo: &str, tag: &str, platforms: &[Platform]) -> (Vec<Image>, Index) {
     let mut images = Vec::new();
@@ -252,32 +192,17 @@ async fn push_linux_index(registry: &Registry, repo: &str, tag: &str, platforms:
 /// ModuleInfo.manifest_digest is the platform manifest's, not the index's.
 #[tokio::test]
 async fn index_with_wasip1_platform_serves_the_wasm_entry() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let (wasm, _) = push_index_with_wasm_entry(registry, "index/wasip1", "v1", WASM_WASIP1).await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("index/wasip1:v1"))).await;
-
-    assert_fetched(&info, &bytes, &wasm);
+    assert_index_serves_wasm_entry("index/wasip1", WASM_WASIP1).await;
 }
 
 #[tokio::test]
 async fn index_with_wasip2_platform_serves_the_wasm_entry() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let (wasm, _) = push_index_with_wasm_entry(registry, "index/wasip2", "v1", WASM_WASIP2).await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("index/wasip2:v1"))).await;
-
-    assert_fetched(&info, &bytes, &wasm);
+    assert_index_serves_wasm_entry("index/wasip2", WASM_WASIP2).await;
 }
 
 #[tokio::test]
 async fn index_with_wasi_platform_serves_the_wasm_entry() {
-    let (registry, proxy, _daemon, mut client) = setup().await;
-    let (wasm, _) = push_index_with_wasm_entry(registry, "index/wasi", "v1", WASM_WASI).await;
-
-    let (info, bytes) = fetch_ok(&mut client, req(&proxy.oci("index/wasi:v1"))).await;
-
-    assert_fetched(&info, &bytes, &wasm);
+    assert_index_serves_wasm_entry("index/wasi", WASM_WASI).await;
 }
 
 /// No Wasm entry: the default fallback platform linux/amd64 is chosen, even when it is not listed first.
@@ -422,13 +347,7 @@ async fn cached_digest_reference_is_never_rechecked() {
 #[tokio::test]
 async fn if_not_present_on_known_tag_makes_no_registry_request() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "policy/if-not-present",
-            Some("v1"),
-            cncf_image(&wasm_module("policy/if-not-present")),
-        )
-        .await;
+    let image = registry.push_module("policy/if-not-present", "v1").await;
     let url = proxy.oci("policy/if-not-present:v1");
     fetch_ok(&mut client, req_policy(&url, PullPolicy::IfNotPresent, "", "")).await;
     proxy.reset();
@@ -446,9 +365,7 @@ async fn if_not_present_on_known_tag_makes_no_registry_request() {
 async fn always_with_unchanged_digest_requests_the_manifest_only() {
     let (registry, proxy, _daemon, mut client) = setup().await;
     let repo = "policy/always-unchanged";
-    let image = registry
-        .push(repo, Some("v1"), cncf_image(&wasm_module("policy/always-unchanged")))
-        .await;
+    let image = registry.push_module(repo, "v1").await;
     let url = proxy.oci(&format!("{repo}:v1"));
     fetch_ok(&mut client, req(&url)).await;
     proxy.reset();
@@ -492,13 +409,7 @@ async fn always_after_tag_moved_serves_the_new_module() {
 async fn unspecified_policy_on_latest_rechecks_the_manifest() {
     let (registry, proxy, _daemon, mut client) = setup().await;
     let repo = "policy/unspecified-latest";
-    let image = registry
-        .push(
-            repo,
-            Some("latest"),
-            cncf_image(&wasm_module("policy/unspecified-latest")),
-        )
-        .await;
+    let image = registry.push_module(repo, "latest").await;
     let url = proxy.oci(&format!("{repo}:latest"));
     fetch_ok(&mut client, req(&url)).await;
     proxy.reset();
@@ -520,13 +431,7 @@ async fn unspecified_policy_on_latest_rechecks_the_manifest() {
 async fn unspecified_policy_without_tag_rechecks_latest() {
     let (registry, proxy, _daemon, mut client) = setup().await;
     let repo = "policy/unspecified-no-tag";
-    let image = registry
-        .push(
-            repo,
-            Some("latest"),
-            cncf_image(&wasm_module("policy/unspecified-no-tag")),
-        )
-        .await;
+    let image = registry.push_module(repo, "latest").await;
     let url = proxy.oci(repo);
     let (first, _) = fetch_ok(&mut client, req(&url)).await;
     assert_eq!(first.manifest_digest, image.manifest_digest);
@@ -548,13 +453,7 @@ async fn unspecified_policy_without_tag_rechecks_latest() {
 #[tokio::test]
 async fn unspecified_policy_on_other_tag_makes_no_registry_request() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "policy/unspecified-v1",
-            Some("v1"),
-            cncf_image(&wasm_module("policy/unspecified-v1")),
-        )
-        .await;
+    let image = registry.push_module("policy/unspecified-v1", "v1").await;
     let url = proxy.oci("policy/unspecified-v1:v1");
     fetch_ok(&mut client, req(&url)).await;
     proxy.reset();
@@ -571,9 +470,7 @@ async fn unspecified_policy_on_other_tag_makes_no_registry_request() {
 #[tokio::test]
 async fn anonymously_pulled_module_is_served_to_a_request_with_a_secret() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("policy/public", Some("v1"), cncf_image(&wasm_module("policy/public")))
-        .await;
+    let image = registry.push_module("policy/public", "v1").await;
     let url = proxy.oci("policy/public:v1");
     fetch_ok(&mut client, req(&url)).await;
     proxy.reset();
@@ -594,9 +491,7 @@ async fn anonymously_pulled_module_is_served_to_a_request_with_a_secret() {
 #[tokio::test]
 async fn sha256_may_name_the_manifest_digest() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("sha/manifest", Some("v1"), cncf_image(&wasm_module("sha/manifest")))
-        .await;
+    let image = registry.push_module("sha/manifest", "v1").await;
 
     let (info, bytes) = fetch_ok(
         &mut client,
@@ -610,9 +505,7 @@ async fn sha256_may_name_the_manifest_digest() {
 #[tokio::test]
 async fn sha256_may_name_the_module_digest() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("sha/module", Some("v1"), cncf_image(&wasm_module("sha/module")))
-        .await;
+    let image = registry.push_module("sha/module", "v1").await;
 
     let (info, bytes) = fetch_ok(&mut client, req_sha(&proxy.oci("sha/module:v1"), &image.module_digest)).await;
 
@@ -632,9 +525,7 @@ async fn sha256_may_name_the_index_digest() {
 #[tokio::test]
 async fn wrong_sha256_is_data_loss_naming_the_candidates() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    let image = registry
-        .push("sha/wrong", Some("v1"), cncf_image(&wasm_module("sha/wrong")))
-        .await;
+    let image = registry.push_module("sha/wrong", "v1").await;
     let wrong = sha256_hex(b"not any digest of this image");
 
     let status = fetch_err(&mut client, req_sha(&proxy.oci("sha/wrong:v1"), &wrong)).await;
@@ -656,13 +547,7 @@ async fn wrong_sha256_is_data_loss_naming_the_candidates() {
 #[tokio::test]
 async fn tampered_blob_is_data_loss_and_nothing_is_stored() {
     let (registry, proxy, daemon, mut client) = setup().await;
-    let image = registry
-        .push(
-            "errors/tampered",
-            Some("v1"),
-            cncf_image(&wasm_module("errors/tampered")),
-        )
-        .await;
+    let image = registry.push_module("errors/tampered", "v1").await;
     registry.tamper_blob(&image.module_blob_digest);
 
     let status = fetch_err(&mut client, req(&proxy.oci("errors/tampered:v1"))).await;
@@ -675,13 +560,7 @@ async fn tampered_blob_is_data_loss_and_nothing_is_stored() {
 #[tokio::test]
 async fn missing_tag_is_not_found() {
     let (registry, proxy, _daemon, mut client) = setup().await;
-    registry
-        .push(
-            "errors/missing-tag",
-            Some("v1"),
-            cncf_image(&wasm_module("errors/missing-tag")),
-        )
-        .await;
+    registry.push_module("errors/missing-tag", "v1").await;
 
     let status = fetch_err(&mut client, req(&proxy.oci("errors/missing-tag:v2"))).await;
 
@@ -701,9 +580,7 @@ async fn missing_repository_is_not_found() {
 async fn missing_blob_is_not_found_and_nothing_is_stored() {
     let (registry, proxy, daemon, mut client) = setup().await;
     let repo = "errors/missing-blob";
-    let image = registry
-        .push(repo, Some("v1"), cncf_image(&wasm_module("errors/missing-blob")))
-        .await;
+    let image = registry.push_module(repo, "v1").await;
     registry.delete_blob(repo, &image.module_blob_digest).await;
 
     let status = fetch_err(&mut client, req(&proxy.oci(&format!("{repo}:v1")))).await;
@@ -717,9 +594,7 @@ async fn missing_blob_is_not_found_and_nothing_is_stored() {
 async fn registry_forbidden_is_permission_denied() {
     let (registry, proxy, _daemon, mut client) = setup().await;
     let repo = "errors/forbidden";
-    registry
-        .push(repo, Some("v1"), cncf_image(&wasm_module("errors/forbidden")))
-        .await;
+    registry.push_module(repo, "v1").await;
     proxy.fail_repo(repo, 403);
 
     let status = fetch_err(&mut client, req(&proxy.oci(&format!("{repo}:v1")))).await;
@@ -783,9 +658,7 @@ async fn manifest_over_max_manifest_bytes_is_resource_exhausted() {
 #[tokio::test]
 async fn cli_fetch_of_oci_url_prints_the_module_sha256() {
     let (registry, proxy, daemon, _client) = setup().await;
-    let image = registry
-        .push("cli/fetch", Some("v1"), cncf_image(&wasm_module("cli/fetch")))
-        .await;
+    let image = registry.push_module("cli/fetch", "v1").await;
     let socket = daemon.socket().to_str().unwrap().to_string();
 
     let output = run_cli(&["fetch", "--socket", &socket, &proxy.oci("cli/fetch:v1")], &[]).await;

@@ -32,7 +32,7 @@ async fn setup() -> (&'static Registry, Proxy, Daemon, Client) {
 
 /// Pushes a CNCF Wasm artifact of its own to `repo:v1`.
 async fn push_private(registry: &Registry, repo: &str) -> Image {
-    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await
+    registry.push_module(repo, "v1").await
 }
 
 /// A request for `url` (a `:v1` tag, so IfNotPresent under UNSPECIFIED) with `pull_secret`.

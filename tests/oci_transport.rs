@@ -22,7 +22,7 @@ async fn start_daemon(args: &[&str]) -> (Daemon, Client) {
 
 /// Pushes a CNCF Wasm artifact of its own to `repo:v1` on `registry`.
 async fn push(registry: &Registry, repo: &str) -> Image {
-    registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await
+    registry.push_module(repo, "v1").await
 }
 
 // ---------------------------------------------------------------------------------------------------------------

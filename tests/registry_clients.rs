@@ -127,13 +127,7 @@ async fn skopeo_inspect_reports_the_upstream_manifest_digest() {
     let registry = Registry::shared_plain();
     let upstream = PortlessUpstream::start(registry).await;
     let proxy = &upstream.proxy;
-    let image = registry
-        .push(
-            "clients/inspect",
-            Some("v1"),
-            cncf_image(&wasm_module("clients/inspect")),
-        )
-        .await;
+    let image = registry.push_module("clients/inspect", "v1").await;
     let (_daemon, endpoint) = daemon_for_plain(&upstream).await;
     let home = tempfile::tempdir().unwrap();
     let reference = format!("docker://{endpoint}/{}/clients/inspect:v1", upstream.name());
@@ -166,9 +160,7 @@ async fn skopeo_copy_writes_the_module_blob_with_the_pushed_bytes() {
     let registry = Registry::shared_plain();
     let upstream = PortlessUpstream::start(registry).await;
     let proxy = &upstream.proxy;
-    let image = registry
-        .push("clients/copy", Some("v1"), cncf_image(&wasm_module("clients/copy")))
-        .await;
+    let image = registry.push_module("clients/copy", "v1").await;
     let (_daemon, endpoint) = daemon_for_plain(&upstream).await;
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("out");
@@ -210,13 +202,7 @@ async fn skopeo_pulls_a_private_module_with_its_credentials_and_fails_without() 
     let registry = Registry::shared_tls_auth();
     let upstream = PortlessUpstream::start(registry).await;
     let proxy = &upstream.proxy;
-    let image = registry
-        .push(
-            "clients/private",
-            Some("v1"),
-            cncf_image(&wasm_module("clients/private")),
-        )
-        .await;
+    let image = registry.push_module("clients/private", "v1").await;
     let name = upstream.name();
     let ca = registry.ca_file().to_str().unwrap().to_string();
     let (_daemon, endpoint) = daemon_with_endpoint(&["--insecure-registry", &name, "--ca-file", &ca]).await;
@@ -299,9 +285,7 @@ async fn oras_python_sdk_pulls_the_module_over_plain_http() {
     let registry = Registry::shared_plain();
     let upstream = PortlessUpstream::start(registry).await;
     let proxy = &upstream.proxy;
-    let image = registry
-        .push("clients/oras", Some("v1"), cncf_image(&wasm_module("clients/oras")))
-        .await;
+    let image = registry.push_module("clients/oras", "v1").await;
     let (_daemon, endpoint) = daemon_for_plain(&upstream).await;
     let home = tempfile::tempdir().unwrap();
     let outdir = home.path().join("out");

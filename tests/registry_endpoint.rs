@@ -17,9 +17,7 @@ async fn daemon_with_endpoint(proxy: &Proxy) -> (Daemon, std::net::SocketAddr) {
 async fn manifest_and_module_blob_are_upstreams_in_the_containerd_mirror_form() {
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let image = registry
-        .push("endpoint/basic", Some("v1"), cncf_image(&wasm_module("endpoint/basic")))
-        .await;
+    let image = registry.push_module("endpoint/basic", "v1").await;
     let (_daemon, endpoint) = daemon_with_endpoint(&proxy).await;
     let ns = proxy.host();
 

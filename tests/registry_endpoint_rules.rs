@@ -41,9 +41,7 @@ async fn start(host: &str, extra: &[&str]) -> (Daemon, Endpoint) {
 async fn enforce_rule_refuses_an_unsigned_manifest_and_its_blobs_by_digest() {
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let image = registry
-        .push("rules/unsigned", Some("v1"), cncf_image(&wasm_module("rules/unsigned")))
-        .await;
+    let image = registry.push_module("rules/unsigned", "v1").await;
     let dir = tempfile::tempdir().unwrap();
     let key = TestKey::generate(KeyKind::P256).write_public(dir.path());
     let policy = dir.path().join("policy.toml");
@@ -90,9 +88,7 @@ async fn enforce_rule_refuses_an_unsigned_manifest_and_its_blobs_by_digest() {
 async fn private_module_needs_the_clients_credentials_at_the_endpoint() {
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    let image = registry
-        .push("rules/private", Some("v1"), cncf_image(&wasm_module("rules/private")))
-        .await;
+    let image = registry.push_module("rules/private", "v1").await;
     let ca = registry.ca_file().to_str().unwrap().to_string();
     let (_daemon, endpoint) = start(&proxy.host(), &["--ca-file", &ca]).await;
     let (user, password) = USER_A;

@@ -34,7 +34,7 @@ impl Setup {
     async fn new(repo: &str) -> Setup {
         let registry = Registry::shared_plain();
         let proxy = registry.proxy().await;
-        let image = registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+        let image = registry.push_module(repo, "v1").await;
         Setup {
             registry,
             proxy,

@@ -795,7 +795,7 @@ fn private_plugin_yaml(proxy: &Proxy, repo: &str) -> String {
 async fn private_setup(repo: &str) -> (Proxy, Image, Daemon) {
     let registry = Registry::shared_tls_auth();
     let proxy = registry.proxy().await;
-    let image = registry.push(repo, Some("v1"), cncf_image(&wasm_module(repo))).await;
+    let image = registry.push_module(repo, "v1").await;
     let ca = path_str(registry.ca_file()).to_string();
     let daemon = Daemon::start(&["--ca-file", &ca, "--retry-backoff", "10ms"]).await;
     (proxy, image, daemon)

@@ -150,7 +150,10 @@ impl KubeStub {
             deny: Mutex::new(None),
             gone_watches: AtomicUsize::new(0),
         });
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        let shared = state.clone();
+        let task = tokio::spawn(super::serve::accept_loop(listener, None, move |request| {
+            handle(shared.clone(), request)
+        }));
         let dir = tempfile::Builder::new()
             .prefix("wasmcache-kube")
             .tempdir()
@@ -490,22 +493,6 @@ impl Selector {
 }
 
 type Body = BoxBody<Bytes, Infallible>;
-
-async fn accept_loop(listener: TcpListener, state: Arc<StubState>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
-}
 
 fn json_response(status: u16, value: &Value) -> Response<Body> {
     Response::builder()

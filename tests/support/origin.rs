@@ -111,7 +111,10 @@ impl Origin {
         let listener = TcpListener::from_std(listener).expect("tokio listener");
         let addr = listener.local_addr().expect("origin addr");
         let state = Arc::new(OriginState::default());
-        let task = tokio::spawn(accept_loop(listener, tls, state.clone()));
+        let shared = state.clone();
+        let task = tokio::spawn(serve::accept_loop(listener, tls, move |request| {
+            handle(shared.clone(), request)
+        }));
         Origin {
             addr,
             state,
@@ -230,34 +233,6 @@ impl Drop for Origin {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-    }
-}
-
-/// Accepts connections until aborted; aborting drops the JoinSet and with it every connection task.
-async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, state: Arc<OriginState>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        let tls = tls.clone();
-        connections.spawn(async move {
-            let service = hyper::service::service_fn(move |request| handle(state.clone(), request));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            match tls {
-                Some(acceptor) => {
-                    // A client that rejects our certificate aborts the handshake: nothing to serve then.
-                    if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                    }
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                }
-            }
-        });
     }
 }
 

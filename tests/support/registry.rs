@@ -12,12 +12,13 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full};
-use hyper::body::Incoming;
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,7 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-use super::{sha256_hex, tar_gz};
+use super::{sha256_hex, tar_gz, wasm_module};
 
 /// Where Debian's package `docker-registry` installs the binary.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -529,6 +530,12 @@ impl Registry {
         }
     }
 
+    /// Pushes a CNCF Wasm artifact of the module made for `repo` ([`wasm_module`]) as `repo:tag`: the
+    /// everyday fixture.
+    pub async fn push_module(&self, repo: &str, tag: &str) -> Image {
+        self.push(repo, Some(tag), cncf_image(&wasm_module(repo))).await
+    }
+
     /// Pushes an index (`OCI_INDEX`) or manifest list (`DOCKER_MANIFEST_LIST`) of `entries` under `tag`. Each
     /// entry's image must already be in `repo` (the registry checks).
     pub async fn push_index(
@@ -677,8 +684,26 @@ pub struct Seen {
     pub authorized: bool,
 }
 
+/// What the proxy does to blob downloads that the registry answered with 200.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum BlobFault {
+    #[default]
+    Pass,
+    /// Blob bodies go out in 64 KiB frames with this pause between frames.
+    Throttle(Duration),
+    /// One byte in the middle of every blob body is flipped (same length, so only a digest check notices).
+    Corrupt,
+    /// Blob bodies go out one byte at a time with this pause between bytes (a slowloris registry).
+    Drip(Duration),
+}
+
 #[derive(Default)]
 struct ProxyState {
+    fault: Mutex<BlobFault>,
+    /// Every request from now on is accepted and never answered.
+    hang: AtomicBool,
+    /// Blob body bytes sent to the client so far (throttled blobs only).
+    blob_bytes_sent: AtomicU64,
     seen: Mutex<Vec<Seen>>,
     /// Repositories whose every request is answered with this status instead of being forwarded.
     fail: Mutex<HashMap<String, u16>>,
@@ -717,7 +742,10 @@ impl Proxy {
             addr: registry.addr,
             tls: registry.tls_connector(),
         };
-        let task = tokio::spawn(proxy_accept_loop(listener, acceptor, upstream, state.clone()));
+        let shared = state.clone();
+        let task = tokio::spawn(super::serve::accept_loop(listener, acceptor, move |request| {
+            proxy_handle(shared.clone(), upstream.clone(), request)
+        }));
         Proxy {
             addr,
             state,
@@ -748,6 +776,29 @@ impl Proxy {
             .lock()
             .unwrap()
             .insert(path.to_string(), (content_type.to_string(), body));
+    }
+
+    /// What happens to blob downloads from now on.
+    pub fn set_fault(&self, fault: BlobFault) {
+        *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// Every request from now on is accepted and never answered (a registry that stopped answering).
+    pub fn hang(&self) {
+        self.state.hang.store(true, Ordering::SeqCst);
+    }
+
+    /// Blob body bytes sent so far under [`BlobFault::Throttle`].
+    pub fn blob_bytes_sent(&self) -> u64 {
+        self.state.blob_bytes_sent.load(Ordering::SeqCst)
+    }
+
+    /// Closes the listener and every open connection, mid-body or not: from now on connecting is refused.
+    pub async fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     /// Forgets what was seen so far.
@@ -842,45 +893,14 @@ struct Upstream {
     tls: Option<tokio_rustls::TlsConnector>,
 }
 
-async fn proxy_accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    upstream: Upstream,
-    state: Arc<ProxyState>,
-) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let state = state.clone();
-        let tls = tls.clone();
-        let upstream = upstream.clone();
-        connections.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| proxy_handle(state.clone(), upstream.clone(), request));
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            match tls {
-                Some(acceptor) => {
-                    // A client that rejects our certificate aborts the handshake: no request is seen then.
-                    if let Ok(stream) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                    }
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                }
-            }
-        });
-    }
-}
-
 async fn proxy_handle(
     state: Arc<ProxyState>,
     upstream: Upstream,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, std::convert::Infallible> {
+    if state.hang.load(Ordering::SeqCst) {
+        return std::future::pending().await;
+    }
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let authorized = request.headers().contains_key(AUTHORIZATION);
@@ -938,6 +958,11 @@ async fn proxy_handle(
     match send_upstream(upstream.addr, upstream.tls.clone(), request).await {
         Ok(response) => {
             record(response.status().as_u16());
+            let fault = *state.fault.lock().unwrap();
+            if method == Method::GET && path.contains("/blobs/") && response.status() == 200 && fault != BlobFault::Pass
+            {
+                return Ok(with_fault(&state, fault, response).await);
+            }
             Ok(response.map(|b| b.boxed()))
         }
         Err(e) => {
@@ -953,6 +978,45 @@ async fn proxy_handle(
             Ok(response)
         }
     }
+}
+
+/// The blob response with `fault` applied to its body.
+async fn with_fault(state: &Arc<ProxyState>, fault: BlobFault, response: Response<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        let empty = Full::new(Bytes::new()).map_err(|e| match e {}).boxed();
+        return Response::builder().status(502).body(empty).unwrap();
+    };
+    let mut bytes = collected.to_bytes().to_vec();
+    let (frame_len, pause) = match fault {
+        BlobFault::Pass => unreachable!("passed responses are not altered"),
+        BlobFault::Corrupt => {
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x01;
+            let body = Full::new(Bytes::from(bytes)).map_err(|e| match e {}).boxed();
+            return Response::from_parts(parts, body);
+        }
+        BlobFault::Drip(pause) => (1, pause),
+        BlobFault::Throttle(pause) => (64 * 1024, pause),
+    };
+    let counted = matches!(fault, BlobFault::Throttle(_)).then(|| state.clone());
+    let frames = futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| {
+        let counted = counted.clone();
+        async move {
+            if rest.is_empty() {
+                return None;
+            }
+            if !first {
+                tokio::time::sleep(pause).await;
+            }
+            let frame = rest.split_to(rest.len().min(frame_len));
+            if let Some(state) = counted {
+                state.blob_bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
+            }
+            Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
+        }
+    });
+    Response::from_parts(parts, StreamBody::new(frames).boxed())
 }
 
 // ---------------------------------------------------------------------------------------------------------------
