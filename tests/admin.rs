@@ -3,7 +3,7 @@
 //!
 //! Each test runs its own daemon on a free loopback port for the admin listener.
 
-mod support;
+use crate::support;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -1,6 +1,6 @@
 //! The Resolve, List and Remove calls.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

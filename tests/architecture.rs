@@ -1,13 +1,14 @@
 //! The shape of the source tree, checked on every `cargo test`: the crate's top-level modules import each
 //! other without a cycle (so each layer can be read, tested and replaced on its own), and a source file
 //! with more than [`LONG_FILE`] lines of code says why at its top with a `//! Long:` line (unit tests, in
-//! `tests.rs` files or an inline `mod tests`, do not count).
+//! `tests.rs` files or an inline `mod tests`, do not count). Every file of tests/ runs: it is a module of
+//! tests/integration.rs or a test binary of its own in Cargo.toml (autotests is off).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Lines past which a source file must give its reason for being one file.
-const LONG_FILE: usize = 550;
+const LONG_FILE: usize = 500;
 
 fn src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -218,5 +219,53 @@ fn long_source_files_say_why_at_their_top() {
         unexplained.is_empty(),
         "source files with over {LONG_FILE} lines of code without a `//! Long:` reason at their top:\n{}",
         unexplained.join("\n")
+    );
+}
+
+/// `name` for every `[[test]]` of Cargo.toml whose path is `tests/<name>.rs`.
+fn declared_test_binaries(manifest: &str) -> BTreeSet<String> {
+    manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("path = \"tests/")?.strip_suffix(".rs\""))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_test_file_is_a_module_of_integration_or_a_declared_binary() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let binaries = declared_test_binaries(&manifest);
+    assert!(
+        binaries.contains("integration"),
+        "Cargo.toml declares tests/integration.rs"
+    );
+    let integration = std::fs::read_to_string(root.join("tests/integration.rs")).unwrap();
+    let modules: BTreeSet<String> = integration
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+        .map(str::to_string)
+        .collect();
+    let mut orphans = Vec::new();
+    for entry in std::fs::read_dir(root.join("tests")).unwrap() {
+        let path = entry.unwrap().path();
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".rs"))
+        else {
+            continue;
+        };
+        if !binaries.contains(name) && !modules.contains(name) {
+            orphans.push(name.to_string());
+        }
+        assert!(
+            !(binaries.contains(name) && modules.contains(name)),
+            "tests/{name}.rs is both a module of integration.rs and a binary of its own"
+        );
+    }
+    assert!(
+        orphans.is_empty(),
+        "files under tests/ that no test binary compiles (add them to tests/integration.rs): {orphans:?}"
     );
 }

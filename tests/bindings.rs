@@ -3,7 +3,7 @@
 //! yet bound to that digest goes to the URL's origin, and fails DATA_LOSS when the origin serves something
 //! else, binding nothing (issue 9, item 1: cross-tenant cache poisoning).
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::*;

@@ -1,6 +1,6 @@
 //! The client commands of the binary: fetch, ls, rm, and WASMCACHE_SOCKET.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 

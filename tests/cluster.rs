@@ -8,7 +8,7 @@
 //! test can assert what was asked and how often. The modules themselves come from a counting `Origin` and from
 //! the real HTTPS+auth registry.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The configuration file, its environment variables and `wasmcache config check`, through the real binary.
 //! Environment variables are set on the child process only.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};

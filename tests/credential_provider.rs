@@ -7,7 +7,7 @@
 //! `env`), so a test counts runs and reads requests there. Each test has its own registry proxy, so its own
 //! registry host as the plugins see it.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
 //! Requests refused before anything is fetched: bad URLs, unsupported schemes, bad digests.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tonic::Code;

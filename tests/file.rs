@@ -1,6 +1,6 @@
 //! file:// URLs, confined to the --file-root directories.
 
-mod support;
+use crate::support;
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt as _;

@@ -7,7 +7,7 @@
 //! checked here with the crate's own types. A machine without `grpcio` fails these tests: `pip install grpcio`
 //! (`.ci/run` installs it).
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Stdio;

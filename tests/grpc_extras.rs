@@ -2,7 +2,7 @@
 //! (`grpc.reflection.v1`, and `grpc.reflection.v1alpha` for older clients), so that probes and `grpcurl`
 //! work without the `.proto` file.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

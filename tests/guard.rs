@@ -4,7 +4,7 @@
 //! loopback interface (`Daemon::start_isolated`): if the guard had a bug, the connection attempt would fail
 //! inside that namespace instead of leaving the machine.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tonic::Code;

@@ -8,7 +8,7 @@
 //! missing fields, wrong types, 10 MB) come from an `Origin` that answers the registry API's manifest path, as
 //! a broken or malicious registry would.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

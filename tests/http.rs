@@ -1,6 +1,6 @@
 //! http:// fetching: caching, retries, verification, unwrapping and the size cap.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! with the same credentials; any other request goes to the origin, which decides. They are never served
 //! on the admin listener. A fetch that succeeds without credentials makes the module public.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tonic::Code;

@@ -6,7 +6,7 @@
 //! Durations are short: size-limit tests use a 1 s expiry (so that waiting 1.2 s makes modules unused) and a 1 h
 //! purge interval (so that the periodic sweep stays out of the way); expiry tests use a purge interval of 300 ms.
 
-mod support;
+use crate::support;
 
 use std::process::Output;
 use std::time::{Duration, Instant};

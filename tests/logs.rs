@@ -2,7 +2,7 @@
 //! (`module served` or `request failed`) with the documented fields; credentials never appear, neither those in
 //! URLs nor pull secrets.
 
-mod support;
+use crate::support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! Every test runs its own daemon (with its own admin port), so counters start at zero; tests still compare a
 //! scrape before and after the step they are about, so that what the daemon did earlier cannot pass for it.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! One registry serves the whole file; each test pushes to repositories of its own and counts requests on a
 //! proxy of its own, so tests running in parallel do not see each other's traffic.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::*;

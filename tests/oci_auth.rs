@@ -6,7 +6,7 @@
 //! test is about trust. Users `USER_A` and `USER_B` are both valid, and every authenticated user may pull every
 //! repository: what the access check decides is whether a request's credentials were proven, not who they name.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::*;

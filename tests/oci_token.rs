@@ -5,7 +5,7 @@
 //!
 //! Fixtures are pushed to a plain registry without auth; the token registry serves the same storage directory.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::token::*;

@@ -4,7 +4,7 @@
 //! Two plain-HTTP registries serve the file: the origin and a mirror. Proxies in front of them count what
 //! each one was asked.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::*;

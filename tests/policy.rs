@@ -1,6 +1,6 @@
 //! Pull policies: when a cached URL is served as is, re-checked upstream, or served stale.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tonic::Code;

@@ -15,7 +15,7 @@
 //! A machine without `skopeo` or the Python `oras` package fails these tests, naming what to install
 //! (`apt-get install skopeo`, `pip install oras`); `.ci/run` installs both.
 
-mod support;
+use crate::support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! The OCI Distribution pull-through endpoint (`--registry-listen`) against the real registry behind it.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::*;

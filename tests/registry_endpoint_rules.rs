@@ -2,7 +2,7 @@
 //! manifest and its blobs by digest, a private module is not served to a client without credentials, and an
 //! image config (not a module) is pulled through once and then served from the cache.
 
-mod support;
+use crate::support;
 
 use support::registry::*;
 use support::sigstore::*;

@@ -2,7 +2,7 @@
 //! plain or TLS, refused before binding when its TLS files are wrong, and closed on shutdown. What the endpoint
 //! answers is tested in `src/registry/tests.rs`; pulls through the real cache are tested elsewhere.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::time::Duration;

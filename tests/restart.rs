@@ -1,6 +1,6 @@
 //! What survives a restart, what does not (corrupted blobs, stale ingests), and signal handling.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

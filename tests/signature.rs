@@ -1,7 +1,7 @@
 //! The signature module's public API as the fetchers and the cache use it, with the shared test sigstore
 //! (tests/support/sigstore.rs): a policy file on disk, evidence as found in a registry or next to a URL.
 
-mod support;
+use crate::support;
 
 use std::time::SystemTime;
 

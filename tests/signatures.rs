@@ -8,7 +8,7 @@
 //! Debian's skopeo (1.9.3) cannot be the signer: it is built with sigstore signing disabled ("Debian-local change:
 //! sigstore disabled"), so no cosign-format signature made by it can be tested here.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,6 @@
 //! The Fetch stream: its shape, large modules, and many concurrent callers.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! `systemd-socket-activate` (Debian package `systemd`); when that tool is missing the test fails and says how to
 //! install it.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

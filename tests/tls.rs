@@ -2,7 +2,7 @@
 //!
 //! The origin's certificate is signed by a CA made for the test, which no system trust store knows.
 
-mod support;
+use crate::support;
 
 use support::*;
 use tonic::Code;

@@ -6,7 +6,7 @@
 //! Debian's `docker-registry` behind a counting proxy for oci modules (plain HTTP, or HTTPS with htpasswd auth for
 //! the pull-secret tests). Every test asserts how many upstream requests it caused.
 
-mod support;
+use crate::support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

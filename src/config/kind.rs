@@ -1,6 +1,9 @@
 //! How a setting's value is written: as text on the command line and in a `WASMCACHE_*` variable, and as TOML
 //! in the file and in `config check`'s output. Each setting in [`super::settings`] names one [`Kind`], so that
 //! a new setting of a known sort needs no reading or printing code of its own.
+//!
+//! Long: one small `Kind` impl per sort of value (path, duration, size, address, list, mirrors ...), side by
+//! side so that their parsing and printing stay alike; each is read on its own.
 
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
