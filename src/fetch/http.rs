@@ -7,7 +7,7 @@ use reqwest::header::{ETAG, IF_NONE_MATCH};
 use reqwest::{Client, StatusCode};
 use url::Url;
 
-use super::net::{classify, host_matches, Clients};
+use super::net::{self, classify, host_matches, Clients};
 use super::retry::{self, retryable_status, Backoff, Failure};
 use super::{Conditions, FetchError, Fetched, Meta, Settings, Sink};
 use crate::source::display_url;
@@ -178,7 +178,7 @@ impl HttpFetcher {
                         .map_err(|e| Failure::Fatal(FetchError::sink(shown)(e)))?;
                 }
                 Ok(None) => break,
-                Err(e) => return Err(classify(shown, e)),
+                Err(e) => return Err(net::body_read(e)),
             }
         }
         Ok(Fetched::Complete(Meta {

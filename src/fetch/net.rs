@@ -99,6 +99,15 @@ pub(crate) fn classify(shown: &str, err: reqwest::Error) -> Failure {
     }
 }
 
+/// A body that broke off after its response head: the connection was made and its peer trusted, so whatever
+/// broke it (a reset, a stall, a damaged TLS record) may not happen again. Always retried, by every fetcher.
+pub(crate) fn body_read(err: reqwest::Error) -> Failure {
+    Failure::Retry {
+        timed_out: err.is_timeout(),
+        cause: error_chain(&err.without_url()),
+    }
+}
+
 /// What a reqwest error means for a retry loop.
 pub(crate) enum Transport {
     /// The guard refused the destination (at resolution or on a redirect).

@@ -24,7 +24,7 @@ use super::auth::Credentials;
 use super::challenge::{self, Challenge};
 use crate::digest::Sha256;
 use crate::fetch::guard::Guard;
-use crate::fetch::net::{classify, find_cause};
+use crate::fetch::net::{self, classify, find_cause};
 use crate::fetch::retry::{self, retryable_status, Backoff, Failure};
 use crate::fetch::{FetchError, Sink};
 
@@ -217,7 +217,7 @@ impl RegistryClient {
                 return Err(too_large());
             }
             let mut body = Vec::new();
-            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            while let Some(chunk) = response.chunk().await.map_err(net::body_read)? {
                 if (body.len() + chunk.len()) as u64 > max_bytes {
                     return Err(too_large());
                 }
@@ -271,7 +271,7 @@ impl RegistryClient {
             // Hash here only when the sink does not already.
             let mut hasher = sink.sha256().is_none().then(Hasher::new);
             let mut received = 0u64;
-            while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            while let Some(chunk) = response.chunk().await.map_err(net::body_read)? {
                 received += chunk.len() as u64;
                 if received > max_bytes {
                     return Err(too_large());
@@ -530,7 +530,7 @@ impl RegistryClient {
             st => return Err(fatal(format!("token realm answered HTTP {}", st.as_u16()))),
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        while let Some(chunk) = response.chunk().await.map_err(net::body_read)? {
             if (body.len() + chunk.len()) as u64 > MAX_TOKEN_RESPONSE {
                 return Err(fatal("token response is larger than 1 MiB".into()));
             }
@@ -573,10 +573,3 @@ fn is_tls(e: &reqwest::Error) -> bool {
     find_cause::<rustls::Error>(e).is_some()
 }
 
-fn transport(e: reqwest::Error) -> Failure {
-    let timed_out = e.is_timeout();
-    Failure::Retry {
-        cause: crate::fetch::net::error_chain(&e.without_url()),
-        timed_out,
-    }
-}
