@@ -129,6 +129,17 @@ pub enum UrlError {
 }
 
 impl ModuleUrl {
+    /// A reference that may name other bytes tomorrow without changing (an OCI `latest` tag without a digest);
+    /// an unspecified pull policy re-checks it.
+    pub(crate) fn is_floating(&self) -> bool {
+        matches!(self, ModuleUrl::Oci(image) if image.is_floating())
+    }
+
+    /// A reference that names its bytes for good (an OCI reference with a digest).
+    pub(crate) fn is_immutable(&self) -> bool {
+        matches!(self, ModuleUrl::Oci(image) if image.digest().is_some())
+    }
+
     pub fn parse(raw: &str) -> Result<Self, UrlError> {
         let parsed = Self::parse_raw(raw)?;
         // Percent-encoding and the Docker Hub defaults can make the display form, which is the index key and

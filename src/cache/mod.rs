@@ -37,7 +37,6 @@ use crate::fetch::{FetchError, Fetchers};
 use crate::metrics::{Eviction, Metrics};
 use crate::policy::{self, Ask, Decision, Facts, UrlFacts};
 use crate::signature::Policy;
-use crate::source::ModuleUrl;
 use crate::store::{now_ms, OpenBlob, RefRecord, Store, StoreError, Verification};
 
 /// When cached modules are deleted. A module in use is never deleted: being streamed now, pinned, named
@@ -209,17 +208,13 @@ impl Cache {
                 judged: !judge::needs_judgement(self.policy().as_deref(), &req.url, &key, r),
             }),
         };
-        let image = match &req.url {
-            ModuleUrl::Oci(image) => Some(image),
-            _ => None,
-        };
         let ask = Ask {
             policy: req.policy,
             expected: req.expected,
             resource_name: &req.resource_name,
             resource_version: &req.resource_version,
-            floating: image.is_some_and(|i| i.is_floating()),
-            immutable: image.is_some_and(|i| i.digest().is_some()),
+            floating: req.url.is_floating(),
+            immutable: req.url.is_immutable(),
         };
         let decision = policy::decide(&ask, &facts);
         tracing::debug!(?decision, "pull policy decided");

@@ -572,4 +572,3 @@ fn header_digest(headers: &HeaderMap) -> Option<Sha256> {
 fn is_tls(e: &reqwest::Error) -> bool {
     find_cause::<rustls::Error>(e).is_some()
 }
-
