@@ -758,8 +758,21 @@ fn list_items(
 struct ListFields {
     kind: Option<String>,
     api_version: Option<String>,
+    /// Checked for its shape only: nothing resumes a list read from a file.
+    #[serde(default, rename = "metadata", deserialize_with = "null_as_default")]
+    _metadata: ListMeta,
     #[serde(default, deserialize_with = "null_as_default")]
     items: Vec<Value>,
+}
+
+/// The metadata of a list, as the API server writes it: where a paginated list call resumes.
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListMeta {
+    #[serde(rename = "resourceVersion")]
+    _resource_version: Option<String>,
+    #[serde(rename = "continue")]
+    _continue: Option<String>,
 }
 
 fn read_list(

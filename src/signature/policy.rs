@@ -56,8 +56,6 @@ pub enum Mode {
     Off,
 }
 
-impl Mode {}
-
 /// What a module is, for choosing its rule.
 #[derive(Clone, Copy, Debug)]
 pub enum Target<'a> {

@@ -694,6 +694,15 @@ fn located_plugins_report_later_problems_at_their_document_and_item() {
 }
 
 #[test]
+fn wasm_plugin_list_with_malformed_metadata_is_one_error() {
+    let text = "apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPluginList\nmetadata: {resourceVersion: [1]}\nitems:\n- metadata: {name: a}\n  spec: {url: oci://x/a:v1}\n";
+    assert_eq!(
+        load_error(text),
+        "plugins.yaml doc 1: metadata.resourceVersion: invalid type: sequence, expected a string"
+    );
+}
+
+#[test]
 fn wasm_plugin_list_with_wrong_api_version_is_one_error() {
     let text = "apiVersion: v1\nkind: WasmPluginList\nitems:\n- metadata: {name: a}\n  spec: {url: oci://x/a:v1}\n";
     assert_eq!(
