@@ -142,8 +142,7 @@ async fn pinned_request_for_the_url_that_fetched_it_is_a_hit() {
 // ---------------------------------------------------------------------------------------------------------------
 
 async fn oci_daemon(proxy: &Proxy) -> (Daemon, Client) {
-    let host = proxy.host();
-    let daemon = Daemon::start(&["--insecure-registry", &host, "--retry-backoff", "10ms"]).await;
+    let daemon = proxy.daemon(&[]).await;
     let client = daemon.client().await;
     (daemon, client)
 }

@@ -116,14 +116,6 @@ fn compressible_module(size: usize) -> Vec<u8> {
     module
 }
 
-/// A daemon that reaches `proxy` over plain HTTP, with `extra` flags.
-async fn daemon_for(proxy: &Proxy, extra: &[&str]) -> Daemon {
-    let host = proxy.host();
-    let mut args = vec!["--insecure-registry", &host, "--retry-backoff", "10ms"];
-    args.extend_from_slice(extra);
-    Daemon::start(&args).await
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // 1. SIGKILL at random moments during concurrent large downloads
 // ---------------------------------------------------------------------------------------------------------------
@@ -959,7 +951,7 @@ async fn registry_stopped_mid_blob_download_is_unavailable_after_retries() {
         .await;
     let mut proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Throttle(Duration::from_millis(20)));
-    let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
+    let daemon = proxy.daemon(&["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci("faults/stopped:v1");
     let started = Instant::now();
@@ -995,7 +987,7 @@ async fn registry_stopped_mid_blob_download_on_refresh_serves_the_cached_copy() 
         .push(repo, Some("v1"), cncf_image(&wasm_module("registry-refresh-v1")))
         .await;
     let mut proxy = registry.proxy().await;
-    let daemon = daemon_for(&proxy, &["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
+    let daemon = proxy.daemon(&["--fetch-attempts", "3", "--fetch-timeout", "2s"]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));
     fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
@@ -1194,7 +1186,7 @@ async fn registry_that_stops_answering_on_refresh_serves_the_cached_copy_within_
         .push(repo, Some("v1"), cncf_image(&wasm_module("registry-hang-v1")))
         .await;
     let proxy = registry.proxy().await;
-    let daemon = daemon_for(&proxy, &HANG_FLAGS[..4]).await;
+    let daemon = proxy.daemon(&HANG_FLAGS[..4]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));
     fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;
@@ -1305,18 +1297,16 @@ async fn registry_dripping_a_blob_is_deadline_exceeded_at_the_fetch_deadline() {
         .await;
     let proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Drip(DRIP));
-    let daemon = daemon_for(
-        &proxy,
-        &[
+    let daemon = proxy
+        .daemon(&[
             "--fetch-timeout",
             "1s",
             "--fetch-deadline",
             "2s",
             "--fetch-attempts",
             "1",
-        ],
-    )
-    .await;
+        ])
+        .await;
     let mut client = daemon.client().await;
 
     let (status, elapsed) = drip_fetch(&mut client, &proxy.oci("faults/drip:v1")).await;
@@ -1445,7 +1435,7 @@ async fn registry_blob_corrupted_in_transit_is_data_loss_and_nothing_is_stored()
         .await;
     let proxy = registry.proxy().await;
     proxy.set_fault(BlobFault::Corrupt);
-    let daemon = daemon_for(&proxy, &[]).await;
+    let daemon = proxy.daemon(&[]).await;
     let mut client = daemon.client().await;
 
     let status = fetch_err(&mut client, req(&proxy.oci("faults/corrupt:v1"))).await;
@@ -1480,7 +1470,7 @@ async fn registry_blob_corrupted_in_transit_on_refresh_serves_the_cached_copy() 
         .push(repo, Some("v1"), cncf_image(&wasm_module("corrupt-refresh-v1")))
         .await;
     let proxy = registry.proxy().await;
-    let daemon = daemon_for(&proxy, &[]).await;
+    let daemon = proxy.daemon(&[]).await;
     let mut client = daemon.client().await;
     let url = proxy.oci(&format!("{repo}:v1"));
     fetch_ok(&mut client, req_policy(&url, PullPolicy::Always, "ns/p", "1")).await;

@@ -395,7 +395,7 @@ async fn malformed_pull_secrets_are_invalid_argument_without_echoing_them() {
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
     let host = proxy.host();
-    let daemon = Daemon::start(&["--insecure-registry", &host, "--retry-backoff", "10ms"]).await;
+    let daemon = proxy.daemon(&[]).await;
     let url = proxy.oci("hostile/secret:v1");
     let auth = base64(format!("alice:{PASSWORD}").as_bytes());
     let bytes = |v: Value| serde_json::to_vec(&v).unwrap();
@@ -486,8 +486,7 @@ async fn hostile_manifests_from_the_registry_fail_cleanly() {
     let (_origin, probe) = probe_origin().await;
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let host = proxy.host();
-    let daemon = Daemon::start(&["--insecure-registry", &host, "--retry-backoff", "10ms"]).await;
+    let daemon = proxy.daemon(&[]).await;
     let repo = "hostile/manifests";
     let module = wasm_module("hostile-manifest");
     let config = b"{}".to_vec();
@@ -1222,8 +1221,7 @@ async fn layer_whose_size_lies_is_data_loss() {
     let (_origin, probe) = probe_origin().await;
     let registry = Registry::shared_plain();
     let proxy = registry.proxy().await;
-    let host = proxy.host();
-    let daemon = Daemon::start(&["--insecure-registry", &host, "--retry-backoff", "10ms"]).await;
+    let daemon = proxy.daemon(&[]).await;
     let repo = "hostile/size-lies";
     let module = wasm_module("size-lies");
     let config = b"{}".to_vec();

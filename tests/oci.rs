@@ -12,10 +12,7 @@ use tonic::Code;
 
 /// A daemon that may reach `proxy` over plain HTTP, with short retries.
 async fn daemon_for(proxy: &Proxy, extra: &[&str]) -> (Daemon, Client) {
-    let host = proxy.host();
-    let mut args = vec!["--insecure-registry", &host, "--retry-backoff", "10ms"];
-    args.extend_from_slice(extra);
-    let daemon = Daemon::start(&args).await;
+    let daemon = proxy.daemon(extra).await;
     let client = daemon.client().await;
     (daemon, client)
 }

@@ -29,7 +29,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 
-use super::{sha256_hex, tar_gz, wasm_module};
+use super::{sha256_hex, tar_gz, wasm_module, Daemon};
 
 /// Where Debian's package `docker-registry` installs the binary.
 pub const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
@@ -702,7 +702,7 @@ struct ProxyState {
     fault: Mutex<BlobFault>,
     /// Every request from now on is accepted and never answered.
     hang: AtomicBool,
-    /// Blob body bytes sent to the client so far (throttled blobs only).
+    /// Blob body bytes sent to the client so far by a throttled or dripping blob.
     blob_bytes_sent: AtomicU64,
     seen: Mutex<Vec<Seen>>,
     /// Repositories whose every request is answered with this status instead of being forwarded.
@@ -778,6 +778,15 @@ impl Proxy {
             .insert(path.to_string(), (content_type.to_string(), body));
     }
 
+    /// A daemon that reaches this proxy as an insecure registry (plain HTTP, or HTTPS unverified) with
+    /// 10 ms retry backoffs, and `extra` flags.
+    pub async fn daemon(&self, extra: &[&str]) -> Daemon {
+        let host = self.host();
+        let mut args = vec!["--insecure-registry", &host, "--retry-backoff", "10ms"];
+        args.extend_from_slice(extra);
+        Daemon::start(&args).await
+    }
+
     /// What happens to blob downloads from now on.
     pub fn set_fault(&self, fault: BlobFault) {
         *self.state.fault.lock().unwrap() = fault;
@@ -788,7 +797,7 @@ impl Proxy {
         self.state.hang.store(true, Ordering::SeqCst);
     }
 
-    /// Blob body bytes sent so far under [`BlobFault::Throttle`].
+    /// Blob body bytes sent so far under [`BlobFault::Throttle`] or [`BlobFault::Drip`].
     pub fn blob_bytes_sent(&self) -> u64 {
         self.state.blob_bytes_sent.load(Ordering::SeqCst)
     }
@@ -999,9 +1008,9 @@ async fn with_fault(state: &Arc<ProxyState>, fault: BlobFault, response: Respons
         BlobFault::Drip(pause) => (1, pause),
         BlobFault::Throttle(pause) => (64 * 1024, pause),
     };
-    let counted = matches!(fault, BlobFault::Throttle(_)).then(|| state.clone());
+    let state = state.clone();
     let frames = futures_util::stream::unfold((Bytes::from(bytes), true), move |(mut rest, first)| {
-        let counted = counted.clone();
+        let state = state.clone();
         async move {
             if rest.is_empty() {
                 return None;
@@ -1010,9 +1019,7 @@ async fn with_fault(state: &Arc<ProxyState>, fault: BlobFault, response: Respons
                 tokio::time::sleep(pause).await;
             }
             let frame = rest.split_to(rest.len().min(frame_len));
-            if let Some(state) = counted {
-                state.blob_bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
-            }
+            state.blob_bytes_sent.fetch_add(frame.len() as u64, Ordering::SeqCst);
             Some((Ok::<_, hyper::Error>(Frame::data(frame)), (rest, false)))
         }
     });
